@@ -1,0 +1,195 @@
+"""The reverse-mode engine: one backward pass over the recorded graph.
+
+1. An iterative walk from the root counts, for every node and every leaf, how many edges of this
+   graph point at it (no recursion: chains of any length work).
+2. Nodes are run when all their consumers have delivered a gradient (a count of zero). Among the
+   ready nodes the most recently created runs first (a max-heap on the creation number), which is
+   the reverse of forward order: deterministic, and the last layer's parameters finish first.
+3. A leaf's gradient is complete the moment its last consumer has run; only then do its hooks fire
+   and is it accumulated into ``leaf.grad`` — once per leaf per backward, as early as possible
+   (DistributedDataParallel starts communicating from these hooks).
+4. Unless ``retain_graph`` is set, each node drops its saved activations and edges right after its
+   backward, so memory is returned while backward proceeds.
+
+Gradients flowing between nodes are treated as read-only; fan-out sums are accumulated out of place
+on first touch and in place afterwards (the engine owns those buffers). An array stored into
+``leaf.grad`` is never shared with another leaf's ``.grad``.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from ..backend import get_array_module
+from .function import Function, unbroadcast
+
+__all__ = ["backward"]
+
+_SECOND_BACKWARD = (
+    "trying to backward through the graph a second time (or to read values it already freed): "
+    "the first backward released saved activations. Pass retain_graph=True to the first backward "
+    "if you need to call backward again."
+)
+
+
+def backward(tensor, grad=None, retain_graph: bool = False) -> None:
+    """Accumulate d(tensor)/d(leaf) · grad into every leaf's ``.grad`` (see the module docstring)."""
+    if not tensor.requires_grad:
+        raise RuntimeError(
+            "backward() called on a tensor that does not require grad: it was computed from inputs "
+            "with requires_grad=False or inside no_grad()"
+        )
+    xp = get_array_module(tensor.data)
+    if grad is None:
+        if tensor.data.size != 1:
+            raise RuntimeError(
+                f"backward() without a gradient needs a scalar (one-element) output, got shape "
+                f"{tuple(tensor.shape)}; pass grad= an array of that shape"
+            )
+        grad = xp.ones_like(tensor.data)
+    else:
+        grad = getattr(grad, "data", grad) if hasattr(grad, "_is_dtrain_tensor") else grad
+        if get_array_module(grad) is not xp:
+            raise RuntimeError(
+                f"backward(): the gradient is on a different device than the tensor ({tensor.device})"
+            )
+        grad = xp.asarray(grad)
+        if grad.shape != tensor.data.shape:
+            raise RuntimeError(
+                f"backward(): gradient shape {tuple(grad.shape)} does not match tensor shape "
+                f"{tuple(tensor.data.shape)}"
+            )
+        if grad.dtype != tensor.data.dtype:
+            grad = grad.astype(tensor.data.dtype)
+
+    handed: set[int] = {_array_key(grad)}  # arrays already owned by someone: never alias them
+    root = tensor._node
+    if root is None:  # the tensor is itself a leaf
+        _finish_leaf(tensor, grad, handed)
+        return
+
+    node_deps, leaf_deps = _count_dependencies(root)
+    grads: dict[int, list] = {id(root): [grad, False]}
+    leaf_grads: dict[int, list] = {}
+    ready = [(-root.seq, root)]
+    while ready:
+        _, node = heapq.heappop(ready)
+        entry = grads.pop(id(node), None)
+        g = entry[0] if entry is not None else None
+        edges, metas = node.next, node.in_meta
+        if g is not None:
+            if node.hooks:
+                for hook in node.hooks:
+                    out = hook(g)
+                    if out is not None:
+                        g = out
+            if node.retain is not None:
+                owner = node.retain()
+                if owner is not None:
+                    owner.grad = g.copy() if owner.grad is None else owner.grad + g
+            in_grads = node.backward(g)
+            if not isinstance(in_grads, tuple):
+                in_grads = (in_grads,)
+            if len(in_grads) != len(edges):
+                raise RuntimeError(
+                    f"op {node.name}: backward returned {len(in_grads)} gradients for {len(edges)} inputs"
+                )
+        else:  # no gradient reached this node: pass "nothing" on so counts still drain
+            in_grads = (None,) * len(edges)
+        if not retain_graph:
+            node.release()
+        for i, (edge, gi) in enumerate(zip(edges, in_grads)):
+            if edge is None:
+                continue
+            if gi is not None:
+                gi = _fit(gi, metas[i], node, i)
+            if isinstance(edge, Function):
+                if gi is not None:
+                    _accumulate(grads, id(edge), gi)
+                key = id(edge)
+                node_deps[key] -= 1
+                if node_deps[key] == 0:
+                    heapq.heappush(ready, (-edge.seq, edge))
+            else:
+                key = id(edge)
+                if gi is not None:
+                    _accumulate(leaf_grads, key, gi)
+                leaf_deps[key] -= 1
+                if leaf_deps[key] == 0:
+                    entry = leaf_grads.pop(key, None)
+                    if entry is not None:
+                        _finish_leaf(edge, entry[0], handed)
+
+
+def _count_dependencies(root: Function) -> tuple[dict[int, int], dict[int, int]]:
+    """Number of incoming edges of every node and leaf reachable from ``root`` (iterative DFS)."""
+    node_deps: dict[int, int] = {}
+    leaf_deps: dict[int, int] = {}
+    stack = [root]
+    seen = {id(root)}
+    while stack:
+        node = stack.pop()
+        if node.next is None:
+            raise RuntimeError(_SECOND_BACKWARD)
+        for edge in node.next:
+            if edge is None:
+                continue
+            key = id(edge)
+            if isinstance(edge, Function):
+                node_deps[key] = node_deps.get(key, 0) + 1
+                if key not in seen:
+                    seen.add(key)
+                    stack.append(edge)
+            else:
+                leaf_deps[key] = leaf_deps.get(key, 0) + 1
+    return node_deps, leaf_deps
+
+
+def _fit(g, meta, node: Function, i: int):
+    """Make an op's returned gradient match its input: array type, shape (un-broadcast), dtype."""
+    if isinstance(g, np.generic):
+        g = np.asarray(g)
+    shape, dtype = meta
+    if g.shape != shape:
+        g = unbroadcast(g, shape)
+    if g.dtype != dtype:
+        g = g.astype(dtype)
+    return g
+
+
+def _accumulate(store: dict, key: int, g) -> None:
+    entry = store.get(key)
+    if entry is None:
+        store[key] = [g, False]
+    elif entry[1]:
+        entry[0] += g
+    else:  # first fan-in: a new buffer we own, so later additions can be in place
+        entry[0] = entry[0] + g
+        entry[1] = True
+
+
+def _array_key(a) -> int:
+    base = getattr(a, "base", None)
+    return id(base) if base is not None else id(a)
+
+
+def _finish_leaf(leaf, g, handed: set[int]) -> None:
+    """Run the leaf's hooks on its complete gradient, then accumulate it into ``leaf.grad``."""
+    for hook in leaf._hooks:
+        out = hook(g)
+        if out is not None:
+            g = out
+    if leaf.grad is None:
+        key = _array_key(g)
+        flags = g.flags
+        if key in handed or not (flags.c_contiguous or flags.f_contiguous):
+            g = g.copy()
+            key = id(g)
+        handed.add(key)
+        leaf.grad = g
+    else:
+        leaf.grad += g
+    for hook in leaf._post_hooks:
+        hook(leaf)

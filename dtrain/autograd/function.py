@@ -1,0 +1,237 @@
+"""Function: one differentiable primitive, its forward, backward and forward-mode rule side by side.
+
+A Function instance *is* the graph node created when the primitive runs on tensors that require
+gradients. It keeps only what its backward needs (``self.saved`` and attributes set in forward), the
+edges to its inputs (``self.next``: the producing Function, the leaf Tensor, or None for constants)
+and each input's (shape, dtype) so the engine can un-broadcast and cast the gradients it returns.
+Intermediate Tensor objects are not referenced by the graph, so an activation lives exactly as long
+as some node saved it for backward.
+
+Writing a primitive::
+
+    class Exp(Function):
+        def forward(self, x):
+            y = get_array_module(x).exp(x)
+            self.saved = (y,)
+            return y
+
+        def backward(self, g):          # gradient w.r.t. each tensor input, in order
+            (y,) = self.saved
+            return g * y
+
+        def jvp(self, tx):              # tangent of the output from the inputs' tangents (None = 0)
+            (y,) = self.saved
+            return tx * y
+
+Backward may return gradients at the broadcast shape: the engine reduces them to each input's
+shape (``unbroadcast``) and casts them to its dtype, so ops never re-derive broadcasting rules.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import numpy as np
+
+from ..backend import get_array_module
+
+__all__ = ["Function", "no_grad", "enable_grad", "is_grad_enabled", "set_grad_enabled", "unbroadcast"]
+
+
+class _GradMode(threading.local):
+    enabled = True
+
+
+_grad_mode = _GradMode()
+_seq = itertools.count()  # creation order of nodes: the engine's deterministic tie-break
+
+
+def is_grad_enabled() -> bool:
+    """True unless inside ``no_grad()``."""
+    return _grad_mode.enabled
+
+
+class set_grad_enabled:
+    """Context manager (and function) turning graph recording on or off for this thread."""
+
+    def __init__(self, mode: bool):
+        self.prev = _grad_mode.enabled
+        _grad_mode.enabled = bool(mode)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        _grad_mode.enabled = self.prev
+        return False
+
+
+class no_grad:
+    """``with dt.no_grad(): ...`` computes without recording a graph (evaluation, optimizer steps).
+
+    Also usable as a decorator.
+    """
+
+    def __enter__(self):
+        self.prev = _grad_mode.enabled
+        _grad_mode.enabled = False
+        return self
+
+    def __exit__(self, *exc):
+        _grad_mode.enabled = self.prev
+        return False
+
+    def __call__(self, fn):
+        def wrapper(*args, **kwargs):
+            with no_grad():
+                return fn(*args, **kwargs)
+
+        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
+        wrapper.__doc__ = getattr(fn, "__doc__", None)
+        return wrapper
+
+
+class enable_grad(no_grad):
+    """Re-enable graph recording inside a ``no_grad`` block."""
+
+    def __enter__(self):
+        self.prev = _grad_mode.enabled
+        _grad_mode.enabled = True
+        return self
+
+
+def unbroadcast(g, shape: tuple):
+    """Sum ``g`` over the axes that broadcasting added or stretched, returning an array of ``shape``.
+
+    Half-precision gradients are summed in float32 so the reduction does not lose precision.
+    """
+    if g.shape == shape:
+        return g
+    lead = g.ndim - len(shape)
+    if lead < 0:
+        raise RuntimeError(f"cannot reduce a gradient of shape {g.shape} to the larger shape {shape}")
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
+    )
+    if axes:
+        if g.dtype.itemsize < 4:
+            g = g.astype(np.float32).sum(axis=axes, keepdims=True).astype(g.dtype)
+        else:
+            g = g.sum(axis=axes, keepdims=True)
+    return g.reshape(shape)
+
+
+class Function:
+    """Base class of every differentiable primitive (see the module docstring for the recipe).
+
+    Subclasses define ``forward(self, *arrays, **params) -> array`` and
+    ``backward(self, grad) -> array | tuple`` (one entry per tensor input, None where an input gets
+    no gradient), and ``jvp(self, *tangents) -> array`` for forward mode. Call them through
+    ``Cls.apply(*tensors, **params)``, which records the node when a gradient is needed.
+    """
+
+    __slots__ = ("__dict__", "hooks", "in_meta", "needs_grad", "next", "retain", "saved", "seq")
+
+    def __init__(self):
+        self.saved = ()
+        self.next = None
+        self.hooks = None
+        self.retain = None
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def jvp(self, *tangents):
+        """Forward-mode rule. Primitives override it; a custom Function without one says so."""
+        raise RuntimeError(
+            f"forward-mode AD (jvp) is not defined for op {self.name}: give the Function a jvp method"
+        )
+
+    def release(self) -> None:
+        """Drop saved activations and graph edges (called by the engine after this node's backward)."""
+        self.saved = None
+        self.next = None
+        self.__dict__.clear()
+
+    @classmethod
+    def apply(cls, *inputs, **params):
+        """Run the primitive on tensors (or raw arrays, treated as constants); return a Tensor."""
+        from .tensor import Tensor
+
+        fn = cls()
+        arrays = []
+        needs_grad = False
+        has_tangent = False
+        first_type = None
+        for t in inputs:
+            if isinstance(t, Tensor):
+                a = t.data
+                needs_grad = needs_grad or t.requires_grad
+                has_tangent = has_tangent or t._tangent is not None
+            else:
+                a = t
+            ta = type(a)
+            if first_type is None:
+                first_type = ta
+            elif ta is not first_type:
+                _check_same_device(cls.__name__, inputs)
+            arrays.append(a)
+        if first_type is not np.ndarray and first_type is not None and first_type.__module__.startswith("cupy"):
+            _check_same_device(cls.__name__, inputs)
+            with arrays[0].device:
+                out = fn.forward(*arrays, **params)
+        else:
+            out = fn.forward(*arrays, **params)
+        if isinstance(out, np.generic):
+            out = np.asarray(out)
+        record = needs_grad and _grad_mode.enabled
+        if record:
+            fn.next = tuple(_edge(t) for t in inputs)
+            fn.needs_grad = tuple(e is not None for e in fn.next)
+            fn.in_meta = tuple((a.shape, a.dtype) if hasattr(a, "shape") else None for a in arrays)
+            fn.seq = next(_seq)
+            result = Tensor._make(out, True, fn)
+        else:
+            result = Tensor._make(out, False, None)
+        if has_tangent:
+            tangents = [t._tangent if isinstance(t, Tensor) else None for t in inputs]
+            tan = fn.jvp(*tangents)
+            if tan is not None:
+                tan = _fit_tangent(tan, out)
+            result._tangent = tan
+        return result
+
+
+def _edge(t):
+    """What a node points to for input ``t``: its producing Function, the leaf, or None."""
+    if getattr(t, "requires_grad", False):
+        return t._node if t._node is not None else t
+    return None
+
+
+def _fit_tangent(tan, out):
+    xp = get_array_module(out)
+    tan = xp.asarray(tan)
+    if tan.shape != out.shape:
+        tan = xp.broadcast_to(tan, out.shape)
+    if tan.dtype != out.dtype:
+        tan = tan.astype(out.dtype)
+    return tan
+
+
+def _check_same_device(op: str, inputs) -> None:
+    from ..backend import device_of
+
+    devices = []
+    for i, t in enumerate(inputs):
+        a = getattr(t, "data", t) if hasattr(t, "_is_dtrain_tensor") else t
+        if hasattr(a, "shape") and not isinstance(a, np.generic):
+            devices.append((i, device_of(a)))
+    kinds = {d for _, d in devices}
+    if len(kinds) > 1:
+        desc = ", ".join(f"input {i} on {d}" for i, d in devices)
+        raise RuntimeError(
+            f"op {op}: expected all tensors on the same device, got {desc}. Move them with .to(device)."
+        )

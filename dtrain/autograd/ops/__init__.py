@@ -1,0 +1,55 @@
+"""The differentiable primitives and their functional front ends.
+
+Each module groups primitives by concept; every primitive is one Function subclass with forward,
+backward and jvp side by side. The functions exported here are what Tensor methods, ``dtrain.*`` and
+``dtrain.nn.functional`` call.
+"""
+
+from .conv import avg_pool2d, conv2d, max_pool2d
+from .elementwise import (
+    abs,
+    add,
+    cast,
+    clip,
+    compare,
+    div,
+    elu,
+    exp,
+    gelu,
+    leaky_relu,
+    log,
+    mul,
+    neg,
+    pow,
+    relu,
+    sigmoid,
+    silu,
+    sqrt,
+    sub,
+    tanh,
+    where,
+)
+from .elementwise import to_device_op as to_device
+from .linalg import linear, matmul
+from .nn import (
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    dropout,
+    embedding,
+    mse_loss,
+    nll_loss,
+    scaled_dot_product_attention,
+)
+from .norm import batch_norm, layer_norm
+from .reduce import amax, amin, log_softmax, logsumexp, mean, softmax, sum, var
+from .shape import broadcast_to, concat, flatten, getitem, pad, permute, reshape, squeeze, stack, unsqueeze
+
+__all__ = [
+    "abs", "add", "amax", "amin", "avg_pool2d", "batch_norm", "binary_cross_entropy_with_logits",
+    "broadcast_to", "cast", "clip", "compare", "concat", "conv2d", "cross_entropy", "div", "dropout",
+    "elu", "embedding", "exp", "flatten", "gelu", "getitem", "layer_norm", "leaky_relu", "linear",
+    "log", "log_softmax", "logsumexp", "matmul", "max_pool2d", "mean", "mse_loss", "mul", "neg",
+    "nll_loss", "pad", "permute", "pow", "relu", "reshape", "scaled_dot_product_attention", "sigmoid",
+    "silu", "softmax", "sqrt", "squeeze", "stack", "sub", "sum", "tanh", "to_device", "unsqueeze",
+    "var", "where",
+]

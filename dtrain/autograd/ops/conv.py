@@ -1,0 +1,247 @@
+"""2-D convolution and pooling over NCHW arrays.
+
+Windows are strided views of the (padded) input, shape (N, C, OH, OW, KH, KW). Convolution gathers
+them once into a column matrix (im2col) and runs one GEMM (one per group); its input gradient is
+scattered back offset by offset (col2im: KH*KW vectorised slice additions, no Python loop over
+pixels). Pooling reuses the same windows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..function import Function
+from ..tensor import Tensor
+from ._util import tsum, xp_of
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+    if isinstance(v, (int, np.integer)):
+        v = (int(v), int(v))
+    v = tuple(int(a) for a in v)
+    if len(v) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v}")
+    return v
+
+
+def _out_size(n: int, k: int, s: int, p: int, d: int) -> int:
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _windows(x, k, s, d, out):
+    """Strided view (N, C, OH, OW, KH, KW) of a padded NCHW array (no copy)."""
+    xp = xp_of(x)
+    n, c = x.shape[:2]
+    st = x.strides
+    shape = (n, c, out[0], out[1], k[0], k[1])
+    strides = (st[0], st[1], st[2] * s[0], st[3] * s[1], st[2] * d[0], st[3] * d[1])
+    return xp.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)
+
+
+def _pad2d(x, p, value=0.0):
+    if p == (0, 0):
+        return x
+    xp = xp_of(x)
+    return xp.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])), mode="constant", constant_values=value)
+
+
+def _col2im(cols_at, padded_shape, dtype, xp, k, s, d, out):
+    """Sum window contributions back into a padded input: cols_at(i, j) -> (N, C, OH, OW)."""
+    gx = xp.zeros(padded_shape, dtype=dtype)
+    for i in range(k[0]):
+        for j in range(k[1]):
+            rows = slice(i * d[0], i * d[0] + s[0] * (out[0] - 1) + 1, s[0])
+            cols = slice(j * d[1], j * d[1] + s[1] * (out[1] - 1) + 1, s[1])
+            gx[:, :, rows, cols] += cols_at(i, j)
+    return gx
+
+
+def _unpad(gx, p, shape):
+    return gx[:, :, p[0] : p[0] + shape[2], p[1] : p[1] + shape[3]]
+
+
+class Conv2d(Function):
+    def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+        self.cfg = (stride, padding, dilation, groups)
+        self.x_shape = x.shape
+        kh, kw = w.shape[2:]
+        self.out_hw = tuple(_out_size(x.shape[2 + a], (kh, kw)[a], stride[a], padding[a], dilation[a]) for a in (0, 1))
+        cols = self._im2col(x, (kh, kw))
+        self.saved = (cols, w)
+        return self._gemm(cols, w, b)
+
+    def _im2col(self, x, k):
+        """(N*OH*OW, C*KH*KW) matrix of all windows (one copy of the strided view)."""
+        stride, padding, dilation, _ = self.cfg
+        win = _windows(_pad2d(x, padding), k, stride, dilation, self.out_hw)
+        return win.transpose(0, 2, 3, 1, 4, 5).reshape(x.shape[0] * self.out_hw[0] * self.out_hw[1], -1)
+
+    def _gemm(self, cols, w, b):
+        groups = self.cfg[3]
+        n, (oh, ow), o = self.x_shape[0], self.out_hw, w.shape[0]
+        m = cols.shape[0]
+        if groups == 1:
+            y = cols @ w.reshape(o, -1).T
+        else:
+            cg_cols = cols.reshape(m, groups, -1).transpose(1, 0, 2)
+            y = (cg_cols @ w.reshape(groups, o // groups, -1).transpose(0, 2, 1)).transpose(1, 0, 2).reshape(m, o)
+        if b is not None:
+            y += b
+        return xp_of(cols).ascontiguousarray(y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2))
+
+    def backward(self, g):
+        cols, w = self.saved
+        stride, padding, dilation, groups = self.cfg
+        nx, nw = self.needs_grad[:2]
+        has_b = len(self.needs_grad) > 2
+        xp = xp_of(g)
+        n, c, h, wd = self.x_shape
+        o, _, kh, kw = w.shape
+        oh, ow = self.out_hw
+        m = n * oh * ow
+        gy = g.transpose(0, 2, 3, 1).reshape(m, o)
+        gw = gx = gb = None
+        if groups == 1:
+            if nw:
+                gw = (gy.T @ cols).reshape(w.shape)
+            if nx:
+                gcols = gy @ w.reshape(o, -1)
+        else:
+            gyg = gy.reshape(m, groups, -1).transpose(1, 0, 2)
+            wg = w.reshape(groups, o // groups, -1)
+            if nw:
+                colsg = cols.reshape(m, groups, -1).transpose(1, 0, 2)
+                gw = (gyg.transpose(0, 2, 1) @ colsg).reshape(w.shape)
+            if nx:
+                gcols = (gyg @ wg).transpose(1, 0, 2).reshape(m, -1)
+        if nx:
+            gc = gcols.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 1, 2, 4, 5)
+            padded = (n, c, h + 2 * padding[0], wd + 2 * padding[1])
+            gxp = _col2im(lambda i, j: gc[..., i, j], padded, g.dtype, xp, (kh, kw), stride, dilation, self.out_hw)
+            gx = _unpad(gxp, padding, self.x_shape)
+        if has_b and self.needs_grad[2]:
+            gb = gy.sum(axis=0)
+        return (gx, gw, gb) if has_b else (gx, gw)
+
+    def jvp(self, tx, tw, tb=None):
+        # d conv(x, w, b) = conv(tx, w) + conv(x, tw) + tb: all linear, the columns of x are saved
+        cols, w = self.saved
+        return tsum(
+            None if tx is None else self._gemm(self._im2col(tx, w.shape[2:]), w, None),
+            None if tw is None else self._gemm(cols, tw, None),
+            None if tb is None else tb.reshape(1, -1, 1, 1),
+        )
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
+           groups: int = 1) -> Tensor:
+    """2-D cross-correlation, torch's F.conv2d: x (N, C, H, W), weight (O, C/groups, KH, KW)."""
+    stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    if x.ndim != 4:
+        raise ValueError(f"conv2d: input must be 4-D (N, C, H, W), got shape {x.shape}")
+    if weight.ndim != 4:
+        raise ValueError(f"conv2d: weight must be 4-D (out, in/groups, kh, kw), got shape {weight.shape}")
+    if groups < 1 or x.shape[1] % groups or weight.shape[0] % groups:
+        raise ValueError(f"conv2d: groups={groups} must divide in_channels {x.shape[1]} and out_channels "
+                         f"{weight.shape[0]}")
+    if x.shape[1] // groups != weight.shape[1]:
+        raise ValueError(f"conv2d: input has {x.shape[1]} channels, weight expects {weight.shape[1] * groups} "
+                         f"(weight shape {weight.shape}, groups={groups})")
+    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+        raise ValueError(f"conv2d: stride {stride} and dilation {dilation} must be >= 1, padding {padding} >= 0")
+    for axis, (n, k) in enumerate(zip(x.shape[2:], weight.shape[2:])):
+        if _out_size(n, k, stride[axis], padding[axis], dilation[axis]) < 1:
+            raise ValueError(f"conv2d: input size {x.shape[2:]} (padded by {padding}) is smaller than the "
+                             f"dilated kernel {weight.shape[2:]} (dilation {dilation})")
+    args = (x, weight) if bias is None else (x, weight, bias)
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"conv2d: bias shape {bias.shape} != ({weight.shape[0]},)")
+    return Conv2d.apply(*args, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+class _Pool(Function):
+    def _setup(self, x, kernel, stride, padding, dilation):
+        self.x_shape, self.k, self.s, self.p, self.d = x.shape, kernel, stride, padding, dilation
+        self.out_hw = tuple(_out_size(x.shape[2 + a], kernel[a], stride[a], padding[a], dilation[a]) for a in (0, 1))
+        self.padded = (x.shape[0], x.shape[1], x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])
+
+    def _scatter(self, cols_at, dtype, xp):
+        gxp = _col2im(cols_at, self.padded, dtype, xp, self.k, self.s, self.d, self.out_hw)
+        return _unpad(gxp, self.p, self.x_shape)
+
+
+class MaxPool2d(_Pool):
+    def forward(self, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0), dilation=(1, 1)):
+        self._setup(x, kernel, stride, padding, dilation)
+        xp = xp_of(x)
+        win = _windows(_pad2d(x, padding, -np.inf), kernel, stride, dilation, self.out_hw)
+        flat = win.reshape(win.shape[:4] + (-1,))
+        arg = flat.argmax(axis=-1)
+        self.saved = (arg,)
+        return xp.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
+
+    def backward(self, g):
+        (arg,) = self.saved
+        xp = xp_of(g)
+        kw = self.k[1]
+        zero = xp.zeros((), dtype=g.dtype)
+        return self._scatter(lambda i, j: xp.where(arg == i * kw + j, g, zero), g.dtype, xp)
+
+    def jvp(self, t):
+        (arg,) = self.saved
+        xp = xp_of(t)
+        win = _windows(_pad2d(t, self.p), self.k, self.s, self.d, self.out_hw)
+        flat = win.reshape(win.shape[:4] + (-1,))
+        return xp.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
+
+
+class AvgPool2d(_Pool):
+    def forward(self, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0), count_include_pad=True):
+        self._setup(x, kernel, stride, padding, (1, 1))
+        xp = xp_of(x)
+        if count_include_pad or padding == (0, 0):
+            self.div = kernel[0] * kernel[1]
+        else:  # how many real (unpadded) pixels each window covers
+            ones = xp.ones((1, 1) + x.shape[2:], dtype=x.dtype)
+            self.div = _windows(_pad2d(ones, padding), kernel, stride, (1, 1), self.out_hw).sum(axis=(4, 5))
+        return self._pool(x)
+
+    def _pool(self, x):
+        win = _windows(_pad2d(x, self.p), self.k, self.s, self.d, self.out_hw)
+        return win.sum(axis=(4, 5)) / self.div
+
+    def backward(self, g):
+        xp = xp_of(g)
+        gd = g / self.div
+        return self._scatter(lambda i, j: gd, g.dtype, xp)
+
+    def jvp(self, t):
+        return self._pool(t)
+
+
+def _pool_args(x: Tensor, kernel_size, stride, padding, name: str):
+    if x.ndim != 4:
+        raise ValueError(f"{name}: input must be 4-D (N, C, H, W), got shape {x.shape}")
+    k = _pair(kernel_size, "kernel_size")
+    s = k if stride is None else _pair(stride, "stride")
+    p = _pair(padding, "padding")
+    if min(k) < 1 or min(s) < 1:
+        raise ValueError(f"{name}: kernel_size {k} and stride {s} must be >= 1")
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(f"{name}: padding {p} must be at most half the kernel size {k}")
+    for a in (0, 1):
+        if _out_size(x.shape[2 + a], k[a], s[a], p[a], 1) < 1:
+            raise ValueError(f"{name}: input size {x.shape[2:]} is smaller than the kernel {k}")
+    return k, s, p
+
+
+def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1) -> Tensor:
+    """Max over windows (torch's F.max_pool2d; stride defaults to kernel_size)."""
+    k, s, p = _pool_args(x, kernel_size, stride, padding, "max_pool2d")
+    return MaxPool2d.apply(x, kernel=k, stride=s, padding=p, dilation=_pair(dilation, "dilation"))
+
+
+def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0, count_include_pad: bool = True) -> Tensor:
+    """Mean over windows (torch's F.avg_pool2d; stride defaults to kernel_size)."""
+    k, s, p = _pool_args(x, kernel_size, stride, padding, "avg_pool2d")
+    return AvgPool2d.apply(x, kernel=k, stride=s, padding=p, count_include_pad=count_include_pad)

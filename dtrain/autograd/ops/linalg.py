@@ -1,0 +1,97 @@
+"""Matrix products: matmul (NumPy semantics, batched and 1-D) and the fused affine map ``linear``."""
+
+from __future__ import annotations
+
+from ..function import Function
+from ..tensor import Tensor
+from ._util import pair, tsum
+
+
+def _swap(a):
+    return a.swapaxes(-1, -2)
+
+
+class Matmul(Function):
+    """a @ b with NumPy's rules: 1-D operands are promoted and the added axis removed again."""
+
+    def forward(self, a, b):
+        self.saved = (a, b)
+        return a @ b
+
+    def backward(self, g):
+        a, b = self.saved
+        na, nb = self.needs_grad
+        if a.ndim == 1 and b.ndim == 1:  # dot product: g is a scalar
+            return (g * b if na else None), (g * a if nb else None)
+        if a.ndim == 1:  # (k) @ (..., k, m) -> (..., m)
+            g2 = g[..., None, :]
+            ga = (g2 @ _swap(b))[..., 0, :] if na else None
+            gb = a[:, None] * g2 if nb else None  # outer products, summed over batch by the engine
+            return ga, gb
+        if b.ndim == 1:  # (..., n, k) @ (k) -> (..., n)
+            g2 = g[..., :, None]
+            ga = g2 * b if na else None
+            gb = (_swap(a) @ g2)[..., :, 0] if nb else None
+            return ga, gb
+        return (g @ _swap(b) if na else None), (_swap(a) @ g if nb else None)
+
+    def jvp(self, ta, tb):
+        a, b = self.saved
+        return tsum(None if ta is None else ta @ b, None if tb is None else a @ tb)
+
+
+def matmul(a, b) -> Tensor:
+    """Matrix product with NumPy's broadcasting of batch dimensions."""
+    a, b = pair(a, b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: both operands need at least one dimension, got shapes {a.shape} and {b.shape}")
+    ka = a.shape[-1]
+    kb = b.shape[0] if b.ndim == 1 else b.shape[-2]
+    if ka != kb:
+        raise ValueError(
+            f"matmul: shapes {a.shape} and {b.shape} do not align: {ka} (last dim of a) != {kb} "
+            f"({'first' if b.ndim == 1 else 'second-to-last'} dim of b)"
+        )
+    return Matmul.apply(a, b)
+
+
+class Linear(Function):
+    """y = x @ w.T + b, fused: the weight gradient comes out C-contiguous in w's own layout."""
+
+    def forward(self, x, w, b=None):
+        self.saved = (x, w)
+        y = x @ w.T
+        if b is not None:
+            y += b
+        return y
+
+    def backward(self, g):
+        x, w = self.saved
+        nx, nw = self.needs_grad[:2]
+        nb = len(self.needs_grad) > 2 and self.needs_grad[2]
+        out_f, in_f = w.shape
+        g2 = g.reshape(-1, out_f)
+        gx = g @ w if nx else None
+        gw = g2.T @ x.reshape(-1, in_f) if nw else None
+        gb = g2.sum(axis=0) if nb else None
+        return (gx, gw, gb) if len(self.needs_grad) > 2 else (gx, gw)
+
+    def jvp(self, tx, tw, tb=None):
+        x, w = self.saved
+        return tsum(None if tx is None else tx @ w.T, None if tw is None else x @ tw.T, tb)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Affine map ``x @ weight.T + bias`` (torch's F.linear: weight has shape (out, in))."""
+    if weight.ndim != 2:
+        raise ValueError(f"linear: weight must be 2-D (out_features, in_features), got shape {weight.shape}")
+    if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"linear: input's last dimension {x.shape[-1] if x.ndim else None} != in_features "
+            f"{weight.shape[1]} (input shape {x.shape}, weight shape {weight.shape})"
+        )
+    if bias is not None:
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"linear: bias shape {bias.shape} != ({weight.shape[0]},)")
+        return Linear.apply(x, weight, bias)
+    return Linear.apply(x, weight)

@@ -1,0 +1,405 @@
+"""Neural-network primitives: dropout, embedding, attention and the losses.
+
+cross_entropy fuses log-softmax and the negative log-likelihood: its backward is
+``softmax(x) * sum(G) - G`` style algebra on one (N, C) array instead of a chain of ops, and it is
+computed in float32 for half-precision logits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ... import backend
+from ..function import Function
+from ..tensor import Tensor
+from ._util import acc_dtype, as_tensor, scatter_add, xp_of
+from .elementwise import where
+from .linalg import matmul
+from .reduce import softmax
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+# ---------------------------------------------------------------------------------------------
+# Dropout and embedding
+# ---------------------------------------------------------------------------------------------
+
+
+class Dropout(Function):
+    def forward(self, x, p=0.5, generator=None):
+        keep = generator.uniform(x.shape, x.dtype, backend.device_of(x)) >= p
+        scale = xp_of(x).asarray(1.0 / (1.0 - p), dtype=x.dtype)
+        mask = keep * scale  # 0 or 1/(1-p), in x's dtype
+        self.saved = (mask,)
+        return x * mask
+
+    def backward(self, g):
+        return g * self.saved[0]
+
+    jvp = backward
+
+
+def dropout(x: Tensor, p: float = 0.5, training: bool = True, generator=None) -> Tensor:
+    """Zero each element with probability ``p`` and scale the rest by 1/(1-p) (identity in eval).
+
+    ``generator`` (a ``dtrain.backend.Generator``) makes masks reproducible; the default is the one
+    seeded by ``dtrain.manual_seed``.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    return Dropout.apply(x, p=p, generator=generator or backend.default_generator)
+
+
+class Embedding(Function):
+    def forward(self, w, indices=None, padding_idx=None):
+        self.w_shape, self.indices, self.padding_idx = w.shape, indices, padding_idx
+        return w[indices]
+
+    def backward(self, g):
+        xp = xp_of(g)
+        gw = xp.zeros(self.w_shape, dtype=g.dtype)
+        idx = self.indices.reshape(-1)
+        scatter_add(gw, idx, g.reshape(idx.shape[0], -1))
+        if self.padding_idx is not None:
+            gw[self.padding_idx] = 0
+        return gw
+
+    def jvp(self, tw):
+        return tw[self.indices]
+
+
+def _int_array(v, xp, name: str):
+    a = v.data if isinstance(v, Tensor) else xp.asarray(v)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {a.dtype}")
+    return a
+
+
+def embedding(indices, weight: Tensor, padding_idx: int | None = None) -> Tensor:
+    """Rows of ``weight`` (num_embeddings, dim) picked by integer ``indices`` (any shape)."""
+    idx = _int_array(indices, weight.xp, "embedding indices")
+    n = weight.shape[0]
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
+        bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
+        raise IndexError(f"embedding index {bad} is out of range for {n} embeddings")
+    if padding_idx is not None and padding_idx < 0:
+        padding_idx += n
+    return Embedding.apply(weight, indices=idx, padding_idx=padding_idx)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention (a composition: its pieces already have exact backward and jvp rules)
+# ---------------------------------------------------------------------------------------------
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: float | None = None,
+                                 generator=None) -> Tensor:
+    """softmax(q kᵀ · scale + mask) v over the last two dims (torch's signature and mask rules).
+
+    ``attn_mask`` may be boolean (True = attend) or additive floats; ``is_causal`` masks the future.
+    """
+    from .elementwise import mul
+    from .shape import permute
+
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"attention: incompatible shapes q {q.shape}, k {k.shape}, v {v.shape}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    perm = tuple(range(k.ndim - 2)) + (k.ndim - 1, k.ndim - 2)
+    scores = mul(matmul(q, permute(k, perm)), scale)
+    L, S = q.shape[-2], k.shape[-2]
+    xp = q.xp
+    if is_causal:
+        scores = where(xp.tril(xp.ones((L, S), dtype=bool)), scores, -np.inf)
+    if attn_mask is not None:
+        m = attn_mask.data if isinstance(attn_mask, Tensor) else xp.asarray(attn_mask)
+        scores = where(m, scores, -np.inf) if m.dtype == np.bool_ else scores + as_tensor(attn_mask, scores)
+    attn = softmax(scores, axis=-1)
+    if dropout_p > 0.0:
+        from .nn import dropout as _dropout
+
+        attn = _dropout(attn, dropout_p, True, generator)
+    return matmul(attn, v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _reduce_loss(xp, per, reduction, denom):
+    if reduction == "none":
+        return per
+    total = per.sum()
+    if reduction == "sum":
+        return total
+    if denom == 0:
+        return xp.asarray(np.nan, dtype=per.dtype)
+    return total / denom
+
+
+def _grad_scale(xp, g, reduction, denom, shape):
+    """Upstream gradient per sample: g (sum), g/denom (mean) or g itself (none)."""
+    if reduction == "none":
+        return g.reshape(shape)
+    if reduction == "sum":
+        return g
+    return g / denom if denom else g * np.nan
+
+
+class _ClassLoss(Function):
+    """Shared part of nll_loss and cross_entropy over (M, C) log-probabilities.
+
+    The per-sample loss is ``-(1-eps) w[t] lp[t] - eps/C * sum_c w_c lp_c`` (eps = label
+    smoothing; w = class weights, 1 if none) for class targets, or ``-sum_c w_c p_c lp_c`` for
+    probability targets; ignored samples contribute 0 and do not count in the mean.
+    """
+
+    def _setup(self, lp, target, weight, ignore_index, label_smoothing, reduction):
+        xp = xp_of(lp)
+        m, c = lp.shape
+        self.reduction = reduction
+        w = weight if weight is not None else None
+        if target.dtype.kind == "f":  # class probabilities
+            p = target.astype(lp.dtype, copy=False)
+            if label_smoothing:
+                p = (1 - label_smoothing) * p + label_smoothing / c
+            coef = p * w if w is not None else p
+            denom = m
+        else:
+            valid = target != ignore_index
+            safe = xp.where(valid, target, 0)
+            wt = w[safe] * valid if w is not None else valid.astype(lp.dtype)
+            coef = xp.zeros((m, c), dtype=lp.dtype)
+            coef[xp.arange(m), safe] = (1 - label_smoothing) * wt
+            if label_smoothing:
+                coef += (label_smoothing / c) * (w[None, :] if w is not None else 1.0) * valid[:, None]
+            denom = float(wt.sum())
+        self.coef, self.denom = coef, denom  # d(per-sample loss)/d(lp) = -coef
+        per = -(coef * lp).sum(axis=1)
+        return per
+
+
+def _flatten_classes(x, target):
+    """(N, C, d1, ...) -> (M, C) with the class axis last; targets follow (indices or probabilities)."""
+    probs = target.dtype.kind == "f"
+    if x.ndim == 1:  # one sample: (C,) with a scalar index or (C,) probabilities
+        return x[None, :], (target[None, :] if probs else target.reshape(1))
+    if x.ndim == 2:
+        return x, target
+    xp = xp_of(x)
+    c = x.shape[1]
+    xm = xp.moveaxis(x, 1, -1).reshape(-1, c)
+    return xm, (xp.moveaxis(target, 1, -1).reshape(-1, c) if probs else target.reshape(-1))
+
+
+def _unflatten_classes(gm, shape):
+    if len(shape) <= 2:
+        return gm.reshape(shape)
+    xp = xp_of(gm)
+    moved = (shape[0],) + tuple(shape[2:]) + (shape[1],)
+    return xp.moveaxis(gm.reshape(moved), -1, 1)
+
+
+def _sample_shape(shape):
+    if len(shape) == 1:
+        return ()
+    return (shape[0],) + tuple(shape[2:])
+
+
+class CrossEntropy(_ClassLoss):
+    def forward(self, x, target=None, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        xp = xp_of(x)
+        self.shape, self.dtype = x.shape, x.dtype
+        xm, tm = _flatten_classes(x, target)
+        xm = xm.astype(acc_dtype(x.dtype), copy=False)
+        shifted = xm - xm.max(axis=1, keepdims=True)
+        lp = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+        per = self._setup(lp, tm, weight, ignore_index, label_smoothing, reduction)
+        self.saved = (lp,)
+        out = _reduce_loss(xp, per, reduction, self.denom)
+        return (out.reshape(_sample_shape(x.shape)) if reduction == "none" else out).astype(x.dtype)
+
+    def _dlogits(self, scale):
+        """d loss / d logits, (M, C), for a per-sample upstream ``scale`` (M, 1) or scalar."""
+        (lp,) = self.saved
+        xp = xp_of(lp)
+        coef = self.coef
+        # d(-sum coef*lp)/dx = softmax * sum(coef) - coef
+        return (xp.exp(lp) * coef.sum(axis=1, keepdims=True) - coef) * scale
+
+    def backward(self, g):
+        xp = xp_of(g)
+        g = g.astype(self.coef.dtype, copy=False)
+        scale = _grad_scale(xp, g, self.reduction, self.denom, (-1, 1))
+        return _unflatten_classes(self._dlogits(scale), self.shape)
+
+    def jvp(self, t):
+        tm, _ = _flatten_classes(t, xp_of(t).zeros(1, dtype=np.int64))
+        per = (self._dlogits(1.0) * tm).sum(axis=1)
+        out = _reduce_loss(xp_of(t), per, self.reduction, self.denom)
+        return out.reshape(_sample_shape(self.shape)) if self.reduction == "none" else out
+
+
+class NLLLoss(_ClassLoss):
+    def forward(self, lp, target=None, weight=None, ignore_index=-100, reduction="mean"):
+        xp = xp_of(lp)
+        self.shape = lp.shape
+        lpm, tm = _flatten_classes(lp, target)
+        per = self._setup(lpm, tm, weight, ignore_index, 0.0, reduction)
+        out = _reduce_loss(xp, per, reduction, self.denom)
+        return out.reshape(_sample_shape(lp.shape)) if reduction == "none" else out
+
+    def backward(self, g):
+        scale = _grad_scale(xp_of(g), g, self.reduction, self.denom, (-1, 1))
+        return _unflatten_classes(-self.coef * scale, self.shape)
+
+    def jvp(self, t):
+        tm, _ = _flatten_classes(t, xp_of(t).zeros(1, dtype=np.int64))
+        per = -(self.coef * tm).sum(axis=1)
+        out = _reduce_loss(xp_of(t), per, self.reduction, self.denom)
+        return out.reshape(_sample_shape(self.shape)) if self.reduction == "none" else out
+
+
+def _class_target(x: Tensor, target, name: str):
+    xp = x.xp
+    t = target.data if isinstance(target, Tensor) else xp.asarray(target)
+    if t.dtype.kind == "f":
+        if t.shape != x.shape:
+            raise ValueError(f"{name}: probability targets must have the input's shape {x.shape}, got {t.shape}")
+        return t
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{name}: target must hold class indices (integers) or probabilities, got {t.dtype}")
+    expect = _sample_shape(x.shape)
+    if t.shape != expect:
+        raise ValueError(f"{name}: target shape {t.shape} does not match input {x.shape} "
+                         f"(expected {expect}: one class index per sample)")
+    return t
+
+
+def _check_class_range(t, c: int, ignore_index: int, name: str):
+    if t.dtype.kind == "f" or t.size == 0:
+        return
+    valid = t[t != ignore_index]
+    if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= c):
+        bad = int(valid.min()) if int(valid.min()) < 0 else int(valid.max())
+        raise IndexError(f"{name}: target class {bad} is out of range for {c} classes")
+
+
+def cross_entropy(input: Tensor, target, weight=None, ignore_index: int = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Tensor:
+    """Softmax cross-entropy over the class axis 1 (torch's F.cross_entropy), fused and stable.
+
+    ``target``: class indices of shape (N, d1, ...) or class probabilities shaped like ``input``.
+    """
+    _check_reduction(reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    t = _class_target(input, target, "cross_entropy")
+    c = input.shape[0] if input.ndim == 1 else input.shape[1]
+    _check_class_range(t, c, ignore_index, "cross_entropy")
+    w = _weight_array(weight, c, input, "cross_entropy")
+    return CrossEntropy.apply(input, target=t, weight=w, ignore_index=ignore_index, reduction=reduction,
+                              label_smoothing=label_smoothing)
+
+
+def nll_loss(input: Tensor, target, weight=None, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of log-probabilities ``input`` (N, C, ...) (torch's F.nll_loss)."""
+    _check_reduction(reduction)
+    t = _class_target(input, target, "nll_loss")
+    if t.dtype.kind == "f":
+        raise TypeError("nll_loss: target must hold class indices (integers)")
+    c = input.shape[0] if input.ndim == 1 else input.shape[1]
+    _check_class_range(t, c, ignore_index, "nll_loss")
+    w = _weight_array(weight, c, input, "nll_loss")
+    return NLLLoss.apply(input, target=t, weight=w, ignore_index=ignore_index, reduction=reduction)
+
+
+def _weight_array(weight, c: int, like: Tensor, name: str):
+    if weight is None:
+        return None
+    w = weight.data if isinstance(weight, Tensor) else like.xp.asarray(weight)
+    if w.shape != (c,):
+        raise ValueError(f"{name}: class weight has shape {w.shape}, expected ({c},)")
+    return w.astype(acc_dtype(like.dtype), copy=False)
+
+
+def mse_loss(input: Tensor, target, reduction: str = "mean") -> Tensor:
+    """Mean squared error (torch's F.mse_loss); shapes must match."""
+    _check_reduction(reduction)
+    target = as_tensor(target, input)
+    if input.shape != target.shape:
+        raise ValueError(f"mse_loss: input shape {input.shape} != target shape {target.shape}")
+    d = input - target
+    sq = d * d
+    if reduction == "none":
+        return sq
+    return sq.sum() if reduction == "sum" else sq.mean()
+
+
+class BCEWithLogits(Function):
+    """(1-y)·x + lw·softplus(-x), lw = 1 + (pos_weight-1)·y, computed without overflow."""
+
+    def forward(self, x, y, weight=None, pos_weight=None, reduction="mean"):
+        xp = xp_of(x)
+        sp = xp.log1p(xp.exp(-xp.abs(x))) + xp.maximum(-x, 0)  # softplus(-x)
+        lw = 1 + (pos_weight - 1) * y if pos_weight is not None else None
+        per = (1 - y) * x + (lw * sp if lw is not None else sp)
+        if weight is not None:
+            per = per * weight
+        self.saved = (x, y, sp, lw, weight)
+        self.pos_weight, self.reduction, self.n = pos_weight, reduction, per.size
+        if reduction == "none":
+            return per
+        return per.sum() if reduction == "sum" else per.mean()
+
+    def _partials(self):
+        x, y, sp, lw, weight = self.saved
+        sig_neg_x = xp_of(x).exp(-(sp + x))  # sigmoid(-x) = exp(-softplus(x)), softplus(x) = sp + x
+        dx = (1 - y) - (lw if lw is not None else 1) * sig_neg_x
+        dy = -x + (self.pos_weight - 1) * sp if self.pos_weight is not None else -x
+        if weight is not None:
+            dx, dy = dx * weight, dy * weight
+        return dx, dy
+
+    def _scale(self, g):
+        if self.reduction == "none":
+            return g
+        return g if self.reduction == "sum" else g / self.n
+
+    def backward(self, g):
+        dx, dy = self._partials()
+        s = self._scale(g)
+        nx, ny = self.needs_grad
+        return (dx * s if nx else None), (dy * s if ny else None)
+
+    def jvp(self, tx, ty):
+        dx, dy = self._partials()
+        per = (0 if tx is None else dx * tx) + (0 if ty is None else dy * ty)
+        if self.reduction == "none":
+            return per
+        return per.sum() if self.reduction == "sum" else per.mean()
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target, weight=None, reduction: str = "mean",
+                                     pos_weight=None) -> Tensor:
+    """Sigmoid + binary cross-entropy in one stable op (torch's F.binary_cross_entropy_with_logits)."""
+    _check_reduction(reduction)
+    target = as_tensor(target, input)
+    if target.shape != input.shape:
+        raise ValueError(f"binary_cross_entropy_with_logits: target shape {target.shape} != input shape {input.shape}")
+    w = weight.data if isinstance(weight, Tensor) else (None if weight is None else input.xp.asarray(weight))
+    pw = pos_weight.data if isinstance(pos_weight, Tensor) else (
+        None if pos_weight is None else input.xp.asarray(pos_weight))
+    return BCEWithLogits.apply(input, target, weight=w, pos_weight=pw, reduction=reduction)

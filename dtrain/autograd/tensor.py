@@ -1,0 +1,571 @@
+"""Tensor: a backend array plus what reverse- and forward-mode differentiation need.
+
+``Tensor.data`` is the NumPy/CuPy array; ``.grad`` is accumulated by backward; ``._node`` is the
+Function that produced it (None for leaves and constants); ``._tangent`` carries the forward-mode
+tangent inside ``jvp``. Operators and methods are thin front ends over the primitives in ``ops``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .. import backend
+from ..backend import Device, as_device, device_of, get_array_module, is_float_dtype, resolve_dtype
+from . import engine
+
+__all__ = ["Tensor", "tensor", "zeros", "ones", "full", "zeros_like", "ones_like", "randn", "rand", "arange"]
+
+
+class _HookHandle:
+    """Returned by register_hook; ``handle.remove()`` unregisters the hook."""
+
+    def __init__(self, hooks: list, fn: Callable):
+        self._hooks, self._fn = hooks, fn
+
+    def remove(self) -> None:
+        if self._fn in self._hooks:
+            self._hooks.remove(self._fn)
+
+
+class Tensor:
+    """An n-dimensional array that records the operations applied to it for differentiation.
+
+    Create tensors with :func:`dtrain.tensor`; see DESIGN.md for the full public API.
+    """
+
+    __slots__ = ("__weakref__", "_hooks", "_node", "_post_hooks", "_requires_grad", "_tangent", "data", "grad")
+    _is_dtrain_tensor = True
+    __array_ufunc__ = None  # ndarray <op> Tensor defers to Tensor's reflected operators
+    __array_priority__ = 1000
+
+    def __init__(self, data, requires_grad: bool = False):
+        if isinstance(data, np.generic):
+            data = np.asarray(data)
+        self.data = data
+        self.grad = None
+        self._node = None
+        self._hooks: list = []
+        self._post_hooks: list = []
+        self._tangent = None
+        self._requires_grad = False
+        if requires_grad:
+            self.requires_grad = True
+
+    @classmethod
+    def _make(cls, data, requires_grad: bool, node):
+        t = cls.__new__(cls)
+        t.data = data
+        t.grad = None
+        t._requires_grad = requires_grad
+        t._node = node
+        t._hooks = []
+        t._post_hooks = []
+        t._tangent = None
+        return t
+
+    # -- gradient bookkeeping -------------------------------------------------------------------
+    @property
+    def requires_grad(self) -> bool:
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        value = bool(value)
+        if self._node is not None and not value:
+            raise RuntimeError(
+                "requires_grad can only be turned off on leaf tensors; use .detach() for a non-leaf"
+            )
+        if value and not is_float_dtype(self.data.dtype):
+            raise TypeError(
+                f"only floating-point tensors can require gradients, got dtype {self.data.dtype}"
+            )
+        self._requires_grad = value
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._node is None
+
+    @property
+    def grad_fn(self):
+        """The Function that produced this tensor (None for leaves)."""
+        return self._node
+
+    def backward(self, grad=None, retain_graph: bool = False) -> None:
+        """Accumulate gradients of this tensor into the ``.grad`` of every leaf it depends on.
+
+        Args:
+            grad: d(objective)/d(self), same shape; optional for one-element tensors (taken as 1).
+            retain_graph: keep saved activations so backward can run again over the same graph.
+        """
+        engine.backward(self, grad, retain_graph)
+
+    def register_hook(self, fn: Callable) -> _HookHandle:
+        """Call ``fn(grad_array)`` when this tensor's gradient for the current backward is complete.
+
+        For a leaf the hook fires once per backward, before accumulation into ``.grad``; if it
+        returns an array, that array is used instead. Returns a handle with ``remove()``.
+        """
+        if not self._requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that does not require grad")
+        if self._node is not None:
+            if self._node.hooks is None:
+                self._node.hooks = []
+            self._node.hooks.append(fn)
+            return _HookHandle(self._node.hooks, fn)
+        self._hooks.append(fn)
+        return _HookHandle(self._hooks, fn)
+
+    def register_post_accumulate_grad_hook(self, fn: Callable) -> _HookHandle:
+        """Call ``fn(tensor)`` on a leaf right after backward accumulated into its ``.grad``."""
+        if self._node is not None:
+            raise RuntimeError("post-accumulate-grad hooks can only be registered on leaf tensors")
+        self._post_hooks.append(fn)
+        return _HookHandle(self._post_hooks, fn)
+
+    def retain_grad(self) -> None:
+        """Make backward also fill ``.grad`` on this non-leaf tensor."""
+        import weakref
+
+        if self._node is not None:
+            self._node.retain = weakref.ref(self)
+
+    def detach(self) -> Tensor:
+        """A new leaf sharing this tensor's data, cut off from the graph."""
+        return Tensor._make(self.data, False, None)
+
+    def detach_(self) -> Tensor:
+        self._node = None
+        self._requires_grad = False
+        return self
+
+    def requires_grad_(self, value: bool = True) -> Tensor:
+        self.requires_grad = value
+        return self
+
+    # -- array-like properties ----------------------------------------------------------------
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def size(self) -> int:
+        return int(self.data.size)
+
+    def numel(self) -> int:
+        return int(self.data.size)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def device(self) -> Device:
+        return device_of(self.data)
+
+    @property
+    def xp(self):
+        return get_array_module(self.data)
+
+    def __len__(self) -> int:
+        if self.data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.data.shape[0]
+
+    def __repr__(self) -> str:
+        extra = ""
+        if self._node is not None:
+            extra = f", grad_fn={self._node.name}"
+        elif self._requires_grad:
+            extra = ", requires_grad=True"
+        dev = "" if self.device.type == "cpu" else f", device='{self.device}'"
+        body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
+        return f"tensor({body}, dtype={self.dtype}{dev}{extra})"
+
+    def __bool__(self) -> bool:
+        if self.data.size != 1:
+            raise RuntimeError(f"the truth value of a tensor with {self.data.size} elements is ambiguous")
+        return bool(self.data)
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    __hash__ = object.__hash__
+
+    def item(self):
+        """The value of a one-element tensor as a Python number."""
+        if self.data.size != 1:
+            raise ValueError(f"item() needs a one-element tensor, got shape {self.shape}")
+        return self.data.reshape(()).item()
+
+    def numpy(self) -> np.ndarray:
+        """The data as a NumPy array (shares memory on CPU, copies from a GPU)."""
+        if device_of(self.data).type == "cpu":
+            return self.data
+        return self.data.get()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def to(self, device: str | Device | None = None, dtype=None) -> Tensor:
+        """This tensor on another device and/or dtype, differentiably (gradients flow back)."""
+        out = self
+        if dtype is not None and resolve_dtype(dtype) != self.dtype:
+            out = ops.cast(out, resolve_dtype(dtype))
+        if device is not None and as_device(device) != out.device:
+            out = ops.to_device(out, as_device(device))
+        return out
+
+    def cpu(self) -> Tensor:
+        return self.to("cpu")
+
+    def cuda(self, index: int | None = None) -> Tensor:
+        return self.to("cuda" if index is None else f"cuda:{index}")
+
+    def astype(self, dtype) -> Tensor:
+        return self.to(dtype=dtype)
+
+    def float(self) -> Tensor:
+        return self.to(dtype=np.float32)
+
+    def double(self) -> Tensor:
+        return self.to(dtype=np.float64)
+
+    def half(self) -> Tensor:
+        return self.to(dtype=np.float16)
+
+    # -- operators ------------------------------------------------------------------------------
+    def __add__(self, other):
+        return ops.add(self, other)
+
+    def __radd__(self, other):
+        return ops.add(other, self)
+
+    def __sub__(self, other):
+        return ops.sub(self, other)
+
+    def __rsub__(self, other):
+        return ops.sub(other, self)
+
+    def __mul__(self, other):
+        return ops.mul(self, other)
+
+    def __rmul__(self, other):
+        return ops.mul(other, self)
+
+    def __truediv__(self, other):
+        return ops.div(self, other)
+
+    def __rtruediv__(self, other):
+        return ops.div(other, self)
+
+    def __pow__(self, other):
+        return ops.pow(self, other)
+
+    def __rpow__(self, other):
+        return ops.pow(other, self)
+
+    def __matmul__(self, other):
+        return ops.matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return ops.matmul(other, self)
+
+    def __neg__(self):
+        return ops.neg(self)
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return ops.abs(self)
+
+    def __getitem__(self, index):
+        return ops.getitem(self, index)
+
+    # comparisons give boolean tensors without gradient
+    def __lt__(self, other):
+        return ops.compare(self, other, "less")
+
+    def __le__(self, other):
+        return ops.compare(self, other, "less_equal")
+
+    def __gt__(self, other):
+        return ops.compare(self, other, "greater")
+
+    def __ge__(self, other):
+        return ops.compare(self, other, "greater_equal")
+
+    def __eq__(self, other):  # elementwise, like NumPy and torch
+        return ops.compare(self, other, "equal")
+
+    def __ne__(self, other):
+        return ops.compare(self, other, "not_equal")
+
+    # -- methods (NumPy axis/keepdims, and torch dim/keepdim) ------------------------------------
+    def sum(self, axis=None, keepdims: bool = False, *, dim=None, keepdim=None):
+        return ops.sum(self, _axis(axis, dim), _keep(keepdims, keepdim))
+
+    def mean(self, axis=None, keepdims: bool = False, *, dim=None, keepdim=None):
+        return ops.mean(self, _axis(axis, dim), _keep(keepdims, keepdim))
+
+    def var(self, axis=None, keepdims: bool = False, *, dim=None, keepdim=None, ddof: int = 0):
+        return ops.var(self, _axis(axis, dim), _keep(keepdims, keepdim), ddof=ddof)
+
+    def max(self, axis=None, keepdims: bool = False, *, dim=None, keepdim=None):
+        return ops.amax(self, _axis(axis, dim), _keep(keepdims, keepdim))
+
+    def min(self, axis=None, keepdims: bool = False, *, dim=None, keepdim=None):
+        return ops.amin(self, _axis(axis, dim), _keep(keepdims, keepdim))
+
+    def argmax(self, axis=None, *, dim=None):
+        return Tensor(self.xp.argmax(self.data, axis=_axis(axis, dim)))
+
+    def argmin(self, axis=None, *, dim=None):
+        return Tensor(self.xp.argmin(self.data, axis=_axis(axis, dim)))
+
+    def logsumexp(self, axis=None, keepdims: bool = False, *, dim=None, keepdim=None):
+        return ops.logsumexp(self, _axis(axis, dim), _keep(keepdims, keepdim))
+
+    def softmax(self, axis=-1, *, dim=None):
+        return ops.softmax(self, _axis(axis, dim))
+
+    def log_softmax(self, axis=-1, *, dim=None):
+        return ops.log_softmax(self, _axis(axis, dim))
+
+    def reshape(self, *shape):
+        return ops.reshape(self, _shape_args(shape))
+
+    def view(self, *shape):
+        return ops.reshape(self, _shape_args(shape))
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1):
+        return ops.flatten(self, start_dim, end_dim)
+
+    def squeeze(self, axis=None, *, dim=None):
+        return ops.squeeze(self, _axis(axis, dim))
+
+    def unsqueeze(self, axis: int):
+        return ops.unsqueeze(self, axis)
+
+    def expand(self, *shape):
+        return ops.broadcast_to(self, _shape_args(shape))
+
+    def broadcast_to(self, shape):
+        return ops.broadcast_to(self, tuple(shape))
+
+    def transpose(self, *dims):
+        """``t.transpose(d0, d1)`` swaps two dimensions (torch); ``t.transpose()`` reverses them all."""
+        if len(dims) == 0:
+            return ops.permute(self, tuple(range(self.ndim))[::-1])
+        if len(dims) == 2:
+            perm = list(range(self.ndim))
+            d0, d1 = (_norm_axis(d, self.ndim) for d in dims)
+            perm[d0], perm[d1] = perm[d1], perm[d0]
+            return ops.permute(self, tuple(perm))
+        raise TypeError(f"transpose takes no or two dimensions (got {dims}); use permute(*dims) to reorder")
+
+    def permute(self, *dims):
+        return ops.permute(self, _shape_args(dims))
+
+    @property
+    def T(self):
+        return ops.permute(self, tuple(range(self.ndim))[::-1])
+
+    @property
+    def mT(self):
+        return self.transpose(-2, -1)
+
+    def exp(self):
+        return ops.exp(self)
+
+    def log(self):
+        return ops.log(self)
+
+    def sqrt(self):
+        return ops.sqrt(self)
+
+    def tanh(self):
+        return ops.tanh(self)
+
+    def sigmoid(self):
+        return ops.sigmoid(self)
+
+    def relu(self):
+        return ops.relu(self)
+
+    def abs(self):
+        return ops.abs(self)
+
+    def clip(self, min=None, max=None):
+        return ops.clip(self, min, max)
+
+    clamp = clip
+
+    def pow(self, exponent):
+        return ops.pow(self, exponent)
+
+    def matmul(self, other):
+        return ops.matmul(self, other)
+
+    def eq(self, other):
+        return ops.compare(self, other, "equal")
+
+
+def _axis(axis, dim):
+    if dim is not None:
+        if axis is not None and axis != dim:
+            raise TypeError(f"give either axis= or dim=, not both (axis={axis}, dim={dim})")
+        axis = dim
+    if isinstance(axis, list):
+        axis = tuple(axis)
+    return axis
+
+
+def _keep(keepdims, keepdim):
+    return bool(keepdim) if keepdim is not None else bool(keepdims)
+
+
+def _shape_args(shape) -> tuple:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = shape[0]
+    return tuple(int(s) for s in shape)
+
+
+def _norm_axis(axis: int, ndim: int) -> int:
+    if not -ndim <= axis < max(ndim, 1):
+        raise IndexError(f"dimension {axis} out of range for a tensor with {ndim} dimensions")
+    return axis % max(ndim, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Creating tensors
+# ---------------------------------------------------------------------------------------------
+
+
+def _infer_dtype(data):
+    """torch's rule: Python floats -> the default dtype, ints -> int64, bools -> bool."""
+    arr = np.asarray(data)
+    if arr.dtype.kind == "f":
+        return backend.get_default_dtype()
+    if arr.dtype.kind in "iu":
+        return np.dtype(np.int64)
+    if arr.dtype.kind == "b":
+        return np.dtype(bool)
+    raise ValueError(f"cannot make a tensor from data of dtype {arr.dtype}: expected numbers or bools")
+
+
+def tensor(data, requires_grad: bool = False, dtype=None, device=None) -> Tensor:
+    """Create a leaf tensor from a list, scalar, NumPy/CuPy array or Tensor (data is copied).
+
+    Args:
+        data: the values. NumPy/CuPy arrays keep their dtype; Python floats get the default dtype
+            (float32 unless ``set_default_dtype`` changed it), Python ints int64.
+        requires_grad: record operations on it so backward fills ``.grad`` (floating dtypes only).
+        dtype: optional dtype (name, NumPy dtype, or ``dtrain.bfloat16``).
+        device: "cpu" (default: where the data already is), "cuda" or "cuda:i".
+
+    >>> tensor([1.0, 2.0], requires_grad=True).shape
+    (2,)
+    """
+    if isinstance(data, Tensor):
+        data = data.data
+    if dtype is not None:
+        dt = resolve_dtype(dtype)
+    elif hasattr(data, "dtype") and hasattr(data, "shape"):
+        dt = resolve_dtype(data.dtype)
+    else:
+        dt = _infer_dtype(data)
+    if device is None:
+        dev = device_of(data) if hasattr(data, "shape") else backend.CPU
+    else:
+        dev = as_device(device)
+    if dev.type == "cpu":
+        if hasattr(data, "__cuda_array_interface__"):
+            data = data.get()
+        arr = np.array(data, dtype=dt, copy=True)
+    else:
+        with dev.context():
+            arr = dev.xp.array(data, dtype=dt, copy=True)
+    return Tensor(arr, requires_grad=requires_grad)
+
+
+def _filled(shape, value, dtype, device, requires_grad):
+    dev = as_device(device)
+    dt = resolve_dtype(dtype) if dtype is not None else backend.get_default_dtype()
+    with dev.context():
+        arr = dev.xp.full(_shape_args(shape) if isinstance(shape, tuple) else tuple(shape), value, dtype=dt)
+    return Tensor(arr, requires_grad=requires_grad)
+
+
+def zeros(*shape, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """A tensor of zeros (default dtype unless given)."""
+    return _filled(_shape_args(shape), 0, dtype, device, requires_grad)
+
+
+def ones(*shape, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """A tensor of ones (default dtype unless given)."""
+    return _filled(_shape_args(shape), 1, dtype, device, requires_grad)
+
+
+def full(shape, fill_value, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """A tensor of ``shape`` filled with ``fill_value``."""
+    return _filled(_shape_args((shape,)) if not isinstance(shape, int) else (shape,), fill_value, dtype,
+                   device, requires_grad)
+
+
+def zeros_like(t: Tensor, dtype=None, requires_grad: bool = False) -> Tensor:
+    return zeros(t.shape, dtype=dtype or t.dtype, device=t.device, requires_grad=requires_grad)
+
+
+def ones_like(t: Tensor, dtype=None, requires_grad: bool = False) -> Tensor:
+    return ones(t.shape, dtype=dtype or t.dtype, device=t.device, requires_grad=requires_grad)
+
+
+def randn(*shape, dtype=None, device=None, requires_grad: bool = False, generator=None) -> Tensor:
+    """Standard-normal samples from ``generator`` (default: ``dtrain.manual_seed``'s)."""
+    gen = generator or backend.default_generator
+    dt = resolve_dtype(dtype) if dtype is not None else backend.get_default_dtype()
+    arr = gen.normal(_shape_args(shape), dt, device).astype(dt)
+    return Tensor(arr, requires_grad=requires_grad)
+
+
+def rand(*shape, dtype=None, device=None, requires_grad: bool = False, generator=None) -> Tensor:
+    """Uniform [0, 1) samples from ``generator`` (default: ``dtrain.manual_seed``'s)."""
+    gen = generator or backend.default_generator
+    dt = resolve_dtype(dtype) if dtype is not None else backend.get_default_dtype()
+    arr = gen.uniform(_shape_args(shape), dt, device).astype(dt)
+    return Tensor(arr, requires_grad=requires_grad)
+
+
+def arange(start, stop=None, step=1, dtype=None, device=None) -> Tensor:
+    """Evenly spaced values, like numpy.arange (int64 for integer arguments)."""
+    if stop is None:
+        start, stop = 0, start
+    ints = all(isinstance(v, numbers.Integral) for v in (start, stop, step))
+    dt = resolve_dtype(dtype) if dtype is not None else (np.dtype(np.int64) if ints else backend.get_default_dtype())
+    dev = as_device(device)
+    with dev.context():
+        return Tensor(dev.xp.arange(start, stop, step, dtype=dt))
+
+
+def as_tensor_args(values: Sequence) -> list:
+    """Helper for ops taking lists of tensors: validate that each entry is a Tensor."""
+    out = []
+    for i, v in enumerate(values):
+        if not isinstance(v, Tensor):
+            raise TypeError(f"expected a sequence of Tensors, entry {i} is {type(v).__name__}")
+        out.append(v)
+    return out
+
+
+from . import ops  # noqa: E402  (ops need Tensor defined first)

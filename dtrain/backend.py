@@ -1,0 +1,329 @@
+"""Array backends: NumPy on the CPU, CuPy on CUDA GPUs.
+
+Every op in dtrain is written once against ``xp = get_array_module(array)``; this module is the only
+place that knows which libraries exist. Importing dtrain never imports CuPy: it is loaded the first
+time a CUDA device is asked for (or a CuPy array is seen).
+
+Devices are spelled ``"cpu"``, ``"cuda"`` (the current GPU) or ``"cuda:i"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Device",
+    "as_device",
+    "bfloat16",
+    "cupy_available",
+    "device_of",
+    "get_array_module",
+    "get_default_dtype",
+    "resolve_dtype",
+    "set_default_dtype",
+    "to_device",
+    "is_float_dtype",
+    "Generator",
+    "default_generator",
+    "manual_seed",
+]
+
+# ----------------------------------------------------------------------------------------------
+# CuPy, loaded lazily
+# ----------------------------------------------------------------------------------------------
+
+_cupy: Any = None
+_cupy_error: str | None = None
+
+
+def _load_cupy():
+    """Return the cupy module, or None (remembering why) when it cannot be used."""
+    global _cupy, _cupy_error
+    if _cupy is not None or _cupy_error is not None:
+        return _cupy
+    try:
+        import cupy
+
+        n = cupy.cuda.runtime.getDeviceCount()
+        if n < 1:
+            raise RuntimeError("CUDA reports 0 devices")
+        _cupy = cupy
+    except Exception as exc:  # ImportError, CUDARuntimeError, ...
+        _cupy_error = f"{type(exc).__name__}: {exc}"
+    return _cupy
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports and at least one CUDA device is visible."""
+    return _load_cupy() is not None
+
+
+def _is_cupy_array(a) -> bool:
+    # Avoid importing cupy for NumPy arrays: only look when the type comes from cupy.
+    return type(a).__module__.startswith("cupy")
+
+
+def get_array_module(*arrays):
+    """Return ``numpy`` or ``cupy``: the module that owns the given arrays.
+
+    Non-array arguments (Python scalars, None) are ignored; with no CuPy array among the
+    arguments the answer is ``numpy``.
+
+    >>> get_array_module(np.zeros(3)) is np
+    True
+    """
+    for a in arrays:
+        a = getattr(a, "data", a) if hasattr(a, "_is_dtrain_tensor") else a
+        if _is_cupy_array(a):
+            return sys.modules["cupy"]
+    return np
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Device:
+    """A place where arrays live: ``Device("cpu")`` or ``Device("cuda", 0)``."""
+
+    type: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+    def __repr__(self) -> str:
+        return f"device('{self}')"
+
+    @property
+    def xp(self):
+        """The array module for this device (numpy or cupy)."""
+        if self.type == "cpu":
+            return np
+        return _require_cupy(str(self))
+
+    @contextlib.contextmanager
+    def context(self):
+        """Make this device current for the duration of a ``with`` block (no-op on CPU)."""
+        if self.type == "cpu":
+            yield
+            return
+        cp = _require_cupy(str(self))
+        with cp.cuda.Device(self.index if self.index is not None else cp.cuda.Device().id):
+            yield
+
+
+CPU = Device("cpu")
+
+
+def _require_cupy(what: str):
+    cp = _load_cupy()
+    if cp is None:
+        raise RuntimeError(
+            f"device '{what}' was requested but CUDA is not usable here ({_cupy_error}). "
+            "Install CuPy with `pip install dtrain[cuda12]` or `dtrain[cuda13]` on a machine with an "
+            "NVIDIA GPU, or use device='cpu'."
+        )
+    return cp
+
+
+def as_device(device: str | Device | None) -> Device:
+    """Parse ``"cpu"``, ``"cuda"``, ``"cuda:1"`` (or a Device, or None meaning cpu) into a Device.
+
+    Raises ValueError for any other spelling and RuntimeError for a CUDA device that does not exist
+    or cannot be used here.
+    """
+    if device is None:
+        return CPU
+    if isinstance(device, Device):
+        dev = device
+    elif isinstance(device, str):
+        spec = device.strip().lower()
+        if spec == "cpu":
+            return CPU
+        if spec == "cuda" or spec == "gpu":
+            dev = Device("cuda", None)
+        elif spec.startswith("cuda:") and spec[5:].isdigit():
+            dev = Device("cuda", int(spec[5:]))
+        else:
+            raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'cuda:<index>'")
+    else:
+        raise TypeError(f"device must be a string like 'cpu' or 'cuda:0', got {type(device).__name__}")
+    if dev.type == "cpu":
+        return CPU
+    cp = _require_cupy(str(dev))
+    n = cp.cuda.runtime.getDeviceCount()
+    index = cp.cuda.Device().id if dev.index is None else dev.index
+    if not 0 <= index < n:
+        raise RuntimeError(f"device 'cuda:{index}' does not exist: this machine has {n} CUDA device(s)")
+    return Device("cuda", index)
+
+
+def device_of(array) -> Device:
+    """The Device an array lives on."""
+    if _is_cupy_array(array):
+        return Device("cuda", int(array.device.id))
+    return CPU
+
+
+def to_device(array, device: str | Device | None):
+    """Return ``array`` on ``device`` (the same object when it is already there)."""
+    dev = as_device(device)
+    src = device_of(array)
+    if src == dev:
+        return array
+    if dev.type == "cpu":
+        return array.get()
+    cp = _require_cupy(str(dev))
+    with cp.cuda.Device(dev.index):
+        return cp.asarray(array)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dtypes
+# ----------------------------------------------------------------------------------------------
+
+
+def _bfloat16_dtype():
+    try:
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    except ImportError:
+        return None
+
+
+bfloat16 = _bfloat16_dtype()  # numpy dtype, or None when ml_dtypes is not installed
+
+_FLOAT_NAMES = {"float16", "float32", "float64", "half", "float", "double", "bfloat16"}
+_default_dtype = np.dtype(np.float32)
+
+
+def resolve_dtype(dtype) -> np.dtype:
+    """Turn a dtype spec (numpy dtype, type, or name such as "float32"/"bfloat16") into a np.dtype.
+
+    Floating (float16/bfloat16/float32/float64), integer and bool dtypes are supported; anything
+    else (complex, strings, objects) is rejected with a ValueError naming it.
+    """
+    if isinstance(dtype, str) and dtype.lower() in ("bfloat16", "bf16"):
+        if bfloat16 is None:
+            raise ValueError("dtype bfloat16 needs the ml_dtypes package: pip install ml_dtypes")
+        return bfloat16
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise ValueError(f"unsupported dtype {dtype!r}: {exc}") from None
+    if dt.kind in "fiub" and dt.itemsize <= 8:
+        return dt
+    if bfloat16 is not None and dt == bfloat16:
+        return dt
+    raise ValueError(
+        f"unsupported dtype {dt} ({dtype!r}): expected a floating dtype (float16, bfloat16, float32, "
+        "float64), an integer dtype or bool"
+    )
+
+
+def is_float_dtype(dtype) -> bool:
+    """True for float16/bfloat16/float32/float64 (the dtypes that can carry gradients)."""
+    dt = np.dtype(dtype)
+    return dt.kind == "f" or (bfloat16 is not None and dt == bfloat16)
+
+
+def set_default_dtype(dtype) -> None:
+    """Set the dtype of new floating tensors and parameters (float32 unless set).
+
+    >>> set_default_dtype("float64"); set_default_dtype("float32")
+    """
+    global _default_dtype
+    dt = resolve_dtype(dtype)
+    if not is_float_dtype(dt):
+        raise ValueError(f"the default dtype must be a floating dtype, got {dt}")
+    _default_dtype = dt
+
+
+def get_default_dtype() -> np.dtype:
+    """The dtype of new floating tensors (float32 unless changed with set_default_dtype)."""
+    return _default_dtype
+
+
+def finfo_eps(dtype) -> float:
+    """Machine epsilon of a floating dtype (works for bfloat16 too)."""
+    dt = np.dtype(dtype)
+    if bfloat16 is not None and dt == bfloat16:
+        return 2.0**-7
+    return float(np.finfo(dt).eps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Random numbers: explicit, seeded generators (dropout, init, shuffling)
+# ----------------------------------------------------------------------------------------------
+
+
+class Generator:
+    """A seeded source of random numbers for any device.
+
+    CPU draws come from NumPy's PCG64; CUDA draws from CuPy's generator, seeded from the same seed
+    and device index, so a run is reproducible from one integer. ``get_state``/``set_state`` give a
+    JSON-serialisable snapshot of the CPU stream (checkpoints save it).
+
+    >>> g = Generator(0); g.uniform((2,), np.float32).shape
+    (2,)
+    """
+
+    def __init__(self, seed: int = 0):
+        self.manual_seed(seed)
+
+    def manual_seed(self, seed: int) -> Generator:
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        self.seed = int(seed)
+        self._np = np.random.Generator(np.random.PCG64(self.seed))
+        self._cuda: dict[int, Any] = {}
+        return self
+
+    def _gpu(self, index: int):
+        cp = _require_cupy(f"cuda:{index}")
+        if index not in self._cuda:
+            with cp.cuda.Device(index):
+                self._cuda[index] = cp.random.RandomState(seed=(self.seed * 1_000_003 + index) % 2**63)
+        return self._cuda[index]
+
+    def uniform(self, shape, dtype, device: Device | str | None = None):
+        """Uniform [0, 1) samples of ``shape`` and ``dtype`` on ``device``."""
+        dev = as_device(device)
+        if dev.type == "cpu":
+            return self._np.random(shape, dtype=np.float64 if np.dtype(dtype) != np.float32 else np.float32)
+        with dev.context():
+            return self._gpu(dev.index).random_sample(shape, dtype=np.float32)
+
+    def normal(self, shape, dtype, device: Device | str | None = None):
+        """Standard normal samples of ``shape`` on ``device`` (cast to ``dtype`` by the caller)."""
+        dev = as_device(device)
+        if dev.type == "cpu":
+            return self._np.standard_normal(shape, dtype=np.float32 if np.dtype(dtype) == np.float32 else np.float64)
+        with dev.context():
+            return self._gpu(dev.index).standard_normal(shape, dtype=np.float32)
+
+    def get_state(self) -> dict:
+        """JSON-serialisable state of the CPU stream."""
+        return {"seed": self.seed, "cpu": self._np.bit_generator.state}
+
+    def set_state(self, state: dict) -> None:
+        """Restore a state captured by get_state()."""
+        self.manual_seed(int(state["seed"]))
+        self._np.bit_generator.state = state["cpu"]
+
+
+default_generator = Generator(0)
+
+
+def manual_seed(seed: int) -> Generator:
+    """Re-seed the default generator (dropout masks and other draws that name no generator)."""
+    return default_generator.manual_seed(seed)
