@@ -178,12 +178,16 @@ class Function:
             elif ta is not first_type:
                 _check_same_device(cls.__name__, inputs)
             arrays.append(a)
-        if first_type is not np.ndarray and first_type is not None and first_type.__module__.startswith("cupy"):
-            _check_same_device(cls.__name__, inputs)
-            with arrays[0].device:
+        try:
+            if first_type is not np.ndarray and first_type is not None and first_type.__module__.startswith("cupy"):
+                _check_same_device(cls.__name__, inputs)
+                with arrays[0].device:
+                    out = fn.forward(*arrays, **params)
+            else:
                 out = fn.forward(*arrays, **params)
-        else:
-            out = fn.forward(*arrays, **params)
+        except ValueError as exc:  # e.g. shapes that do not broadcast: say which op and which shapes
+            shapes = ", ".join(str(tuple(a.shape)) for a in arrays if hasattr(a, "shape"))
+            raise ValueError(f"op {cls.__name__} on inputs of shapes {shapes}: {exc}") from None
         if isinstance(out, np.generic):
             out = np.asarray(out)
         record = needs_grad and _grad_mode.enabled

@@ -85,6 +85,8 @@ class Conv2d(Function):
         else:
             cg_cols = cols.reshape(m, groups, -1).transpose(1, 0, 2)
             y = (cg_cols @ w.reshape(groups, o // groups, -1).transpose(0, 2, 1)).transpose(1, 0, 2).reshape(m, o)
+        if y.dtype != cols.dtype:  # bfloat16 products come back as float32
+            y = y.astype(cols.dtype)
         if b is not None:
             y += b
         return xp_of(cols).ascontiguousarray(y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..function import Function
 from ..tensor import Tensor
 from ._util import pair, tsum
@@ -11,12 +13,19 @@ def _swap(a):
     return a.swapaxes(-1, -2)
 
 
+def mm(a, b):
+    """a @ b in the operands' own dtype (NumPy's matmul on bfloat16 arrays returns float32)."""
+    out = a @ b
+    expected = np.result_type(a.dtype, b.dtype)
+    return out if out.dtype == expected else out.astype(expected)
+
+
 class Matmul(Function):
     """a @ b with NumPy's rules: 1-D operands are promoted and the added axis removed again."""
 
     def forward(self, a, b):
         self.saved = (a, b)
-        return a @ b
+        return mm(a, b)
 
     def backward(self, g):
         a, b = self.saved
@@ -60,7 +69,7 @@ class Linear(Function):
 
     def forward(self, x, w, b=None):
         self.saved = (x, w)
-        y = x @ w.T
+        y = mm(x, w.T)
         if b is not None:
             y += b
         return y

@@ -9,7 +9,7 @@ from ._util import acc_dtype, as_tensor, expand_grad, keep_shape, norm_axes, xp_
 
 class Sum(Function):
     def forward(self, x, axes=(), keepdims=False):
-        self.in_shape, self.axes = x.shape, axes
+        self.in_shape, self.axes, self.keepdims = x.shape, axes, keepdims
         if x.dtype.itemsize < 4:
             return x.sum(axis=axes, keepdims=keepdims, dtype=acc_dtype(x.dtype)).astype(x.dtype)
         return x.sum(axis=axes, keepdims=keepdims)
@@ -18,12 +18,12 @@ class Sum(Function):
         return expand_grad(g, self.in_shape, self.axes)
 
     def jvp(self, t):
-        return t.sum(axis=self.axes)
+        return t.sum(axis=self.axes, keepdims=self.keepdims)
 
 
 class Mean(Function):
     def forward(self, x, axes=(), keepdims=False):
-        self.in_shape, self.axes = x.shape, axes
+        self.in_shape, self.axes, self.keepdims = x.shape, axes, keepdims
         n = 1
         for a in axes:
             n *= x.shape[a]
@@ -36,7 +36,7 @@ class Mean(Function):
         return expand_grad(g / self.n, self.in_shape, self.axes)
 
     def jvp(self, t):
-        return t.mean(axis=self.axes)
+        return t.mean(axis=self.axes, keepdims=self.keepdims)
 
 
 class Extremum(Function):
@@ -49,7 +49,7 @@ class Extremum(Function):
         mask = x == y
         count = mask.sum(axis=axes, keepdims=True)
         self.saved = (mask, count)
-        self.in_shape, self.axes = x.shape, axes
+        self.in_shape, self.axes, self.keepdims = x.shape, axes, keepdims
         return y if keepdims else y.reshape([n for i, n in enumerate(x.shape) if i not in axes])
 
     def _weights(self):
@@ -60,7 +60,7 @@ class Extremum(Function):
         return g.reshape(keep_shape(self.in_shape, self.axes)) * self._weights()
 
     def jvp(self, t):
-        return (t * self._weights()).sum(axis=self.axes)
+        return (t * self._weights()).sum(axis=self.axes, keepdims=self.keepdims)
 
 
 class LogSumExp(Function):
@@ -70,7 +70,7 @@ class LogSumExp(Function):
         m = xp.where(xp.isfinite(m), m, 0)
         out = xp.log(xp.exp(x - m).sum(axis=axes, keepdims=True)) + m
         self.saved = (x, out)
-        self.in_shape, self.axes = x.shape, axes
+        self.in_shape, self.axes, self.keepdims = x.shape, axes, keepdims
         return out if keepdims else out.reshape([n for i, n in enumerate(x.shape) if i not in axes])
 
     def _softmax(self):
@@ -81,7 +81,7 @@ class LogSumExp(Function):
         return g.reshape(keep_shape(self.in_shape, self.axes)) * self._softmax()
 
     def jvp(self, t):
-        return (t * self._softmax()).sum(axis=self.axes)
+        return (t * self._softmax()).sum(axis=self.axes, keepdims=self.keepdims)
 
 
 def _stable_softmax(xp, x, axis):
