@@ -73,7 +73,7 @@ def test_graph_freed_after_backward_and_second_backward_is_an_error():
     x = leaf([1.0])
     y = (x.exp() * 2.0).sum()
     y.backward()
-    with pytest.raises(RuntimeError, match="backward through the graph a second time.*retain_graph=True"):
+    with pytest.raises(RuntimeError, match=r"backward through the graph a second time.*retain_graph=True"):
         y.backward()
 
 

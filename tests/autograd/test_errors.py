@@ -118,7 +118,7 @@ def test_batch_norm_parameter_shapes():
 
 
 def test_dropout_probability_range():
-    with pytest.raises(ValueError, match="dropout probability must be in \\[0, 1\\], got 1.5"):
+    with pytest.raises(ValueError, match=r"dropout probability must be in \[0, 1\], got 1.5"):
         F.dropout(dt.ones(3), 1.5)
 
 

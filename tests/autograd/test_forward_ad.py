@@ -53,7 +53,7 @@ def test_jacobian_of_elementwise_function_is_diagonal():
 def test_jvp_with_several_primals_and_outputs():
     a = dt.tensor([1.0, 2.0], dtype="float64")
     b = dt.tensor([3.0, -1.0], dtype="float64")
-    (p, s), (tp, ts) = jvp(lambda x, y: (x * y, x + y), (a, b), (np.array([1.0, 0.0]), np.array([0.0, 1.0])))
+    (p, _), (tp, ts) = jvp(lambda x, y: (x * y, x + y), (a, b), (np.array([1.0, 0.0]), np.array([0.0, 1.0])))
     np.testing.assert_array_equal(p.data, [3.0, -2.0])
     np.testing.assert_array_equal(tp.data, [3.0, 2.0])  # da*b + a*db
     np.testing.assert_array_equal(ts.data, [1.0, 1.0])
