@@ -78,6 +78,8 @@ def get_array_module(*arrays):
     True
     """
     for a in arrays:
+        if type(a) is np.ndarray:  # the common case, decided without string checks
+            continue
         a = getattr(a, "data", a) if hasattr(a, "_is_dtrain_tensor") else a
         if _is_cupy_array(a):
             return sys.modules["cupy"]

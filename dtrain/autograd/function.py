@@ -192,9 +192,13 @@ class Function:
             out = np.asarray(out)
         record = needs_grad and _grad_mode.enabled
         if record:
-            fn.next = tuple(_edge(t) for t in inputs)
-            fn.needs_grad = tuple(e is not None for e in fn.next)
-            fn.in_meta = tuple((a.shape, a.dtype) if hasattr(a, "shape") else None for a in arrays)
+            edges, needs, meta = [], [], []
+            for t, a in zip(inputs, arrays):
+                e = (t._node if t._node is not None else t) if getattr(t, "_requires_grad", False) else None
+                edges.append(e)
+                needs.append(e is not None)
+                meta.append((a.shape, a.dtype) if e is not None else None)
+            fn.next, fn.needs_grad, fn.in_meta = tuple(edges), tuple(needs), tuple(meta)
             fn.seq = next(_seq)
             result = Tensor._make(out, True, fn)
         else:
@@ -206,13 +210,6 @@ class Function:
                 tan = _fit_tangent(tan, out)
             result._tangent = tan
         return result
-
-
-def _edge(t):
-    """What a node points to for input ``t``: its producing Function, the leaf, or None."""
-    if getattr(t, "requires_grad", False):
-        return t._node if t._node is not None else t
-    return None
 
 
 def _fit_tangent(tan, out):

@@ -74,7 +74,8 @@ class Conv2d(Function):
         """(N*OH*OW, C*KH*KW) matrix of all windows (one copy of the strided view)."""
         stride, padding, dilation, _ = self.cfg
         win = _windows(_pad2d(x, padding), k, stride, dilation, self.out_hw)
-        return win.transpose(0, 2, 3, 1, 4, 5).reshape(x.shape[0] * self.out_hw[0] * self.out_hw[1], -1)
+        m = x.shape[0] * self.out_hw[0] * self.out_hw[1]
+        return win.transpose(0, 2, 3, 1, 4, 5).reshape(m, x.shape[1] * k[0] * k[1])  # explicit: size may be 0
 
     def _gemm(self, cols, w, b):
         groups = self.cfg[3]
@@ -83,7 +84,7 @@ class Conv2d(Function):
         if groups == 1:
             y = cols @ w.reshape(o, -1).T
         else:
-            cg_cols = cols.reshape(m, groups, -1).transpose(1, 0, 2)
+            cg_cols = cols.reshape(m, groups, cols.shape[1] // groups).transpose(1, 0, 2)
             y = (cg_cols @ w.reshape(groups, o // groups, -1).transpose(0, 2, 1)).transpose(1, 0, 2).reshape(m, o)
         if y.dtype != cols.dtype:  # bfloat16 products come back as float32
             y = y.astype(cols.dtype)
@@ -109,13 +110,13 @@ class Conv2d(Function):
             if nx:
                 gcols = gy @ w.reshape(o, -1)
         else:
-            gyg = gy.reshape(m, groups, -1).transpose(1, 0, 2)
+            gyg = gy.reshape(m, groups, o // groups).transpose(1, 0, 2)
             wg = w.reshape(groups, o // groups, -1)
             if nw:
-                colsg = cols.reshape(m, groups, -1).transpose(1, 0, 2)
+                colsg = cols.reshape(m, groups, cols.shape[1] // groups).transpose(1, 0, 2)
                 gw = (gyg.transpose(0, 2, 1) @ colsg).reshape(w.shape)
             if nx:
-                gcols = (gyg @ wg).transpose(1, 0, 2).reshape(m, -1)
+                gcols = (gyg @ wg).transpose(1, 0, 2).reshape(m, cols.shape[1])
         if nx:
             gc = gcols.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 1, 2, 4, 5)
             padded = (n, c, h + 2 * padding[0], wd + 2 * padding[1])

@@ -43,8 +43,8 @@ class Extremum(Function):
     """max or min; tied extremes share the gradient equally (torch.amax/amin's rule)."""
 
     def forward(self, x, axes=(), keepdims=False, largest=True):
-        if x.size == 0:
-            raise ValueError(f"{'max' if largest else 'min'}() of an empty tensor (shape {x.shape})")
+        if any(x.shape[a] == 0 for a in axes):
+            raise ValueError(f"{'max' if largest else 'min'}() over an empty dimension (shape {x.shape}, axes {axes})")
         y = x.max(axis=axes, keepdims=True) if largest else x.min(axis=axes, keepdims=True)
         mask = x == y
         count = mask.sum(axis=axes, keepdims=True)
