@@ -297,6 +297,10 @@ def blas_info() -> str:
         return "unknown"
 
 
+def fmt_load(load) -> str:
+    return "/".join(f"{x:.2f}" for x in load)
+
+
 def fmt_time(seconds: float, unit: str) -> str:
     return f"{seconds * 1e3:.3f}" if unit == "ms" else f"{seconds * 1e6:.1f}"
 
@@ -369,6 +373,8 @@ def write_outputs(out_dir: Path, big: list[dict], tiny: list[dict], args, comman
         "- threads: 1 (OMP/OPENBLAS/MKL_NUM_THREADS=1 set before importing NumPy; torch.set_num_threads(1))",
         f"- Python {platform.python_version()}, NumPy {np.__version__}, {torch_note}",
         f"- BLAS: {blas_info()}",
+        f"- load average (1/5/15 min) at start {fmt_load(args.load_start)}, at end {fmt_load(args.load_end)} "
+        "(includes this benchmark itself, about 1; on 2 cores, values well above 1 mean other processes competed)",
         "",
         "## Command",
         "",
@@ -405,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
         impls.append("numpy")  # the reference of the check
 
     command = shlex.join([Path(sys.executable).as_posix(), *sys.argv]) if argv is None else shlex.join(argv)
+    args.load_start = os.getloadavg()
     big = run_config("big", args.sizes, args.batch, impls, args.iters, args.rounds, args.warmup, args.seed,
                      args.check)
     tiny = []
@@ -414,6 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     for rows in (big, tiny):
         for line in ratio_lines(rows):
             print(line.replace("**", ""))
+    args.load_end = os.getloadavg()
     write_outputs(args.out, big, tiny, args, command)
     print(f"wrote {args.out / 'autograd_overhead.md'} and {args.out / 'autograd_overhead.csv'}")
 
