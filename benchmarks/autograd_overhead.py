@@ -54,6 +54,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _common import command_section, cpu_model, fmt_load  # noqa: E402
 
 import dtrain as dt  # noqa: E402
 import dtrain.nn.functional as F  # noqa: E402
@@ -278,16 +279,6 @@ def run_config(label: str, sizes: list[int], batch: int, impls: list[str], iters
 # ---------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def blas_info() -> str:
     try:
         cfg = np.show_config(mode="dicts")
@@ -295,10 +286,6 @@ def blas_info() -> str:
         return f"{blas.get('name')} {blas.get('version')} ({blas.get('openblas configuration', '').strip()})"
     except Exception:  # older NumPy: no mode="dicts"
         return "unknown"
-
-
-def fmt_load(load) -> str:
-    return "/".join(f"{x:.2f}" for x in load)
 
 
 def fmt_time(seconds: float, unit: str) -> str:
@@ -376,12 +363,7 @@ def write_outputs(out_dir: Path, big: list[dict], tiny: list[dict], args, comman
         f"- load average (1/5/15 min) at start {fmt_load(args.load_start)}, at end {fmt_load(args.load_end)} "
         "(includes this benchmark itself, about 1; on 2 cores, values well above 1 mean other processes competed)",
         "",
-        "## Command",
-        "",
-        "```",
-        command,
-        "```",
-        "",
+        *command_section(command),
     ]
     (out_dir / "autograd_overhead.md").write_text("\n".join(md))
 

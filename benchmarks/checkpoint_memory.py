@@ -50,6 +50,7 @@ import tracemalloc  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _common import command_section, cpu_model, fmt_load  # noqa: E402
 
 import dtrain as dt  # noqa: E402
 import dtrain.nn.functional as F  # noqa: E402
@@ -160,16 +161,6 @@ def time_variants(model: DeepMLP, variants: list[str], iters: int, rounds: int, 
     return per_round
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--blocks", type=int, default=16, help="number of Linear+activation blocks (default 16)")
@@ -268,15 +259,10 @@ def main(argv: list[str] | None = None) -> None:
         f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores visible); "
         f"OMP/OPENBLAS/MKL_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}",
         f"- Python {platform.python_version()}, NumPy {np.__version__}",
-        "- load average (1/5/15 min) at start " + "/".join(f"{x:.2f}" for x in load_start)
-        + ", at end " + "/".join(f"{x:.2f}" for x in load_end) + " (the machine may be shared)",
+        f"- load average (1/5/15 min) at start {fmt_load(load_start)}, at end {fmt_load(load_end)} "
+        "(the machine may be shared)",
         "",
-        "## Command",
-        "",
-        "```",
-        command,
-        "```",
-        "",
+        *command_section(command),
     ]
     (out / "checkpoint_memory.md").write_text("\n".join(md))
     print(f"wrote {out / 'checkpoint_memory.md'} and {out / 'checkpoint_memory.csv'}")
