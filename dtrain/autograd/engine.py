@@ -100,11 +100,11 @@ def backward(tensor, grad=None, retain_graph: bool = False) -> None:
             in_grads = (None,) * len(edges)
         if not retain_graph:
             node.release()
-        for i, (edge, gi) in enumerate(zip(edges, in_grads)):
+        for edge, gi, meta in zip(edges, in_grads, metas):
             if edge is None:
                 continue
             if gi is not None:
-                gi = _fit(gi, metas[i], node, i)
+                gi = _fit(gi, meta, node)
             if isinstance(edge, Function):
                 if gi is not None:
                     _accumulate(grads, id(edge), gi)
@@ -147,13 +147,18 @@ def _count_dependencies(root: Function) -> tuple[dict[int, int], dict[int, int]]
     return node_deps, leaf_deps
 
 
-def _fit(g, meta, node: Function, i: int):
+def _fit(g, meta, node: Function):
     """Make an op's returned gradient match its input: array type, shape (un-broadcast), dtype."""
     if isinstance(g, np.generic):
         g = np.asarray(g)
     shape, dtype = meta
     if g.shape != shape:
-        g = unbroadcast(g, shape)
+        try:
+            g = unbroadcast(g, shape)
+        except (RuntimeError, ValueError):
+            raise RuntimeError(
+                f"op {node.name}: backward returned a gradient of shape {g.shape} for an input of shape {shape}"
+            ) from None
     if g.dtype != dtype:
         g = g.astype(dtype)
     return g

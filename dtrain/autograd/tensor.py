@@ -499,11 +499,11 @@ def tensor(data, requires_grad: bool = False, dtype=None, device=None) -> Tensor
     return Tensor(arr, requires_grad=requires_grad)
 
 
-def _filled(shape, value, dtype, device, requires_grad):
+def _filled(shape: tuple, value, dtype, device, requires_grad):
     dev = as_device(device)
     dt = resolve_dtype(dtype) if dtype is not None else backend.get_default_dtype()
     with dev.context():
-        arr = dev.xp.full(_shape_args(shape) if isinstance(shape, tuple) else tuple(shape), value, dtype=dt)
+        arr = dev.xp.full(shape, value, dtype=dt)
     return Tensor(arr, requires_grad=requires_grad)
 
 
@@ -519,8 +519,8 @@ def ones(*shape, dtype=None, device=None, requires_grad: bool = False) -> Tensor
 
 def full(shape, fill_value, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
     """A tensor of ``shape`` filled with ``fill_value``."""
-    return _filled(_shape_args((shape,)) if not isinstance(shape, int) else (shape,), fill_value, dtype,
-                   device, requires_grad)
+    return _filled((int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(n) for n in shape),
+                   fill_value, dtype, device, requires_grad)
 
 
 def zeros_like(t: Tensor, dtype=None, requires_grad: bool = False) -> Tensor:

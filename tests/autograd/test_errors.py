@@ -174,3 +174,17 @@ def test_backward_returning_wrong_number_of_gradients():
     a, b = dt.ones(2, requires_grad=True), dt.ones(2, requires_grad=True)
     with pytest.raises(RuntimeError, match="op Bad: backward returned 1 gradients for 2 inputs"):
         Bad.apply(a, b).sum().backward()
+
+
+def test_backward_returning_a_gradient_of_the_wrong_shape():
+    class BadShape(Function):
+        def forward(self, a):
+            return a * 2
+
+        def backward(self, g):
+            return g[:1]
+
+    a = dt.ones(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"op BadShape: backward returned a gradient of shape \(1,\) for an "
+                                           r"input of shape \(3,\)"):
+        BadShape.apply(a).sum().backward()
