@@ -158,8 +158,6 @@ class Function:
     @classmethod
     def apply(cls, *inputs, **params):
         """Run the primitive on tensors (or raw arrays, treated as constants); return a Tensor."""
-        from .tensor import Tensor
-
         fn = cls()
         arrays = []
         needs_grad = False
@@ -236,3 +234,6 @@ def _check_same_device(op: str, inputs) -> None:
         raise RuntimeError(
             f"op {op}: expected all tensors on the same device, got {desc}. Move them with .to(device)."
         )
+
+
+from .tensor import Tensor  # noqa: E402  (tensor.py imports this module; bind the class once it exists)

@@ -151,6 +151,8 @@ case("attention-causal", lambda q, k, v: F.scaled_dot_product_attention(q, k, v,
      (1, 2, 4, 3), (1, 2, 4, 3))
 case("attention-bool-mask", lambda q, k, v: F.scaled_dot_product_attention(
     q, k, v, attn_mask=np.array([[True, False, True], [True, True, False]])), (2, 2, 4), (2, 3, 4), (2, 3, 2))
+case("attention-dropout", lambda q, k, v: F.scaled_dot_product_attention(
+    q, k, v, dropout_p=0.3, generator=Generator(2)), (2, 3, 4), (2, 3, 4), (2, 3, 2))
 case("attention-float-mask", lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
      (2, 3), (4, 3), (4, 2), (2, 4))
 

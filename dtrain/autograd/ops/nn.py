@@ -15,9 +15,10 @@ from ... import backend
 from ..function import Function
 from ..tensor import Tensor
 from ._util import acc_dtype, as_tensor, scatter_add, xp_of
-from .elementwise import where
+from .elementwise import mul, where
 from .linalg import matmul
 from .reduce import softmax
+from .shape import permute
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -104,9 +105,6 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
 
     ``attn_mask`` may be boolean (True = attend) or additive floats; ``is_causal`` masks the future.
     """
-    from .elementwise import mul
-    from .shape import permute
-
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(f"attention: incompatible shapes q {q.shape}, k {k.shape}, v {v.shape}")
     if scale is None:
@@ -122,9 +120,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
         scores = where(m, scores, -np.inf) if m.dtype == np.bool_ else scores + as_tensor(attn_mask, scores)
     attn = softmax(scores, axis=-1)
     if dropout_p > 0.0:
-        from .nn import dropout as _dropout
-
-        attn = _dropout(attn, dropout_p, True, generator)
+        attn = dropout(attn, dropout_p, True, generator)
     return matmul(attn, v)
 
 
@@ -170,7 +166,7 @@ class _ClassLoss(Function):
         xp = xp_of(lp)
         m, c = lp.shape
         self.reduction = reduction
-        w = weight if weight is not None else None
+        w = weight
         if target.dtype.kind == "f":  # class probabilities
             p = target.astype(lp.dtype, copy=False)
             if label_smoothing:

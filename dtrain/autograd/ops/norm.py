@@ -40,18 +40,19 @@ class _Norm(Function):
             y = y + self._param_view(b)
         return y.astype(dtype, copy=False)
 
+    def _through_normalization(self, v, xhat, invstd):
+        """d xhat / d x applied to ``v``. With batch statistics the map is symmetric, so the same
+        expression serves backward (vector-Jacobian) and forward mode (Jacobian-vector)."""
+        if self.batch_stats:
+            return _normalize_backward(v, xhat, invstd, self.axes)
+        return v * invstd
+
     def backward(self, g):
         xhat, invstd, w = self.saved
         needs = self.needs_grad
         gf = g.astype(xhat.dtype, copy=False)
         gxhat = gf * self._param_view(w) if w is not None else gf
-        if not needs[0]:
-            gx = None
-        elif self.batch_stats:
-            gx = _normalize_backward(gxhat, xhat, invstd, self.axes)
-        else:
-            gx = gxhat * invstd
-        out = [gx]
+        out = [self._through_normalization(gxhat, xhat, invstd) if needs[0] else None]
         if self.has_w:
             out.append(self._param_reduce(gf * xhat) if needs[1] else None)
         if self.has_b:
@@ -64,12 +65,7 @@ class _Norm(Function):
         tb = twb[-1] if self.has_b else None
         txhat = None
         if tx is not None:
-            txf = tx.astype(xhat.dtype, copy=False)
-            if self.batch_stats:
-                txhat = invstd * (txf - txf.mean(axis=self.axes, keepdims=True)
-                                  - xhat * (xhat * txf).mean(axis=self.axes, keepdims=True))
-            else:
-                txhat = txf * invstd
+            txhat = self._through_normalization(tx.astype(xhat.dtype, copy=False), xhat, invstd)
             if w is not None:
                 txhat = txhat * self._param_view(w)
         return tsum(txhat,
