@@ -64,13 +64,18 @@ int32 = _np.dtype(_np.int32)
 int64 = _np.dtype(_np.int64)
 cat = concat
 
-from . import nn  # noqa: E402  (nn builds on the names above)
+from . import (  # noqa: E402  (these build on the names above)
+    data,
+    models,
+    nn,
+    optim,
+)
 
 __all__ = [
     "Device", "Function", "Generator", "Tensor", "abs", "amax", "amin", "arange", "autograd", "backend",
-    "bfloat16", "cat", "checkpoint", "clip", "concat", "device", "enable_grad", "exp", "float16", "float32",
+    "bfloat16", "cat", "checkpoint", "clip", "concat", "data", "device", "enable_grad", "exp", "float16", "float32",
     "float64", "full", "get_array_module", "get_default_dtype", "int32", "int64", "is_grad_enabled", "log",
-    "log_softmax", "logsumexp", "manual_seed", "matmul", "mean", "nn", "no_grad", "ones", "ones_like",
-    "rand", "randn", "relu", "set_default_dtype", "set_grad_enabled", "sigmoid", "softmax", "sqrt", "stack",
+    "log_softmax", "logsumexp", "manual_seed", "matmul", "mean", "models", "nn", "no_grad", "ones", "ones_like",
+    "optim", "rand", "randn", "relu", "set_default_dtype", "set_grad_enabled", "sigmoid", "softmax", "sqrt", "stack",
     "sum", "tanh", "tensor", "where", "zeros", "zeros_like",
 ]

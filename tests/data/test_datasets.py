@@ -332,6 +332,7 @@ def test_text_default_is_pythons_documentation():
     assert s.name == "text" and s.input_shape == (32,)
     x, y = s.train.get_batch(np.arange(3))
     np.testing.assert_array_equal(x[1, :-8], x[0, 8:])  # default stride seq_len // 4
+    np.testing.assert_array_equal(y[0, :-1], x[0, 1:])
     text = "".join(s.vocab[i] for i in x[0])
     assert text.startswith('The "assert" statement') or text.startswith("The Zen of Python")
     assert 8000 < len(s.train) < 12000 and len(s.test) > 500

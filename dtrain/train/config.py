@@ -1,0 +1,192 @@
+"""The training job's configuration: one table of options shared by the CLI flags and TOML files.
+
+Precedence, lowest to highest: built-in defaults, the chosen model's defaults (e.g. Adam for the
+language models), the TOML ``--config`` file, explicit command-line flags. Every option is
+validated here, with an error that names the option, the bad value and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["OPTIONS", "ConfigError", "Option", "load_toml", "resolve_config"]
+
+
+class ConfigError(ValueError):
+    """A bad option value, an unknown key or an unreadable config file."""
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # key in TOML and the config dict; the flag is --name with dashes
+    type: type
+    default: Any
+    help: str
+    choices: tuple | None = None
+    check: str | None = None  # "positive", "nonnegative", "fraction" (0 <= v < 1)
+    metavar: str | None = None
+    optional: bool = False  # None allowed (means "not set")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("model", str, "mlp", "model from the zoo", ("mlp", "cnn", "resnet", "lstm", "transformer")),
+    Option("dataset", str, "digits", "digits | synthetic[:k=v,...] | mnist:DIR | npz:FILE | text[:FILE] "
+           "(text is the default for lstm/transformer)", metavar="SPEC"),
+    Option("epochs", int, 20, "passes over the training data", check="positive"),
+    Option("batch_size", int, 64, "GLOBAL mini-batch size (split across ranks)", check="positive"),
+    Option("lr", float, 0.05, "learning rate (per-model defaults: mlp 0.05 and cnn 0.02 with SGD; resnet 3e-3, "
+           "lstm 5e-3, transformer 3e-3 with Adam)",
+           check="positive"),
+    Option("optimizer", str, "sgd", "optimizer", ("sgd", "adam", "adamw", "rmsprop", "adagrad")),
+    Option("momentum", float, 0.9, "SGD/RMSprop momentum", check="nonnegative"),
+    Option("weight_decay", float, 0.0, "L2 weight decay (decoupled for adamw)", check="nonnegative"),
+    Option("l1", float, 0.0, "L1 regularisation strength", check="nonnegative"),
+    Option("scheduler", str, "none", "learning-rate schedule (stepped per optimizer step; plateau per epoch)",
+           ("none", "step", "multistep", "exponential", "cosine", "plateau")),
+    Option("warmup_steps", int, 0, "linear learning-rate warm-up over this many steps, before the schedule",
+           check="nonnegative"),
+    Option("lr_gamma", float, 0.1, "decay factor of the step/multistep/exponential/plateau schedules",
+           check="positive"),
+    Option("lr_step_epochs", int, 10, "StepLR period in epochs (multistep: milestones at 1/2 and 3/4 of training)",
+           check="positive"),
+    Option("clip_grad_norm", float, None, "clip the global gradient norm to this value", check="positive",
+           optional=True),
+    Option("hidden", str, None, "hidden widths: MLP layers '256,128'; the LSTM/CNN hidden size", optional=True,
+           metavar="W[,W...]"),
+    Option("dropout", float, None, "dropout probability inside the model (model default if unset)",
+           check="fraction", optional=True),
+    Option("seq_len", int, None, "sequence length of the text data set (default 32)", check="positive",
+           optional=True),
+    Option("device", str, "cpu", "cpu | cuda | cuda:INDEX", metavar="DEVICE"),
+    Option("dtype", str, "float32", "parameter and activation dtype", ("float32", "float64")),
+    Option("seed", int, 0, "seed for initialisation, dropout and shuffling (same seed, same run)",
+           check="nonnegative"),
+    Option("max_steps", int, None, "stop after this many optimizer steps (the LR schedule still spans --epochs)",
+           check="positive", optional=True),
+    Option("early_stopping", int, None, "stop when the test loss has not improved for this many epochs",
+           check="positive", optional=True, metavar="PATIENCE"),
+    Option("checkpoint_dir", str, None, "write checkpoints to this folder", optional=True, metavar="DIR"),
+    Option("checkpoint_every", str, "0", "checkpoint every N steps, or every N epochs with 'Ne' (e.g. 2e); "
+           "0: only at the end", metavar="N|Ne"),
+    Option("keep_checkpoints", int, 3, "how many checkpoints to keep", check="positive"),
+    Option("resume", str, None, "continue from the latest checkpoint in --checkpoint-dir, or from PATH",
+           optional=True, metavar="PATH"),
+    Option("out", str, None, "write metrics.jsonl, summary.json and PNG plots to this folder", optional=True,
+           metavar="DIR"),
+    Option("progress", bool, None, "progress bar on rank 0 (default: when stderr is a terminal)", optional=True),
+    Option("monitor", bool, True, "record gradient flow, weight and dead-ReLU statistics each epoch"),
+)
+_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def _coerce(opt: Option, value, source: str):
+    where = f"{opt.flag}" if source == "flag" else f"'{opt.name}' in {source}"
+    if value is None:
+        if opt.optional:
+            return None
+        raise ConfigError(f"{where} needs a value")
+    try:
+        if opt.type is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+        elif opt.type is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            value = int(value)
+        elif opt.type is float:
+            if isinstance(value, bool):
+                raise TypeError
+            value = float(value)
+        elif opt.type is str:
+            if isinstance(value, (list, tuple)) and opt.name == "hidden":
+                value = ",".join(str(v) for v in value)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = str(value)
+            elif not isinstance(value, str):
+                raise TypeError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be {opt.type.__name__}, got {value!r}") from None
+    if opt.choices and str(value).lower() not in opt.choices:
+        raise ConfigError(f"{where}: unknown {opt.name} {value!r}; expected one of: {', '.join(opt.choices)}")
+    if opt.choices:
+        value = str(value).lower()
+    if opt.check and isinstance(value, (int, float)):
+        bad = (
+            (opt.check == "positive" and not value > 0)
+            or (opt.check == "nonnegative" and not value >= 0)
+            or (opt.check == "fraction" and not 0 <= value < 1)
+            or (isinstance(value, float) and not math.isfinite(value))
+        )
+        if bad:
+            expected = {"positive": "> 0", "nonnegative": ">= 0", "fraction": "in [0, 1)"}[opt.check]
+            raise ConfigError(f"{where} must be {expected}, got {value!r}")
+    return value
+
+
+def load_toml(path: str) -> dict:
+    """Read a TOML config file: a flat table of option names (dashes or underscores). Errors name the file."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    out = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if isinstance(value, dict):
+            raise ConfigError(f"config file {path}: [{key}] tables are not supported; write the options at the "
+                              f"top level (valid keys: {', '.join(_BY_NAME)})")
+        if name not in _BY_NAME:
+            raise ConfigError(f"config file {path}: unknown key {key!r}; valid keys: {', '.join(_BY_NAME)}")
+        out[name] = _coerce(_BY_NAME[name], value, f"config file {path}")
+    return out
+
+
+def parse_checkpoint_every(value: str) -> tuple[int, int]:
+    """'N' -> (N steps, 0); 'Ne' / 'Nepoch(s)' -> (0, N epochs)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(e|epoch|epochs)?\s*", str(value))
+    if not m:
+        raise ConfigError(f"--checkpoint-every must be N (steps) or Ne (epochs), e.g. 500 or 2e; got {value!r}")
+    n = int(m.group(1))
+    return (0, n) if m.group(2) else (n, 0)
+
+
+def resolve_config(flags: dict, toml_path: str | None = None, model_defaults=None) -> dict:
+    """Merge defaults < model defaults < TOML < flags into one validated config dict.
+
+    Args:
+        flags: options given explicitly on the command line (name -> raw value).
+        toml_path: optional TOML file.
+        model_defaults: callable(model name) -> dict of that model's default options.
+    """
+    from_toml = load_toml(toml_path) if toml_path else {}
+    given = {}
+    for name, value in flags.items():
+        if name not in _BY_NAME:
+            raise ConfigError(f"unknown option {name!r}")
+        given[name] = _coerce(_BY_NAME[name], value, "flag")
+    model = given.get("model", from_toml.get("model", _BY_NAME["model"].default))
+    config = {o.name: o.default for o in OPTIONS}
+    if model_defaults is not None:
+        for name, value in model_defaults(model).items():
+            config[name] = _coerce(_BY_NAME[name], value, f"the {model} model's defaults")
+    config.update(from_toml)
+    config.update(given)
+    parse_checkpoint_every(config["checkpoint_every"])
+    return config

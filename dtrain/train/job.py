@@ -1,0 +1,146 @@
+"""Assemble and run one training job from a resolved config (what ``dtrain train`` runs).
+
+Data set → model from the zoo → optimizer and schedule → loaders → Trainer. ``sync`` is the
+seam for distributed runs (a world of 1 uses :class:`LocalSync`): it supplies the rank and world
+size, averages gradients and reduces metrics; this module only splits the global batch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .. import backend, optim
+from ..data import DataLoader, load_dataset
+from ..models import MODELS, build_model, loss_and_accuracy
+from ..optim import lr_scheduler as sched
+from .checkpoint import CheckpointError, CheckpointManager
+from .config import ConfigError, parse_checkpoint_every
+from .log import RankLogger
+from .sync import LocalSync
+from .trainer import EarlyStopping, Trainer
+
+__all__ = ["build_job", "model_defaults", "run"]
+
+
+def model_defaults(model: str) -> dict:
+    """The zoo's per-model training defaults (empty for an unknown model: validation reports it)."""
+    spec = MODELS.get(model)
+    return dict(spec.defaults) if spec else {}
+
+
+def _load_data(cfg: dict):
+    spec = MODELS[cfg["model"]]
+    name = cfg["dataset"].split(":", 1)[0].lower()
+    options = {}
+    if spec.input_kind == "image" and name == "digits":
+        options["image"] = True
+    if spec.input_kind == "flat" and name == "mnist":
+        options["flatten"] = True
+    if name == "text" and cfg.get("seq_len"):
+        options["seq_len"] = cfg["seq_len"]
+    return load_dataset(cfg["dataset"], seed=cfg["seed"], **options)
+
+
+def _optimizer(cfg: dict, params):
+    kwargs = {"weight_decay": cfg["weight_decay"], "l1": cfg["l1"]}
+    if cfg["optimizer"] in ("sgd", "rmsprop"):
+        kwargs["momentum"] = cfg["momentum"]
+    return optim.create(cfg["optimizer"], params, lr=cfg["lr"], **kwargs)
+
+
+def _scheduler(cfg: dict, opt, steps_per_epoch: int):
+    # The schedule spans the planned epochs; --max-steps only stops early (so an interrupted run and
+    # its resumption follow the same schedule as one uninterrupted run).
+    total = cfg["epochs"] * steps_per_epoch
+    warm = cfg["warmup_steps"]
+    kind = cfg["scheduler"]
+    if kind == "plateau":
+        if warm:
+            raise ConfigError("--warmup-steps cannot be combined with --scheduler plateau")
+        return sched.ReduceLROnPlateau(opt, factor=min(cfg["lr_gamma"], 0.99), patience=2)
+    after = None
+    if kind == "step":
+        after = sched.StepLR(opt, step_size=cfg["lr_step_epochs"] * steps_per_epoch, gamma=cfg["lr_gamma"])
+    elif kind == "multistep":
+        after = sched.MultiStepLR(opt, milestones=sorted({max(1, total // 2), max(2, 3 * total // 4)}),
+                                  gamma=cfg["lr_gamma"])
+    elif kind == "exponential":
+        after = sched.ExponentialLR(opt, gamma=cfg["lr_gamma"] ** (1.0 / steps_per_epoch))  # gamma per epoch
+    elif kind == "cosine":
+        after = sched.CosineAnnealingLR(opt, T_max=max(1, total - warm))
+    if warm:
+        return sched.LinearWarmup(opt, warm, after=after)
+    return after
+
+
+def build_job(cfg: dict, sync=None, logger: RankLogger | None = None) -> Trainer:
+    """Build the Trainer for a resolved config (see config.resolve_config); nothing runs yet."""
+    sync = sync or LocalSync()
+    log = logger or RankLogger(sync.rank, sync.world_size, quiet=False)
+    world = sync.world_size
+    if cfg["model"] not in MODELS:
+        raise ConfigError(f"unknown model {cfg['model']!r}; expected one of: {', '.join(sorted(MODELS))}")
+    backend.manual_seed(cfg["seed"])  # model init and dropout draw from the default generator
+    dtype = np.dtype(cfg["dtype"])
+    device = backend.as_device(cfg["device"])
+    splits = _load_data(cfg)
+    backend.set_default_dtype(dtype)
+    model_options = {"hidden": cfg["hidden"], "dropout": cfg["dropout"]}
+    model = build_model(cfg["model"], splits.input_shape, splits.output_size, splits.task, **model_options)
+    model.to(device)
+    sync.broadcast_model(model)
+
+    if cfg["batch_size"] % world:
+        raise ConfigError(f"--batch-size {cfg['batch_size']} (global) must be divisible by the {world} ranks")
+    per_rank = cfg["batch_size"] // world
+    train_loader = DataLoader(splits.train, batch_size=per_rank, shuffle=True, seed=cfg["seed"])
+    test_loader = DataLoader(splits.test, batch_size=min(1024, len(splits.test)))
+    opt = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    scheduler = _scheduler(cfg, opt, len(train_loader))
+    loss_fn, correct_fn = loss_and_accuracy(splits.task)
+    every_steps, every_epochs = parse_checkpoint_every(cfg["checkpoint_every"])
+    if (every_steps or every_epochs) and not cfg["checkpoint_dir"]:
+        raise ConfigError(f"--checkpoint-every {cfg['checkpoint_every']} needs --checkpoint-dir DIR")
+    if cfg["resume"] == "latest" and not cfg["checkpoint_dir"]:
+        raise ConfigError("--resume without a PATH needs --checkpoint-dir DIR to look for the latest checkpoint")
+    manager = CheckpointManager(cfg["checkpoint_dir"], keep=cfg["keep_checkpoints"]) if cfg["checkpoint_dir"] else None
+    trainer = Trainer(
+        model, opt, train_loader, test_loader, loss_fn=loss_fn, correct_fn=correct_fn, epochs=cfg["epochs"],
+        max_steps=cfg["max_steps"], scheduler=scheduler, clip_grad_norm=cfg["clip_grad_norm"],
+        early_stopping=EarlyStopping(cfg["early_stopping"]) if cfg["early_stopping"] else None,
+        checkpoints=manager, checkpoint_every=every_steps, checkpoint_every_epochs=every_epochs,
+        out_dir=cfg["out"], sync=sync, device=device, dtype=dtype, monitor=cfg["monitor"],
+        progress=cfg["progress"], logger=log, config=cfg)
+    trainer.splits = splits
+    if cfg["resume"]:
+        path = cfg["resume"]
+        if path == "latest":
+            path = manager.latest()
+            if path is None:
+                raise CheckpointError(f"--resume: no checkpoint found in {cfg['checkpoint_dir']}")
+        elif not os.path.exists(path):
+            raise CheckpointError(f"--resume: checkpoint {path} does not exist")
+        trainer.load_checkpoint(path)
+        log.info(f"resumed from {path} at epoch {trainer.state.epoch + 1}, step {trainer.state.step}")
+    return trainer
+
+
+def run(cfg: dict, sync=None, logger: RankLogger | None = None) -> dict:
+    """Build and train; returns the summary dict (also written to ``out/summary.json``)."""
+    previous_dtype = backend.get_default_dtype()
+    try:
+        trainer = build_job(cfg, sync, logger)
+        log = trainer.log
+        s = trainer.splits
+        log.info(f"dtrain: {cfg['model']} ({trainer.model.num_parameters():,} parameters) on {s.name}: "
+                 f"{len(s.train)} train / {len(s.test)} test samples, {cfg['optimizer']} lr {cfg['lr']}, "
+                 f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, world size {trainer.sync.world_size}")
+        summary = trainer.fit()
+        acc = summary["test_accuracy"]
+        log.info(f"done: {summary['steps']} steps in {summary['wall_s']:.1f} s, test_loss {summary['test_loss']:.4f}"
+                 + (f", test_accuracy {acc:.4f}" if acc is not None else ""))
+        return summary
+    finally:
+        backend.set_default_dtype(previous_dtype)

@@ -1,0 +1,41 @@
+"""The seam between the training loop and gradient averaging.
+
+The Trainer never talks to MPI. After every backward it calls ``sync.after_backward(n)`` ("average
+gradients here"), and it reduces evaluation sums and epoch metrics through ``sync.sum``. A world
+of one process uses :class:`LocalSync`, where both are identities; the distributed package
+provides a subclass that drives DistributedDataParallel and the collectives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["LocalSync"]
+
+
+class LocalSync:
+    """Gradient/metric synchronisation for a single process (rank 0 of a world of 1)."""
+
+    rank = 0
+    world_size = 1
+    compression = "none"
+
+    def after_backward(self, n_samples: int) -> None:
+        """Called after ``loss.backward()`` with this rank's batch size; averages gradients across ranks."""
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        """Element-wise sum of a small float64 vector over all ranks (evaluation counts, losses)."""
+        return values
+
+    def bytes_sent(self) -> tuple[int, int]:
+        """(bytes this rank sent, uncompressed equivalent) since the start of training."""
+        return 0, 0
+
+    def compression_ratio(self) -> float:
+        return 1.0
+
+    def broadcast_model(self, model) -> None:
+        """Make every rank start from rank 0's parameters and buffers."""
+
+    def close(self) -> None:
+        """Release communication resources."""
