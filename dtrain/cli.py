@@ -1,4 +1,4 @@
-"""The ``dtrain`` command line: ``dtrain info`` and ``dtrain train``.
+"""The ``dtrain`` command line: ``dtrain info``, ``dtrain train`` and ``dtrain bench allreduce``.
 
 ``train`` builds the job from dtrain.train.config.OPTIONS (one table for flags, TOML keys, defaults
 and validation) and runs dtrain.train.job.run. Bad input exits with status 2 and one line on stderr
@@ -25,6 +25,11 @@ def _info(_args) -> int:
         vendor, ver = MPI.get_vendor()
         lines.append(f"mpi4py {__import__('mpi4py').__version__}; MPI library {vendor} "
                      f"{'.'.join(map(str, ver))}; {MPI.Get_library_version().splitlines()[0].strip()}")
+        from .dist import init
+
+        world = init()
+        lines.append(f"MPI world: {world.size} rank(s) on {world.node_count} node(s), {world.local_size} per node "
+                     f"on this one; thread level {world.thread_level} (overlapped DDP needs 'multiple')")
     except Exception as exc:  # mpi4py missing or no MPI library found
         lines.append(f"mpi4py: unavailable ({type(exc).__name__}: {exc})")
     if dtrain.backend.cupy_available():
@@ -45,6 +50,41 @@ def _train(args) -> int:
     flags = {o.name: getattr(args, o.name) for o in OPTIONS if hasattr(args, o.name)}
     config = resolve_config(flags, args.config, model_defaults)
     run(config)
+    return 0
+
+
+def _parse_size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        value = int(float(num) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size like 4K, 1M or 256M: {text!r}") from None
+    if value < 4:
+        raise argparse.ArgumentTypeError(f"size must be at least 4 bytes, got {text!r}")
+    return value
+
+
+def _bench(args) -> int:
+    from .dist import init
+    from .dist.collectives import measure_allreduce
+
+    world = init()
+    sizes, s = [], args.min_bytes
+    while s <= args.max_bytes:
+        sizes.append(s)
+        s *= args.step_factor
+    rows = measure_allreduce(sizes, tuple(args.algorithms.split(",")), repeats=args.repeats, warmup=args.warmup)
+    if world.rank == 0:
+        if world.size == 1:
+            print("note: a world of 1 rank moves no data; run under mpiexec -n N (e.g. mpiexec -n 2 dtrain bench "
+                  "allreduce)")
+        print(f"# all-reduce, float32 sum, {world.size} ranks (busbw = algbw * 2(n-1)/n)")
+        print(f"{'size':>10} {'algorithm':>9} {'time_us':>11} {'algbw GB/s':>11} {'busbw GB/s':>11}")
+        for r in rows:
+            print(f"{r['size_bytes']:>10} {r['algorithm']:>9} {r['time_s'] * 1e6:>11.1f} {r['algbw_GBps']:>11.3f} "
+                  f"{r['busbw_GBps']:>11.3f}")
     return 0
 
 
@@ -76,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["metavar"] = "PATH"
         tr.add_argument(opt.flag, dest=opt.name, **kwargs)
     tr.set_defaults(func=_train)
+    bench = sub.add_parser("bench", help="benchmarks of the communication layer (run under mpiexec)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    ar = bench_sub.add_parser("allreduce", help="nccl-tests style table: size, time, algbw, busbw per algorithm",
+                              description="Time our ring all-reduce against MPI_Allreduce over the world this is "
+                                          "launched in, e.g. mpiexec -n 4 dtrain bench allreduce.")
+    ar.add_argument("--min-bytes", type=_parse_size, default=4 << 10, help="smallest message (default 4K)")
+    ar.add_argument("--max-bytes", type=_parse_size, default=64 << 20, help="largest message (default 64M)")
+    ar.add_argument("--step-factor", type=int, default=4, choices=(2, 4, 8), help="size multiplier (default 4)")
+    ar.add_argument("--algorithms", default="ring,mpi", help="comma-separated: ring, mpi (default both)")
+    ar.add_argument("--repeats", type=int, default=10, help="timed repeats per size (default 10)")
+    ar.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
+    ar.set_defaults(func=_bench)
     return p
 
 
@@ -85,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, OSError, FloatingPointError) as exc:
         # Bad input (config, data, checkpoint, numbers): one clear line, no traceback.
-        print(f"dtrain {args.command}: error: {exc}", file=sys.stderr)
+        from .train.job import launcher_rank
+
+        rank = launcher_rank()
+        where = f" [rank {rank}]" if rank is not None else ""
+        print(f"dtrain {args.command}: error:{where} {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dtrain {args.command}: interrupted", file=sys.stderr)

@@ -6,6 +6,7 @@ Modules: ``tensor`` (Tensor and factories), ``function`` (the primitive base cla
 """
 
 from .checkpoint import checkpoint
+from .engine import queue_callback
 from .forward_ad import jacobian, jvp, vjp
 from .function import Function, enable_grad, is_grad_enabled, no_grad, set_grad_enabled, unbroadcast
 from .gradcheck import GradcheckError, gradcheck
@@ -13,6 +14,7 @@ from .tensor import Tensor, arange, full, ones, ones_like, rand, randn, tensor, 
 
 __all__ = [
     "Function", "GradcheckError", "Tensor", "arange", "checkpoint", "enable_grad", "full", "gradcheck",
-    "is_grad_enabled", "jacobian", "jvp", "no_grad", "ones", "ones_like", "rand", "randn", "set_grad_enabled",
+    "is_grad_enabled", "jacobian", "jvp", "no_grad", "ones", "ones_like", "queue_callback", "rand", "randn",
+    "set_grad_enabled",
     "tensor", "unbroadcast", "vjp", "zeros", "zeros_like",
 ]

@@ -10,6 +10,9 @@
    (DistributedDataParallel starts communicating from these hooks).
 4. Unless ``retain_graph`` is set, each node drops its saved activations and edges right after its
    backward, so memory is returned while backward proceeds.
+5. Callbacks queued during the pass (``queue_callback``, typically from a leaf hook) run once, in
+   order, after the last gradient is delivered: DDP waits for its buckets there, so ``backward()``
+   returns with averaged gradients.
 
 Gradients flowing between nodes are treated as read-only; fan-out sums are accumulated out of place
 on first touch and in place afterwards (the engine owns those buffers). An array stored into
@@ -25,7 +28,19 @@ import numpy as np
 from ..backend import get_array_module
 from .function import Function, unbroadcast
 
-__all__ = ["backward"]
+__all__ = ["backward", "queue_callback"]
+
+_callback_stack: list[list] = []  # one list per backward pass in progress (hooks may nest passes)
+
+
+def queue_callback(fn) -> None:
+    """Run ``fn()`` once when the backward pass in progress has delivered every gradient.
+
+    Only valid while a backward pass runs (from a tensor hook); raises RuntimeError otherwise.
+    """
+    if not _callback_stack:
+        raise RuntimeError("queue_callback() can only be called during a backward pass (from a tensor hook)")
+    _callback_stack[-1].append(fn)
 
 _SECOND_BACKWARD = (
     "trying to backward through the graph a second time (or to read values it already freed): "
@@ -64,6 +79,17 @@ def backward(tensor, grad=None, retain_graph: bool = False) -> None:
         if grad.dtype != tensor.data.dtype:
             grad = grad.astype(tensor.data.dtype)
 
+    callbacks: list = []
+    _callback_stack.append(callbacks)
+    try:
+        _run(tensor, grad, retain_graph)
+    finally:
+        _callback_stack.pop()
+    for fn in callbacks:
+        fn()
+
+
+def _run(tensor, grad, retain_graph: bool) -> None:
     handed: set[int] = {_array_key(grad)}  # arrays already owned by someone: never alias them
     root = tensor._node
     if root is None:  # the tensor is itself a leaf

@@ -11,7 +11,17 @@ This package needs only NumPy (scikit-learn for ``digits``); it imports nothing 
 
 from __future__ import annotations
 
-from .dataset import ArrayDataset, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, TensorDataset
+from .dataset import (
+    ArrayDataset,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    TensorDataset,
+    shard_slice,
+)
 from .datasets import DatasetError, Splits, dataset_names, load_dataset, register_dataset, validate
 
 __all__ = [
@@ -19,6 +29,7 @@ __all__ = [
     "DataLoader",
     "Dataset",
     "DatasetError",
+    "DistributedSampler",
     "RandomSampler",
     "Sampler",
     "SequentialSampler",
@@ -27,5 +38,6 @@ __all__ = [
     "dataset_names",
     "load_dataset",
     "register_dataset",
+    "shard_slice",
     "validate",
 ]

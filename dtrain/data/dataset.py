@@ -27,9 +27,11 @@ __all__ = [
     "ArrayDataset",
     "DataLoader",
     "Dataset",
+    "DistributedSampler",
     "RandomSampler",
     "Sampler",
     "SequentialSampler",
+    "shard_slice",
     "TensorDataset",
 ]
 
@@ -257,9 +259,15 @@ class DataLoader:
     """
 
     def __init__(self, dataset: Any, batch_size: int = 1, shuffle: bool = False, drop_last: bool = False,
-                 seed: int = 0, sampler: Any = None):
+                 seed: int = 0, sampler: Any = None, shard: tuple[int, int] | None = None):
         batch_size = _check_count("batch_size", batch_size, 1)
         seed = _check_count("seed", seed, 0)
+        if shard is not None:
+            rank, world = shard
+            world = _check_count("shard world size", world, 1)
+            if not isinstance(rank, (int, np.integer)) or not 0 <= rank < world:
+                raise ValueError(f"DataLoader: shard rank must be in [0, {world}), got {rank!r}")
+            shard = (int(rank), world)
         n_samples = len(dataset)
         if sampler is not None:
             if shuffle:
@@ -285,6 +293,7 @@ class DataLoader:
         self.drop_last = bool(drop_last)
         self.seed = seed
         self.sampler = sampler
+        self.shard = shard
         self._epoch = 0  # the epoch of the next pass
         self._epoch_fixed = False  # set_epoch was called: stop advancing automatically
         self._get_batch = getattr(dataset, "get_batch", None) or (lambda idx: _stack_samples(dataset, idx))
@@ -357,8 +366,64 @@ class DataLoader:
         bs = self.batch_size
         end = (len(indices) // bs) * bs if self.drop_last else len(indices)
         for lo in range(start_batch * bs, end, bs):
-            yield tuple(self._get_batch(indices[lo:lo + bs]))
+            batch = indices[lo:lo + bs]
+            if self.shard is not None:
+                batch = batch[shard_slice(len(batch), *self.shard)]
+            yield tuple(self._get_batch(batch))
 
     def __repr__(self) -> str:
         return (f"DataLoader(dataset of {len(self.dataset)}, batch_size={self.batch_size}, "
-                f"shuffle={self.shuffle}, drop_last={self.drop_last}, sampler={self.sampler!r})")
+                f"shuffle={self.shuffle}, drop_last={self.drop_last}, sampler={self.sampler!r}, shard={self.shard})")
+
+
+def shard_slice(n: int, rank: int, world: int) -> slice:
+    """Rank ``rank``'s contiguous part of ``n`` items split over ``world`` ranks: near-equal sizes,
+    the first ``n % world`` ranks one larger (some may be empty when n < world)."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+class DistributedSampler(Sampler):
+    """This rank's share of each epoch's (seed, epoch) permutation, PyTorch's DistributedSampler rules.
+
+    The epoch's order is shared by all ranks; without ``drop_last`` it is padded by repeating its
+    first indices up to a multiple of ``num_replicas``, with ``drop_last`` the tail is cut; rank r
+    takes every num_replicas-th index starting at r. Shards are disjoint and (with padding) cover
+    the data set; ``set_epoch`` reshuffles.
+
+    Args:
+        n_samples: size of the data set; num_replicas, rank: the world (dtrain.dist fills them in).
+        shuffle: permute per epoch (else 0..n-1); seed: the shared seed.
+    """
+
+    def __init__(self, n_samples: int, num_replicas: int, rank: int, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False):
+        self.n = _check_count("n_samples", n_samples, 1)
+        self.num_replicas = _check_count("num_replicas", num_replicas, 1)
+        if not isinstance(rank, (int, np.integer)) or not 0 <= rank < self.num_replicas:
+            raise ValueError(f"DistributedSampler: rank must be in [0, {self.num_replicas}), got {rank!r}")
+        self.rank, self.shuffle, self.drop_last = int(rank), bool(shuffle), bool(drop_last)
+        self.seed = _check_count("seed", seed, 0)
+        self.epoch = 0
+        if self.drop_last and self.n < self.num_replicas:
+            raise ValueError(f"DistributedSampler: drop_last with {self.n} samples over {self.num_replicas} ranks "
+                             "leaves every rank empty")
+        self.num_samples = self.n // self.num_replicas if self.drop_last else math.ceil(self.n / self.num_replicas)
+        self.total_size = self.num_samples * self.num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = _check_count("epoch", epoch, 0)
+
+    def indices(self) -> np.ndarray:
+        order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle
+                 else np.arange(self.n))
+        if self.total_size > self.n:
+            order = np.resize(order, self.total_size)  # pads by repeating from the start, as torch does
+        return order[:self.total_size][self.rank::self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples

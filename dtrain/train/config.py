@@ -41,7 +41,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("dataset", str, "digits", "digits | synthetic[:k=v,...] | mnist:DIR | npz:FILE | text[:FILE] "
            "(text is the default for lstm/transformer)", metavar="SPEC"),
     Option("epochs", int, 20, "passes over the training data", check="positive"),
-    Option("batch_size", int, 64, "GLOBAL mini-batch size (split across ranks)", check="positive"),
+    Option("batch_size", int, 64, "GLOBAL mini-batch size, split across the ranks under mpiexec",
+           check="positive"),
     Option("lr", float, 0.05, "learning rate (per-model defaults: mlp 0.05 and cnn 0.02 with SGD; resnet 3e-3, "
            "lstm 5e-3, transformer 3e-3 with Adam)",
            check="positive"),
@@ -65,6 +66,9 @@ OPTIONS: tuple[Option, ...] = (
            check="fraction", optional=True),
     Option("seq_len", int, None, "sequence length of the text data set (default 32)", check="positive",
            optional=True),
+    Option("allreduce", str, "ring", "gradient all-reduce under mpiexec: our ring or MPI_Allreduce", ("ring", "mpi")),
+    Option("bucket_mb", float, 25.0, "DDP gradient bucket size in MiB", check="positive", metavar="MB"),
+    Option("overlap", bool, True, "overlap gradient all-reduce with backward"),
     Option("device", str, "cpu", "cpu | cuda | cuda:INDEX", metavar="DEVICE"),
     Option("dtype", str, "float32", "parameter and activation dtype", ("float32", "float64")),
     Option("seed", int, 0, "seed for initialisation, dropout and shuffling (same seed, same run)",

@@ -75,11 +75,55 @@ def _scheduler(cfg: dict, opt, steps_per_epoch: int):
     return after
 
 
+def launched_by_mpi() -> bool:
+    """Whether this process was started by an MPI launcher (mpiexec/mpirun/srun), judged from the
+    environment it sets, so a plain ``dtrain train`` never needs MPI at all."""
+    return any(k in os.environ for k in _LAUNCHER_VARS)
+
+
+_LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALRANKID", "HYDI_CONTROL_FD")
+
+
+def make_sync(cfg: dict):
+    """LocalSync for one process; DDPSync over the MPI world when launched with more than one rank."""
+    if not launched_by_mpi():
+        return LocalSync()
+    from ..dist import init
+
+    comm = init()
+    if comm.size == 1:
+        return LocalSync()
+    from .distributed import DDPSync
+
+    return DDPSync(comm, algorithm=cfg["allreduce"], bucket_mb=cfg["bucket_mb"], overlap=cfg["overlap"])
+
+
 def build_job(cfg: dict, sync=None, logger: RankLogger | None = None) -> Trainer:
-    """Build the Trainer for a resolved config (see config.resolve_config); nothing runs yet."""
+    """Build the Trainer for a resolved config (see config.resolve_config); nothing runs yet.
+
+    In a world > 1 every rank builds the same job; a failure on any rank (a missing file, a bad
+    value) is raised on every rank before the first collective, so none is left waiting.
+    """
     sync = sync or LocalSync()
     log = logger or RankLogger(sync.rank, sync.world_size, quiet=False)
-    world = sync.world_size
+    error = None
+    try:
+        parts = _build_parts(cfg, sync)
+    except (ValueError, OSError) as exc:
+        error, parts = exc, None
+    sync.agree(error)
+    trainer = _make_trainer(cfg, sync, log, *parts)
+    error = None
+    try:
+        _resume(cfg, trainer, log)
+    except (ValueError, OSError) as exc:
+        error = exc
+    sync.agree(error)
+    return trainer
+
+
+def _build_parts(cfg: dict, sync):
+    world, rank = sync.world_size, sync.rank
     if cfg["model"] not in MODELS:
         raise ConfigError(f"unknown model {cfg['model']!r}; expected one of: {', '.join(sorted(MODELS))}")
     backend.manual_seed(cfg["seed"])  # model init and dropout draw from the default generator
@@ -90,13 +134,15 @@ def build_job(cfg: dict, sync=None, logger: RankLogger | None = None) -> Trainer
     model_options = {"hidden": cfg["hidden"], "dropout": cfg["dropout"]}
     model = build_model(cfg["model"], splits.input_shape, splits.output_size, splits.task, **model_options)
     model.to(device)
-    sync.broadcast_model(model)
 
-    if cfg["batch_size"] % world:
-        raise ConfigError(f"--batch-size {cfg['batch_size']} (global) must be divisible by the {world} ranks")
-    per_rank = cfg["batch_size"] // world
-    train_loader = DataLoader(splits.train, batch_size=per_rank, shuffle=True, seed=cfg["seed"])
-    test_loader = DataLoader(splits.test, batch_size=min(1024, len(splits.test)))
+    # Each global batch (the same on every rank) is split into contiguous per-rank parts; DDP weights
+    # each rank by its part's size, so N ranks compute exactly what one process does on the batch.
+    shard = (rank, world) if world > 1 else None
+    if cfg["batch_size"] < world:
+        raise ConfigError(f"--batch-size {cfg['batch_size']} (global) is smaller than the {world} ranks")
+    train_loader = DataLoader(splits.train, batch_size=cfg["batch_size"], shuffle=True, seed=cfg["seed"],
+                              shard=shard)
+    test_loader = DataLoader(splits.test, batch_size=min(1024, len(splits.test)), shard=shard)
     opt = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     scheduler = _scheduler(cfg, opt, len(train_loader))
     loss_fn, correct_fn = loss_and_accuracy(splits.task)
@@ -105,6 +151,12 @@ def build_job(cfg: dict, sync=None, logger: RankLogger | None = None) -> Trainer
         raise ConfigError(f"--checkpoint-every {cfg['checkpoint_every']} needs --checkpoint-dir DIR")
     if cfg["resume"] == "latest" and not cfg["checkpoint_dir"]:
         raise ConfigError("--resume without a PATH needs --checkpoint-dir DIR to look for the latest checkpoint")
+    return splits, model, opt, scheduler, loss_fn, correct_fn, train_loader, test_loader, dtype, device
+
+
+def _make_trainer(cfg, sync, log, splits, model, opt, scheduler, loss_fn, correct_fn, train_loader, test_loader,
+                  dtype, device) -> Trainer:
+    every_steps, every_epochs = parse_checkpoint_every(cfg["checkpoint_every"])
     manager = CheckpointManager(cfg["checkpoint_dir"], keep=cfg["keep_checkpoints"]) if cfg["checkpoint_dir"] else None
     trainer = Trainer(
         model, opt, train_loader, test_loader, loss_fn=loss_fn, correct_fn=correct_fn, epochs=cfg["epochs"],
@@ -114,22 +166,38 @@ def build_job(cfg: dict, sync=None, logger: RankLogger | None = None) -> Trainer
         out_dir=cfg["out"], sync=sync, device=device, dtype=dtype, monitor=cfg["monitor"],
         progress=cfg["progress"], logger=log, config=cfg)
     trainer.splits = splits
-    if cfg["resume"]:
-        path = cfg["resume"]
-        if path == "latest":
-            path = manager.latest()
-            if path is None:
-                raise CheckpointError(f"--resume: no checkpoint found in {cfg['checkpoint_dir']}")
-        elif not os.path.exists(path):
-            raise CheckpointError(f"--resume: checkpoint {path} does not exist")
-        trainer.load_checkpoint(path)
-        log.info(f"resumed from {path} at epoch {trainer.state.epoch + 1}, step {trainer.state.step}")
     return trainer
 
 
+def _resume(cfg: dict, trainer: Trainer, log: RankLogger) -> None:
+    if not cfg["resume"]:
+        return
+    path = cfg["resume"]
+    if path == "latest":
+        path = trainer.checkpoints.latest()
+        if path is None:
+            raise CheckpointError(f"--resume: no checkpoint found in {cfg['checkpoint_dir']}")
+    elif not os.path.exists(path):
+        raise CheckpointError(f"--resume: checkpoint {path} does not exist")
+    trainer.load_checkpoint(path)
+    log.info(f"resumed from {path} at epoch {trainer.state.epoch + 1}, step {trainer.state.step}")
+
+
+def launcher_rank() -> int | None:
+    """This process's rank as the MPI launcher announced it (None when not launched by MPI)."""
+    for key in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return None
+
+
 def run(cfg: dict, sync=None, logger: RankLogger | None = None) -> dict:
-    """Build and train; returns the summary dict (also written to ``out/summary.json``)."""
+    """Build and train; returns the summary dict (also written to ``out/summary.json``).
+
+    Without ``sync`` the world is chosen by :func:`make_sync` (DDP under mpiexec with > 1 rank).
+    """
     previous_dtype = backend.get_default_dtype()
+    sync = sync if sync is not None else make_sync(cfg)
     try:
         trainer = build_job(cfg, sync, logger)
         log = trainer.log

@@ -20,6 +20,22 @@ class LocalSync:
     world_size = 1
     compression = "none"
 
+    def prepare(self, model):
+        """Return what the Trainer calls for forward (the model itself here; a DDP wrapper in a world > 1)."""
+        return model
+
+    def any(self, flag: bool) -> bool:
+        """True if ``flag`` is true on any rank (so every rank takes the same branch)."""
+        return bool(flag)
+
+    def agree(self, error: BaseException | None) -> None:
+        """Re-raise ``error`` (a world of 1 has nobody else to tell)."""
+        if error is not None:
+            raise error
+
+    def check_identical(self, checksum: str) -> None:
+        """Every rank ends with the same parameters (trivially true in one process)."""
+
     def after_backward(self, n_samples: int) -> None:
         """Called after ``loss.backward()`` with this rank's batch size; averages gradients across ranks."""
 
@@ -33,9 +49,6 @@ class LocalSync:
 
     def compression_ratio(self) -> float:
         return 1.0
-
-    def broadcast_model(self, model) -> None:
-        """Make every rank start from rank 0's parameters and buffers."""
 
     def close(self) -> None:
         """Release communication resources."""

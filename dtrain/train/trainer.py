@@ -143,6 +143,7 @@ class Trainer:
         self.config = dict(config or {})
         self.state = TrainState()
         self._params = [p for p in model.parameters() if p.requires_grad]
+        self._net = self.sync.prepare(model)  # what forward runs through (a DDP wrapper in a world > 1)
         self._activations = mon.ActivationMonitor(model) if monitor else None
         self._metrics_file = None
 
@@ -154,9 +155,10 @@ class Trainer:
             a = a.astype(self.dtype)
         return a
 
-    def _forward(self, x):
+    def _forward(self, x, net=None):
         x = self._to_device(x)
-        return self.model(Tensor(x) if is_float_dtype(x.dtype) else x)  # integer token ids go in as arrays
+        net = self._net if net is None else net
+        return net(Tensor(x) if is_float_dtype(x.dtype) else x)  # integer token ids go in as arrays
 
     def train_step(self, x, y, record: bool = False) -> tuple[float, float]:
         """One optimizer step on batch (x, y). Returns (summed loss over the batch, correct count).
@@ -168,20 +170,24 @@ class Trainer:
             return self._train_step(x, y, record)
 
     def _train_step(self, x, y, record: bool) -> tuple[float, float]:
-        y = self._to_device(y)
-        if record and self._activations is not None:
-            with self._activations.recording():
-                out = self._forward(x)
-        else:
-            out = self._forward(x)
-        loss = self.loss_fn(out, y)
         self.optimizer.zero_grad()
-        loss.backward()
-        self.sync.after_backward(len(x))
-        loss_value = float(loss.item())
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"the training loss became {loss_value} at step {self.state.step + 1} "
-                                     f"(epoch {self.state.epoch + 1}); lower --lr or check the input data")
+        out = None
+        loss_value = 0.0
+        if len(x):
+            y = self._to_device(y)
+            if record and self._activations is not None:
+                with self._activations.recording():
+                    out = self._forward(x)
+            else:
+                out = self._forward(x)
+            loss = self.loss_fn(out, y)
+            loss.backward()  # in a world > 1, gradients are averaged across ranks by the end of this
+            loss_value = float(loss.item())
+        self.sync.after_backward(len(x))  # a rank with an empty shard of the batch still takes part
+        if self.sync.any(not math.isfinite(loss_value)):  # every rank takes the same decision
+            raise FloatingPointError(f"the training loss became non-finite ({loss_value} on rank {self.sync.rank}) "
+                                     f"at step {self.state.step + 1} (epoch {self.state.epoch + 1}); lower --lr "
+                                     "or check the input data")
         if record and self.monitor:
             self._grad_record = mon.layer_grad_norms(self.model)
         if self.clip_grad_norm is not None:
@@ -189,7 +195,7 @@ class Trainer:
         self.optimizer.step()
         if self.scheduler is not None and not isinstance(self.scheduler, ReduceLROnPlateau):
             self.scheduler.step()
-        correct = self.correct_fn(out, y) if self.correct_fn is not None else 0.0
+        correct = self.correct_fn(out, y) if self.correct_fn is not None and out is not None else 0.0
         return loss_value * len(x), correct
 
     # -- evaluation ----------------------------------------------------------------------------
@@ -204,8 +210,10 @@ class Trainer:
         try:
             with no_grad():
                 for x, y in loader.iter_epoch(0):
+                    if not len(x):  # this rank's shard of the batch is empty
+                        continue
                     y = self._to_device(y)
-                    out = self._forward(x)
+                    out = self._forward(x, self.model)  # the bare model: evaluation needs no gradient sync
                     sums[0] += float(self.loss_fn(out, y).item()) * len(x)
                     if self.correct_fn is not None:
                         sums[1] += self.correct_fn(out, y)
@@ -378,6 +386,7 @@ class Trainer:
             "compression": self.sync.compression, "compression_ratio": self.sync.compression_ratio(),
             "param_checksum": param_checksum(self.model),
         }
+        self.sync.check_identical(summary["param_checksum"])
         assert tuple(summary) == SUMMARY_KEYS
         if self.out_dir and self.log.is_main:
             with open(os.path.join(self.out_dir, "summary.json"), "w") as f:

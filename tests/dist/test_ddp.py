@@ -1,0 +1,69 @@
+"""DistributedDataParallel and `dtrain train` under real mpiexec (see mpi_ddp.py for the rank-side checks)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+SCRIPT = str(HERE / "mpi_ddp.py")
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_ddp_equals_one_process(run_mpi, n):
+    """MLP and CNN, float64, an uneven split of a batch of 10: one SGD step, 20 momentum-SGD and Adam steps,
+    and no_sync accumulation all give the single-process parameters (max abs diff <= 1e-12)."""
+    res = run_mpi(SCRIPT, n, "equivalence", timeout=300)
+    assert f"equivalence OK on {n} ranks" in res.stdout
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_ranks_with_an_empty_shard_still_take_part(run_mpi, n):
+    res = run_mpi(SCRIPT, n, "empty-shard")
+    assert f"empty-shard OK on {n} ranks" in res.stdout
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_model_mismatch_raises_on_every_rank(run_mpi, n):
+    res = run_mpi(SCRIPT, n, "mismatch", timeout=60)
+    lines = [line for line in res.stdout.splitlines() if line.startswith("rank ")]
+    assert sorted(int(line.split()[1]) for line in lines) == list(range(n))
+    for line in lines:
+        assert "parameter '0.weight' is (16, 6) float64 on rank 0 but (8, 6) float64 on rank 1" in line
+        assert float(re.search(r"raised in ([0-9.]+) s", line).group(1)) < 5
+
+
+def test_dtrain_train_under_mpiexec_matches_one_process(run_mpi, tmp_path):
+    """`mpiexec -n 3 dtrain train`: the global batch is split across ranks; the run equals one process
+    (float64, up to rounding), rank 0 alone writes the outputs, and every rank ends bit-identical."""
+    args = ["train", "--epochs", "2", "--dtype", "float64", "--no-progress", "--hidden", "32"]
+    one = subprocess.run([sys.executable, "-m", "dtrain", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    res = run_mpi("-m", 3, "dtrain", *args, "--out", str(tmp_path / "three"), timeout=300)
+    single = json.loads((tmp_path / "one" / "summary.json").read_text())
+    multi = json.loads((tmp_path / "three" / "summary.json").read_text())
+    assert multi["world_size"] == 3 and multi["steps"] == single["steps"] == 46
+    assert abs(multi["test_loss"] - single["test_loss"]) < 1e-9
+    assert multi["test_accuracy"] == single["test_accuracy"]
+    records = (tmp_path / "three" / "metrics.jsonl").read_text().splitlines()
+    assert len(records) == 2 and json.loads(records[-1])["bytes_sent"] > 0
+    assert res.stdout.count("epoch   2") == 1  # only rank 0 prints
+
+
+def test_bad_input_under_mpiexec_fails_on_every_rank_without_hanging(run_mpi):
+    res = run_mpi("-m", 2, "dtrain", "train", "--dataset", "npz:/nonexistent.npz", check=False, timeout=60)
+    assert res.returncode != 0
+    assert "nonexistent.npz" in res.stderr
+
+
+def test_bench_allreduce_cli(run_mpi):
+    res = run_mpi("-m", 2, "dtrain", "bench", "allreduce", "--max-bytes", "64K", "--repeats", "2", timeout=120)
+    rows = [line.split() for line in res.stdout.splitlines() if line.strip() and line.split()[0].isdigit()]
+    assert [(int(r[0]), r[1]) for r in rows] == [(s, a) for s in (4096, 16384, 65536) for a in ("ring", "mpi")]
+    assert all(float(r[3]) > 0 and float(r[4]) == pytest.approx(float(r[3])) for r in rows)  # n=2: busbw == algbw
