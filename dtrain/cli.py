@@ -131,11 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _distributed_errors() -> tuple:
+    """Job-level errors raised on every rank (another rank failed; the ranks hold different models).
+    Importing them loads no MPI."""
+    from .dist import ModelMismatchError
+    from .train.distributed import DistributedRunError
+
+    return DistributedRunError, ModelMismatchError
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, FloatingPointError) as exc:
+    except (ValueError, OSError, FloatingPointError, *_distributed_errors()) as exc:
         # Bad input (config, data, checkpoint, numbers): one clear line, no traceback.
         from .train.job import launcher_rank
 

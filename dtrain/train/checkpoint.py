@@ -79,8 +79,11 @@ def _join(obj, arrays: dict, path: str):
     return obj
 
 
-def save_checkpoint(path: str, trainer) -> None:
-    """Write the trainer's full state (model, optimizer, scheduler, RNG, loop position) to ``path``."""
+def save_checkpoint(path: str, trainer, rng_states: list | None = None) -> None:
+    """Write the trainer's full state (model, optimizer, scheduler, RNG, loop position) to ``path``.
+
+    ``rng_states``: every rank's default-generator state, in rank order (default: this process's).
+    """
     from .. import __version__
 
     arrays: dict[str, Any] = {}
@@ -90,7 +93,7 @@ def save_checkpoint(path: str, trainer) -> None:
         "model": _split(dict(trainer.model.state_dict()), "model", arrays),
         "optimizer": _split(trainer.optimizer.state_dict(), "optimizer", arrays),
         "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
-        "rng": backend.default_generator.get_state(),
+        "rng": rng_states if rng_states is not None else [backend.default_generator.get_state()],
         "trainer": trainer.state.to_json(),
     }
     save_npz(arrays, path, metadata=json.loads(json.dumps(meta, default=_json_default)))
@@ -122,12 +125,17 @@ def restore_trainer(trainer, path: str) -> None:
     from .trainer import TrainState
 
     ck = load_checkpoint(path)
+    states = ck.get("rng") or []
+    rank, world = trainer.sync.rank, trainer.sync.world_size
+    if len(states) != world:
+        raise CheckpointError(f"checkpoint {path} holds the random state of {len(states)} rank(s) but this run has "
+                              f"{world}; resume with mpiexec -n {len(states)}")
     try:
         trainer.model.load_state_dict(ck["model"])
         trainer.optimizer.load_state_dict(ck["optimizer"])
         if trainer.scheduler is not None and ck.get("scheduler") is not None:
             trainer.scheduler.load_state_dict(ck["scheduler"])
-        backend.default_generator.set_state(ck["rng"])
+        backend.default_generator.set_state(states[rank])
         trainer.state = TrainState.from_json(ck["trainer"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} does not fit this run: {exc}") from None
@@ -143,10 +151,10 @@ class CheckpointManager:
             raise ValueError(f"keep must be a positive integer, got {keep!r}")
         self.directory, self.keep = directory, keep
 
-    def save(self, trainer) -> str:
+    def save(self, trainer, rng_states: list | None = None) -> str:
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, f"ckpt-{trainer.state.step:08d}.npz")
-        save_checkpoint(path, trainer)
+        save_checkpoint(path, trainer, rng_states)
         with open(path, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
         manifest = {"latest": os.path.basename(path), "step": trainer.state.step, "sha256": digest}

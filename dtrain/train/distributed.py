@@ -62,10 +62,13 @@ class DDPSync(LocalSync):
         messages = self.comm.comm.allgather(None if error is None else f"{type(error).__name__}: {error}")
         failed = [(r, m) for r, m in enumerate(messages) if m is not None]
         if failed:
-            if error is not None and len(failed) == 1:
+            if error is not None:  # a failing rank reports its own problem
                 raise error
             detail = "; ".join(f"rank {r}: {m}" for r, m in failed)
             raise DistributedRunError(f"the job failed on {len(failed)} of {self.world_size} ranks: {detail}")
+
+    def gather(self, obj) -> list | None:
+        return self.comm.comm.gather(obj, root=0)  # small control message (RNG states)
 
     def check_identical(self, checksum: str) -> None:
         """Raise on every rank if the ranks' final parameter checksums differ."""

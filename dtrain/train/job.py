@@ -134,6 +134,8 @@ def _build_parts(cfg: dict, sync):
     model_options = {"hidden": cfg["hidden"], "dropout": cfg["dropout"]}
     model = build_model(cfg["model"], splits.input_shape, splits.output_size, splits.task, **model_options)
     model.to(device)
+    if rank > 0:  # dropout: an independent stream per rank (rank 0 keeps the single-process stream)
+        backend.default_generator.manual_seed(int(np.random.SeedSequence([cfg["seed"], rank]).generate_state(1)[0]))
 
     # Each global batch (the same on every rank) is split into contiguous per-rank parts; DDP weights
     # each rank by its part's size, so N ranks compute exactly what one process does on the batch.

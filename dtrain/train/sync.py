@@ -33,6 +33,10 @@ class LocalSync:
         if error is not None:
             raise error
 
+    def gather(self, obj) -> list:
+        """Every rank's ``obj`` (a small JSON-able value) as a list on rank 0 (None elsewhere)."""
+        return [obj]
+
     def check_identical(self, checksum: str) -> None:
         """Every rank ends with the same parameters (trivially true in one process)."""
 

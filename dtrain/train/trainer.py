@@ -364,8 +364,12 @@ class Trainer:
 
     # -- checkpoints and the end ---------------------------------------------------------------
     def _save_checkpoint(self) -> None:
-        if self.checkpoints is not None and self.log.is_main:
-            path = self.checkpoints.save(self)
+        """Collective: every rank hands its RNG state to rank 0, which writes the file."""
+        if self.checkpoints is None:
+            return
+        rng_states = self.sync.gather(backend.default_generator.get_state())
+        if self.log.is_main:
+            path = self.checkpoints.save(self, rng_states)
             self.log.info(f"checkpoint: {path}")
 
     def load_checkpoint(self, path: str) -> None:

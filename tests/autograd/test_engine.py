@@ -261,3 +261,23 @@ def test_set_default_dtype_float64():
     dt.set_default_dtype("float64")
     assert dt.tensor([1.0]).dtype == np.float64
     assert dt.randn(2, 3).dtype == np.float64
+
+
+def test_queue_callback_runs_once_after_the_last_gradient():
+    import dtrain.autograd as ag
+
+    w1 = dt.tensor([1.0, 2.0], requires_grad=True)
+    w2 = dt.tensor([3.0], requires_grad=True)
+    seen = []
+
+    def hook(t):
+        seen.append(("hook", t.shape))
+        if len(seen) == 1:
+            ag.queue_callback(lambda: seen.append(("callback", w1.grad is not None and w2.grad is not None)))
+
+    w1.register_post_accumulate_grad_hook(hook)
+    w2.register_post_accumulate_grad_hook(hook)
+    ((w1 * 2).sum() + (w2 * w2).sum()).backward()
+    assert seen[-1] == ("callback", True) and [s[0] for s in seen].count("callback") == 1
+    with pytest.raises(RuntimeError, match="only be called during a backward pass"):
+        ag.queue_callback(lambda: None)

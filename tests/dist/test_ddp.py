@@ -67,3 +67,20 @@ def test_bench_allreduce_cli(run_mpi):
     rows = [line.split() for line in res.stdout.splitlines() if line.strip() and line.split()[0].isdigit()]
     assert [(int(r[0]), r[1]) for r in rows] == [(s, a) for s in (4096, 16384, 65536) for a in ("ring", "mpi")]
     assert all(float(r[3]) > 0 and float(r[4]) == pytest.approx(float(r[3])) for r in rows)  # n=2: busbw == algbw
+
+
+def test_resume_under_mpiexec_is_bitwise_exact(run_mpi, tmp_path):
+    """2 ranks with dropout (a random stream per rank), Adam and warm-up + cosine: stop mid-epoch at step 30,
+    resume, and end with the bits of the uninterrupted 2-rank run; resuming on 3 ranks is a clear error."""
+    args = ["dtrain", "train", "--epochs", "3", "--dtype", "float64", "--optimizer", "adam", "--lr", "3e-3",
+            "--scheduler", "cosine", "--warmup-steps", "10", "--dropout", "0.2", "--hidden", "32", "--no-progress"]
+    ck = str(tmp_path / "ck")
+    run_mpi("-m", 2, *args, "--out", str(tmp_path / "full"), timeout=120)
+    run_mpi("-m", 2, *args, "--max-steps", "30", "--checkpoint-dir", ck, timeout=120)
+    run_mpi("-m", 2, *args, "--checkpoint-dir", ck, "--resume", "--out", str(tmp_path / "resumed"), timeout=120)
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    resumed = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert resumed["param_checksum"] == full["param_checksum"] and resumed["steps"] == 69
+    res = run_mpi("-m", 3, *args, "--checkpoint-dir", ck, "--resume", check=False, timeout=120)
+    assert res.returncode != 0
+    assert "holds the random state of 2 rank(s) but this run has 3; resume with mpiexec -n 2" in res.stderr
