@@ -68,7 +68,7 @@ def test_shard_slice_and_sharded_loader_reassemble_the_global_batches():
     full = list(DataLoader(data, batch_size=8, shuffle=True, seed=1).iter_epoch(2))
     parts = [list(DataLoader(data, batch_size=8, shuffle=True, seed=1, shard=(r, 3)).iter_epoch(2)) for r in range(3)]
     assert all(len(p) == len(full) == 3 for p in parts)
-    for b, (x, y) in enumerate(full):
+    for b, (_, y) in enumerate(full):
         np.testing.assert_array_equal(np.concatenate([parts[r][b][1] for r in range(3)]), y)
     assert [len(parts[r][-1][1]) for r in range(3)] == [3, 2, 2]  # the last global batch of 7, uneven
     with pytest.raises(ValueError, match=r"shard rank must be in \[0, 3\)"):
