@@ -649,20 +649,24 @@ def summarize(records: list[dict]) -> dict:
     return {"worlds": worlds, "rows": rows, "vs_torch": vs_torch, "by": by}
 
 
+def _ranks(n: int) -> str:
+    return f"{n} rank{'s' if n > 1 else ''}"
+
+
 def throughput_table(s: dict) -> list[str]:
     worlds = s["worlds"]
-    head = "| implementation |"
-    rule = "|---|"
+    have_torch = any(r["variant"] == "torch" for r in s["rows"])
+    head, rule = "| implementation |", "|---|"
     for n in worlds:
-        head += f" {n} rank{'s' if n > 1 else ''} samples/s | {n} rank{'s' if n > 1 else ''} ms/step |"
+        head += f" {_ranks(n)} samples/s | {_ranks(n)} ms/step |"
         rule += "---:|---:|"
     if worlds == [1, 2]:
         head += " weak-scaling efficiency 1→2 |"
         rule += "---:|"
-    have_torch = any(r["variant"] == "torch" for r in s["rows"])
     if have_torch:
-        head += f" / torch at {max(worlds)} rank{'s' if max(worlds) > 1 else ''} |"
-        rule += "---:|"
+        for n in worlds:
+            head += f" / torch at {_ranks(n)} |"
+            rule += "---:|"
     lines = [head, rule]
     for row in s["rows"]:
         line = f"| {row['label']} |"
@@ -673,7 +677,9 @@ def throughput_table(s: dict) -> list[str]:
             eff = row["efficiency"]
             line += f" **{_f(eff * 100 if eff is not None else None, '.1f')}%** |"
         if have_torch:
-            line += f" **{_f(s['vs_torch'].get((max(worlds), row['variant'])), '.2f')}x** |"
+            for n in worlds:
+                line += f" {'**' if n == max(worlds) else ''}{_f(s['vs_torch'].get((n, row['variant'])), '.2f')}x" \
+                        f"{'**' if n == max(worlds) else ''} |"
         lines.append(line)
     return lines
 
@@ -715,7 +721,7 @@ def split_notes(records: list[dict]) -> list[str]:
     splits = {(r["world_size"], r["variant"]): r for r in records if r["kind"] == "split"}
     ar = next((r for r in records if r["kind"] == "allreduce"), None)
     one, on, off = splits.get((1, "dtrain")), splits.get((2, "dtrain")), splits.get((2, "dtrain_no_overlap"))
-    small = next((r for (n, k), r in splits.items() if n == 2 and k == "dtrain_small_buckets"), None)
+    small = splits.get((2, "dtrain_small_buckets"))
     lines = []
     if ar:
         mb = ar["count"] * 4 / 2**20
@@ -728,27 +734,35 @@ def split_notes(records: list[dict]) -> list[str]:
         fb2 = on["forward"] + on["backward_local"] - on["pack_in_hooks"]
         lines.append(
             f"- Forward + local backward (packing excluded) takes {fb1:.2f} ms at 1 rank and {fb2:.2f} ms per rank at "
-            f"2 ranks ({(fb2 / fb1 - 1) * 100:+.0f}%): the two ranks share the machine's 2 cores and its memory "
-            f"bandwidth, so the same BLAS work is slower even before any communication. The optimizer goes from "
-            f"{one['step']:.2f} to {on['step']:.2f} ms.")
-        loss = on["total"] - one["total"]
-        if loss > 0:
-            comm = on["finish"] + on["pack_in_hooks"]
+            f"2 ranks ({(fb2 / fb1 - 1) * 100:+.0f}%); zero_grad + step {one['step']:.2f} vs {on['step']:.2f} ms. "
+            "The two ranks share the machine's 2 cores, memory bandwidth and caches, and the 1-rank run has the "
+            "second core free for the OS and MPI's progress.")
+        comm = on["finish"] + on["pack_in_hooks"]
+        lines.append(
+            f"- A 2-rank step (overlap on) takes {on['total'] - one['total']:+.2f} ms more than a 1-rank step: "
+            f"{comm:.2f} ms in DDP's communication path (packing {on['pack_in_hooks']:.2f}, exposed wait "
+            f"{on['wait']:.2f}, unpacking {on['unpack']:.2f}) and {on['total'] - one['total'] - comm:+.2f} ms in "
+            "local compute and the optimizer.")
+        if ar:
             lines.append(
-                f"- Of the {loss:.2f} ms a 2-rank step (overlap on) takes beyond the 1-rank step, "
-                f"{comm:.2f} ms is DDP's communication path (packing, exposed wait, unpacking) and "
-                f"{loss - comm:.2f} ms is slower local compute.")
+                f"- Of the exposed wait, the rank that reaches `ddp.finish` first waits {on['wait_first']:.2f} ms and "
+                f"the last one {on['wait_last']:.2f} ms (the all-reduce alone: {ar['ring_worker']:.2f} ms); the mean "
+                f"arrival skew is {on['skew']:.2f} ms, so the early rank mostly waits for the other rank's backward, "
+                "not for the network.")
     if on and off:
         lines.append(
-            f"- Overlap on vs off with 25 MB buckets: the gradient ({splits[(2, 'dtrain')].get('buckets', 1)} bucket) "
-            f"is packed and launched only when the last gradient (the first layer's weight) arrives, so there is "
-            f"nothing left to overlap: `ddp.finish` is {on['finish']:.2f} vs {off['finish']:.2f} ms.")
+            f"- Overlap on vs off with 25 MB buckets ({on.get('buckets', '?')} bucket(s)): the bucket fills when "
+            "the last gradient of backward arrives (the first layer's weight), so with one bucket both settings "
+            f"launch the same all-reduce at the same moment; `ddp.finish` {on['finish']:.2f} vs {off['finish']:.2f} ms "
+            "(with overlap off the packing moves from the hook into `finish`).")
     if small and on:
+        bl_on = on["backward_local"] - on["pack_in_hooks"]
+        bl_small = small["backward_local"] - small["pack_in_hooks"]
         lines.append(
-            f"- With {small['label'].split(', ')[-1]} the all-reduces start during backward: the exposed wait in "
-            f"`ddp.finish` is {small['finish']:.2f} ms (vs {on['finish']:.2f} ms), but the local backward grows from "
-            f"{on['backward_local']:.2f} to {small['backward_local']:.2f} ms, because the worker thread's ring "
-            "competes with the backward's BLAS for the same cores.")
+            f"- With small buckets ({small.get('buckets', '?')} buckets; the first layer's 3.1 MB weight is always "
+            f"the last one) the earlier buckets are all-reduced during backward: exposed wait on the last-arriving "
+            f"rank {small['wait_last']:.2f} ms vs {on['wait_last']:.2f} ms with one bucket, local backward "
+            f"(packing excluded) {bl_small:.2f} vs {bl_on:.2f} ms, step {small['total']:.2f} vs {on['total']:.2f} ms.")
     return lines
 
 

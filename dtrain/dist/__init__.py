@@ -28,11 +28,13 @@ from .comm import (
     is_initialized,
 )
 from .ddp import DistributedDataParallel, ModelMismatchError
+from .sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
     "Communicator", "DistributedDataParallel", "DistributedSampler", "Handle", "ModelMismatchError", "allgather",
     "allreduce", "barrier", "broadcast", "chunk_bounds", "get_local_rank", "get_node_count", "get_rank",
-    "get_world", "get_world_size", "init", "is_initialized", "reduce_scatter",
+    "SyncBatchNorm", "convert_sync_batchnorm", "get_world", "get_world_size", "init", "is_initialized",
+    "reduce_scatter",
 ]
 
 

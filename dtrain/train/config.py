@@ -69,6 +69,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("allreduce", str, "ring", "gradient all-reduce under mpiexec: our ring or MPI_Allreduce", ("ring", "mpi")),
     Option("bucket_mb", float, 25.0, "DDP gradient bucket size in MiB", check="positive", metavar="MB"),
     Option("overlap", bool, True, "overlap gradient all-reduce with backward"),
+    Option("sync_batchnorm", bool, False, "under mpiexec, BatchNorm statistics over the global batch (SyncBatchNorm)"),
     Option("device", str, "cpu", "cpu | cuda | cuda:INDEX", metavar="DEVICE"),
     Option("dtype", str, "float32", "parameter and activation dtype", ("float32", "float64")),
     Option("seed", int, 0, "seed for initialisation, dropout and shuffling (same seed, same run)",

@@ -134,6 +134,10 @@ def _build_parts(cfg: dict, sync):
     model_options = {"hidden": cfg["hidden"], "dropout": cfg["dropout"]}
     model = build_model(cfg["model"], splits.input_shape, splits.output_size, splits.task, **model_options)
     model.to(device)
+    if cfg["sync_batchnorm"] and world > 1:
+        from ..dist import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model, sync.comm)
     if rank > 0:  # dropout: an independent stream per rank (rank 0 keeps the single-process stream)
         backend.default_generator.manual_seed(int(np.random.SeedSequence([cfg["seed"], rank]).generate_state(1)[0]))
 

@@ -123,6 +123,46 @@ def empty_shard(comm):
         print(f"empty-shard OK on {n} ranks", flush=True)
 
 
+def syncbn(comm):
+    """SyncBatchNorm + DDP on uneven shards equals BatchNorm on the whole batch in one process:
+    parameters after 5 momentum-SGD steps and the running statistics (float64, 1e-12)."""
+    r, n = comm.rank, comm.size
+
+    def build_bn():
+        dt.manual_seed(11)
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(64, 3))
+
+    ref = build_bn()
+    model = dist.convert_sync_batchnorm(build_bn())
+    check(isinstance(model[1], dist.SyncBatchNorm), "convert_sync_batchnorm did not convert")
+    ddp = dist.DistributedDataParallel(model)
+    ref_opt, opt = optim.SGD(ref.parameters(), lr=0.1, momentum=0.9), optim.SGD(model.parameters(), lr=0.1,
+                                                                                    momentum=0.9)
+    for step in range(5):
+        x, y = data("cnn", 10, step)
+        ref_opt.zero_grad()
+        F.cross_entropy(ref(dt.tensor(x)), y).backward()
+        ref_opt.step()
+        opt.zero_grad()
+        part = shard_slice(10, r, n)
+        F.cross_entropy(ddp(dt.tensor(x[part])), y[part]).backward()
+        opt.step()
+    diff = max_diff(ref, model)
+    check(diff <= TOL, f"syncbn: max parameter diff {diff:.3e} on rank {r}")
+    for key in ("1.running_mean", "1.running_var"):
+        d = float(np.abs(ref.state_dict()[key] - model.state_dict()[key]).max())
+        check(d <= TOL, f"syncbn: {key} differs by {d:.3e} on rank {r}")
+    model.eval()
+    ref.eval()
+    x, _ = data("cnn", 4, 99)
+    with dt.no_grad():
+        d = float(np.abs(ref(dt.tensor(x)).data - model(dt.tensor(x)).data).max())
+    check(d <= 1e-10, f"syncbn eval output differs by {d:.3e}")
+    if r == 0:
+        print(f"syncbn OK on {n} ranks", flush=True)
+
+
 def mismatch(comm):
     """Rank 1 builds a wider first layer: every rank must raise ModelMismatchError naming it, quickly."""
     width = 8 if comm.rank == 1 else 16
@@ -143,7 +183,7 @@ if __name__ == "__main__":
     world = dist.init()
     try:
         dt.set_default_dtype(np.float64)
-        {"equivalence": equivalence, "mismatch": mismatch, "empty-shard": empty_shard}[sys.argv[1]](world)
+        {"equivalence": equivalence, "mismatch": mismatch, "empty-shard": empty_shard, "syncbn": syncbn}[sys.argv[1]](world)
         world.barrier()
     except BaseException:
         print(f"rank {world.rank} FAILED:\n{traceback.format_exc()}", file=sys.stderr, flush=True)

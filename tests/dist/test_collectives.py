@@ -149,3 +149,14 @@ def test_import_does_not_load_mpi_and_missing_mpi4py_is_explained():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "hint ok" in res.stdout, res.stdout + res.stderr
+
+
+def test_allreduce_benchmark_runs_under_mpiexec(run_mpi, tmp_path):
+    """benchmarks/allreduce.py in a 2-rank world, tiny sizes: the table and CSV get written (no timing checks)."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "allreduce.py"
+    run_mpi(script, 2, "--sizes", "4096,65536", "--repeats", "2", "--warmup", "1", "--no-diagnostics",
+            "--out", tmp_path, timeout=120)
+    md = (tmp_path / "allreduce.md").read_text()
+    assert "### 2 ranks" in md and "| 64 KB | 16,384 |" in md and "ring/mpi busbw" in md
+    rows = (tmp_path / "allreduce.csv").read_text().splitlines()
+    assert rows[0].startswith("world_size,size_bytes") and len(rows) == 1 + 2 * 2

@@ -28,6 +28,12 @@ def test_ranks_with_an_empty_shard_still_take_part(run_mpi, n):
     assert f"empty-shard OK on {n} ranks" in res.stdout
 
 
+@pytest.mark.parametrize("n", [1, 3])
+def test_sync_batchnorm_equals_batchnorm_on_the_whole_batch(run_mpi, n):
+    res = run_mpi(SCRIPT, n, "syncbn")
+    assert f"syncbn OK on {n} ranks" in res.stdout
+
+
 @pytest.mark.parametrize("n", [2, 3])
 def test_model_mismatch_raises_on_every_rank(run_mpi, n):
     res = run_mpi(SCRIPT, n, "mismatch", timeout=60)
