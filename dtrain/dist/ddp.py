@@ -116,7 +116,7 @@ class DistributedDataParallel(Module):
         if self._active:
             raise RuntimeError("DistributedDataParallel: a synchronisation is still in progress; the previous "
                                "backward did not finish (call ddp.finish() after an interrupted backward)")
-        if is_grad_enabled():  # a forward under no_grad (evaluation) is no training sample
+        if is_grad_enabled() and self.comm.size > 1:  # a forward under no_grad (evaluation) is no sample
             first = args[0] if args else next(iter(kwargs.values()), None)
             self.__dict__["_samples"] += int(first.shape[0]) if hasattr(first, "shape") and len(first.shape) else 1
             self.__dict__["_armed"] = not self._no_sync
@@ -152,9 +152,6 @@ class DistributedDataParallel(Module):
         d["_next_bucket"] = 0
         for b in self.buckets:
             b.pending, b.launched, b.handle = len(b.params), False, None
-        self._count[0] = self._samples
-        d["_count_handle"] = allreduce(self._count, op="sum", algorithm=self.algorithm, comm=self.comm,
-                                       async_op=True)
         if in_backward:
             queue_callback(self.finish)
 
@@ -163,6 +160,12 @@ class DistributedDataParallel(Module):
             self._launch(self.buckets[self._next_bucket])
 
     def _launch(self, bucket: _Bucket) -> None:
+        if bucket.index == 0:
+            # The sample counts travel just ahead of the first bucket, not at the first hook: a rank that
+            # waits in MPI busy-polls, and that would compete with its own backward for the core.
+            self._count[0] = self._samples
+            self.__dict__["_count_handle"] = allreduce(self._count, op="sum", algorithm=self.algorithm,
+                                                       comm=self.comm, async_op=True)
         xp = get_array_module(bucket.buffer)
         weight = float(self._samples)
         for p, (lo, hi) in zip(bucket.params, bucket.offsets):

@@ -183,7 +183,8 @@ if __name__ == "__main__":
     world = dist.init()
     try:
         dt.set_default_dtype(np.float64)
-        {"equivalence": equivalence, "mismatch": mismatch, "empty-shard": empty_shard, "syncbn": syncbn}[sys.argv[1]](world)
+        cases = {"equivalence": equivalence, "mismatch": mismatch, "empty-shard": empty_shard, "syncbn": syncbn}
+        cases[sys.argv[1]](world)
         world.barrier()
     except BaseException:
         print(f"rank {world.rank} FAILED:\n{traceback.format_exc()}", file=sys.stderr, flush=True)

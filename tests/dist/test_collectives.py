@@ -78,7 +78,8 @@ def test_init_is_idempotent_and_a_world_of_one():
     assert dcomm.init(MPI.COMM_WORLD) is world and dcomm.init(world) is world
     assert (world.rank, world.size, world.local_rank, world.local_size, world.node_count) == (0, 1, 0, 1, 1)
     assert (dcomm.get_rank(), dcomm.get_world_size(), dcomm.get_local_rank(), dcomm.get_node_count()) == (0, 1, 0, 1)
-    assert world.thread_level == "multiple" and world.supports_async
+    assert world.thread_level in ("single", "funneled", "serialized", "multiple")
+    assert world.supports_async == (world.thread_level == "multiple")  # MPICH and Open MPI give "multiple"
     dcomm.barrier()
     with pytest.raises(RuntimeError, match="already initialised on another communicator"):
         dcomm.init(MPI.COMM_SELF)
