@@ -15,6 +15,7 @@ layers: it sees parameters, arrays and gradient hooks.
 from __future__ import annotations
 
 from ..data.dataset import DistributedSampler as _DistributedSampler
+from . import compression
 from .collectives import Handle, allgather, allreduce, broadcast, chunk_bounds, reduce_scatter
 from .comm import (
     Communicator,
@@ -32,6 +33,7 @@ from .sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
     "Communicator", "DistributedDataParallel", "DistributedSampler", "Handle", "ModelMismatchError", "allgather",
+    "compression",
     "allreduce", "barrier", "broadcast", "chunk_bounds", "get_local_rank", "get_node_count", "get_rank",
     "SyncBatchNorm", "convert_sync_batchnorm", "get_world", "get_world_size", "init", "is_initialized",
     "reduce_scatter",

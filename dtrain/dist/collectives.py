@@ -59,6 +59,7 @@ __all__ = [
     "broadcast",
     "chunk_bounds",
     "measure_allreduce",
+    "ring_allreduce_bytes",
     "reduce_scatter",
 ]
 
@@ -209,17 +210,31 @@ class MPIAllreduce(AllreduceAlgorithm):
         if flat.dtype in _HALF:
             acc = comm.buffer("mpi.acc", flat.size, _F32, xp)
             acc[...] = flat
+            comm.bytes_sent += acc.nbytes
             comm.comm.Allreduce(MPI.IN_PLACE, [acc, MPI.FLOAT], op=MPI.SUM)
             if mean:
                 xp.divide(acc, comm.size, out=acc)
             flat[...] = acc
             return
+        comm.bytes_sent += flat.nbytes
         comm.comm.Allreduce(MPI.IN_PLACE, [flat, _mpi_type(flat.dtype)], op=MPI.SUM)
         if mean:
             xp.divide(flat, comm.size, out=flat)
 
 
 ALGORITHMS: dict[str, AllreduceAlgorithm] = {a.name: a for a in (RingAllreduce(), MPIAllreduce())}
+
+
+def ring_allreduce_bytes(count: int, itemsize: int, size: int, rank: int) -> int:
+    """Bytes rank ``rank`` sends in a ring all-reduce of ``count`` items of ``itemsize`` bytes over
+    ``size`` ranks: the chunks it forwards in the n-1 reduce-scatter and n-1 all-gather steps (about
+    2(n-1)/n of the buffer). The uncompressed reference of the compression accounting."""
+    if size == 1 or count == 0:
+        return 0
+    bounds = chunk_bounds(count, size)
+    sent = sum(bounds[(rank - s - 1) % size][1] - bounds[(rank - s - 1) % size][0] for s in range(size - 1))
+    sent += sum(bounds[(rank - s) % size][1] - bounds[(rank - s) % size][0] for s in range(size - 1))
+    return sent * itemsize
 
 
 def _wire(flat):
@@ -259,6 +274,7 @@ def _ring_reduce_scatter(comm: Communicator, src, dst, bounds, mean: bool) -> No
             # One piece each way: a single Sendrecv (fewer calls; nothing to overlap anyway).
             slo, shi = sends[0] if sends else (0, 0)
             lo, hi = recvs[0] if recvs else (0, 0)
+            comm.bytes_sent += send_from[slo:shi].nbytes
             mpi.Sendrecv([send_from[slo:shi], wtype], right, _TAG_REDUCE, [rbuf[0, : hi - lo], wtype], left,
                          _TAG_REDUCE)
             if recvs:
@@ -275,6 +291,7 @@ def _ring_reduce_scatter(comm: Communicator, src, dst, bounds, mean: bool) -> No
                 rreqs.append(mpi.Irecv([rbuf[p % depth, : hi - lo], wtype], left, _TAG_REDUCE))
             if p < len(sends):
                 lo, hi = sends[p]
+                comm.bytes_sent += send_from[lo:hi].nbytes
                 sreqs.append(mpi.Isend([send_from[lo:hi], wtype], right, _TAG_REDUCE))
         for p, (lo, hi) in enumerate(recvs):
             rreqs[p].Wait()
@@ -285,9 +302,11 @@ def _ring_reduce_scatter(comm: Communicator, src, dst, bounds, mean: bool) -> No
                 rreqs.append(mpi.Irecv([rbuf[q % depth, : qhi - qlo], wtype], left, _TAG_REDUCE))
             if q < len(sends):
                 qlo, qhi = sends[q]
+                comm.bytes_sent += send_from[qlo:qhi].nbytes
                 sreqs.append(mpi.Isend([send_from[qlo:qhi], wtype], right, _TAG_REDUCE))
         for q in range(len(recvs) + depth, len(sends)):
             lo, hi = sends[q]
+            comm.bytes_sent += send_from[lo:hi].nbytes
             sreqs.append(mpi.Isend([send_from[lo:hi], wtype], right, _TAG_REDUCE))
         MPI.Request.Waitall(sreqs)
 
@@ -321,6 +340,7 @@ def _ring_allgather(comm: Communicator, buf, bounds) -> None:
     for s in range(n - 1):
         slo, shi = bounds[(r - s) % n]
         rlo, rhi = bounds[(r - s - 1) % n]
+        comm.bytes_sent += buf[slo:shi].nbytes
         mpi.Sendrecv([buf[slo:shi], wtype], right, _TAG_GATHER, [buf[rlo:rhi], wtype], left, _TAG_GATHER)
 
 
@@ -469,6 +489,8 @@ def broadcast(array, root: int = 0, comm: Communicator | None = None, async_op: 
 def _broadcast_job(comm: Communicator, array, root: int):
     if comm.size > 1 and array.size:
         _host_sync(get_array_module(array))
+        if comm.rank == root:
+            comm.bytes_sent += array.nbytes
         comm.comm.Bcast([array.reshape(-1).view(np.uint8), _comm._MPI.BYTE], root=root)
     return array
 

@@ -97,6 +97,7 @@ class Communicator:
         self.node_count = int(comm.allreduce(1 if self.local_rank == 0 else 0))  # tiny control message
         self.thread_level = _thread_level_name(MPI)
         self._owns_comm = owns_comm
+        self.bytes_sent = 0  # payload bytes this rank handed to MPI send calls on this communicator
         self._buffers: dict[Any, Any] = {}
         self._worker: _Worker | None = None
         self._worker_lock = threading.Lock()

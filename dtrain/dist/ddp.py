@@ -37,8 +37,10 @@ from ..autograd.function import is_grad_enabled
 from ..autograd.tensor import Tensor
 from ..backend import get_array_module
 from ..nn.module import Module
-from .collectives import allreduce, broadcast
+from .collectives import allreduce, broadcast, ring_allreduce_bytes
 from .comm import Communicator, get_world
+from .compression import Compressor
+from .compression import get as get_compressor
 
 __all__ = ["DistributedDataParallel", "ModelMismatchError"]
 
@@ -48,10 +50,12 @@ class ModelMismatchError(RuntimeError):
 
 
 class _Bucket:
-    __slots__ = ("buffer", "dtype", "handle", "index", "launched", "offsets", "params", "pending")
+    __slots__ = ("buffer", "dtype", "handle", "index", "key", "launched", "offsets", "params", "pending",
+                 "segments")
 
-    def __init__(self, index: int, params: list, dtype):
+    def __init__(self, index: int, params: list, dtype, names: dict):
         self.index, self.params, self.dtype = index, params, dtype
+        self.key = f"bucket{index}"
         self.offsets = []
         n = 0
         for p in params:
@@ -59,6 +63,9 @@ class _Bucket:
             n += p.data.size
         xp = get_array_module(params[0].data)
         self.buffer = xp.empty(n, dtype=dtype)
+        # (parameter name, view of the buffer in the parameter's shape): what compressors see
+        self.segments = [(names[id(p)], self.buffer[lo:hi].reshape(p.data.shape))
+                         for p, (lo, hi) in zip(params, self.offsets)]
         self.handle = None
         self.launched = False
         self.pending = len(params)
@@ -70,7 +77,8 @@ class DistributedDataParallel(Module):
     Args:
         module: the model (identical on every rank up to parameter values).
         bucket_cap_mb: bucket size in MiB (default 25).
-        compression: reserved for gradient compression (must be None or "none" for now).
+        compression: a spec ("none", "fp16", "bf16", "powersgd:R", "topk:RATIO", "randomk:RATIO", "qsgd:LEVELS",
+            "signsgd") or a Compressor; buckets are summed through it (see dtrain.dist.compression).
         overlap: start each bucket's all-reduce during backward (True) or all at the end (False).
         algorithm: "ring" (ours) or "mpi" (MPI_Allreduce).
         comm: the Communicator (default: the world from dtrain.dist.init()).
@@ -86,12 +94,11 @@ class DistributedDataParallel(Module):
             raise ValueError(f"bucket_cap_mb must be a positive number, got {bucket_cap_mb!r}")
         if algorithm not in ("ring", "mpi"):
             raise ValueError(f"algorithm must be 'ring' or 'mpi', got {algorithm!r}")
-        if compression not in (None, "none"):
-            raise ValueError(f"compression {compression!r} is not available yet; use None")
         self.module = module
         d = self.__dict__  # plain attributes (not registered state)
         d["comm"] = comm or get_world()
         d["algorithm"], d["overlap"], d["bucket_cap_mb"] = algorithm, bool(overlap), float(bucket_cap_mb)
+        d["compressor"] = compression if isinstance(compression, Compressor) else get_compressor(compression)
         d["_params"] = [p for p in module.parameters() if p.requires_grad]
         _check_same_model(self.comm, module)
         for p in module.parameters():
@@ -99,7 +106,8 @@ class DistributedDataParallel(Module):
         if broadcast_buffers:
             for b in module.buffers():
                 broadcast(b, 0, comm=self.comm)
-        d["buckets"] = _make_buckets(self._params, int(bucket_cap_mb * 2**20))
+        names = {id(p): name for name, p in module.named_parameters()}
+        d["buckets"] = _make_buckets(self._params, int(bucket_cap_mb * 2**20), names)
         d["_where"] = {id(p): (b, i) for b in self.buckets for i, p in enumerate(b.params)}
         d["_handles"] = [p.register_post_accumulate_grad_hook(self._grad_ready) for p in self._params]
         d["_no_sync"] = False
@@ -109,7 +117,11 @@ class DistributedDataParallel(Module):
         d["_count"] = np.zeros(1, dtype=np.float64)
         d["_count_handle"] = None
         d["_next_bucket"] = 0
-        d["bytes_sent"] = 0  # payload bytes handed to all-reduce (uncompressed; the ring sends ~2(n-1)/n of it)
+        d["step"] = 0  # synchronisations completed (seeds random-k, PowerSGD's start_iter)
+        d["bytes_sent"] = 0  # bytes this rank handed to MPI send calls for gradient sync (payloads, counts)
+        d["bytes_uncompressed"] = 0  # what the plain ring would have sent for the same buckets (this rank)
+        d["_worker_comm"] = None  # the worker's Communicator, whose counter holds the bytes actually sent
+        d["last_step_bytes"] = (0, 0)  # (sent, uncompressed) of the latest synchronisation
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
@@ -164,8 +176,8 @@ class DistributedDataParallel(Module):
             # The sample counts travel just ahead of the first bucket, not at the first hook: a rank that
             # waits in MPI busy-polls, and that would compete with its own backward for the core.
             self._count[0] = self._samples
-            self.__dict__["_count_handle"] = allreduce(self._count, op="sum", algorithm=self.algorithm,
-                                                       comm=self.comm, async_op=True)
+            self.__dict__["_count_handle"] = self.comm.submit("DDP sample counts", self._count_job)
+            self.__dict__["bytes_uncompressed"] += ring_allreduce_bytes(1, 8, self.comm.size, self.comm.rank)
         xp = get_array_module(bucket.buffer)
         weight = float(self._samples)
         for p, (lo, hi) in zip(bucket.params, bucket.offsets):
@@ -174,10 +186,31 @@ class DistributedDataParallel(Module):
                 view[...] = 0
             else:
                 xp.multiply(p.grad.reshape(-1), weight, out=view)
-        bucket.handle = allreduce(bucket.buffer, op="sum", algorithm=self.algorithm, comm=self.comm, async_op=True)
+        bucket.handle = self.comm.submit(f"DDP {bucket.key} ({self.compressor.spec})", self._reduce_job, bucket,
+                                         self.step)
         bucket.launched = True
         self.__dict__["_next_bucket"] = bucket.index + 1
-        self.__dict__["bytes_sent"] += bucket.buffer.nbytes
+        self.__dict__["bytes_uncompressed"] += ring_allreduce_bytes(bucket.buffer.size, bucket.buffer.itemsize,
+                                                                    self.comm.size, self.comm.rank)
+
+    # The jobs below run on the communicator's worker thread; each adds the bytes it handed to MPI
+    # (the worker Communicator counts them at the send calls) to this DDP's own total.
+    def _count_job(self, wcomm: Communicator):
+        before = wcomm.bytes_sent
+        allreduce(self._count, op="sum", algorithm="ring", comm=wcomm)
+        self.__dict__["bytes_sent"] += wcomm.bytes_sent - before
+        return self._count
+
+    def _reduce_job(self, wcomm: Communicator, bucket: _Bucket, step: int):
+        """Sum the bucket over the ranks, through the compressor (or MPI_Allreduce)."""
+        self.__dict__["_worker_comm"] = wcomm
+        before = wcomm.bytes_sent
+        if self.algorithm == "mpi" and self.compressor.spec == "none":
+            allreduce(bucket.buffer, op="sum", algorithm="mpi", comm=wcomm)
+        else:
+            self.compressor.reduce(wcomm, bucket.key, bucket.segments, bucket.buffer, step)
+        self.__dict__["bytes_sent"] += wcomm.bytes_sent - before
+        return bucket.buffer
 
     def finish(self) -> None:
         """Wait for every bucket, then write the sample-weighted average into each ``param.grad``.
@@ -207,6 +240,10 @@ class DistributedDataParallel(Module):
             b.handle = None
         d = self.__dict__
         d["_active"], d["_armed"], d["_samples"], d["_count_handle"] = False, False, 0, None
+        d["step"] += 1
+        sent, raw = self.bytes_sent, self.bytes_uncompressed
+        d["last_step_bytes"] = (sent - d.get("_sent_before", 0), raw - d.get("_raw_before", 0))
+        d["_sent_before"], d["_raw_before"] = sent, raw
 
     def sync_without_backward(self) -> None:
         """Take part in this step's synchronisation without a backward pass: a rank whose shard of the
@@ -236,16 +273,16 @@ class DistributedDataParallel(Module):
                 f"overlap={self.overlap}, algorithm={self.algorithm!r}")
 
 
-def _make_buckets(params: list, cap_bytes: int) -> list[_Bucket]:
+def _make_buckets(params: list, cap_bytes: int, names: dict) -> list[_Bucket]:
     buckets, current, size = [], [], 0
     for p in reversed(params):
         if current and (p.data.dtype != current[0].data.dtype or size + p.data.nbytes > cap_bytes):
-            buckets.append(_Bucket(len(buckets), current, current[0].data.dtype))
+            buckets.append(_Bucket(len(buckets), current, current[0].data.dtype, names))
             current, size = [], 0
         current.append(p)
         size += p.data.nbytes
     if current:
-        buckets.append(_Bucket(len(buckets), current, current[0].data.dtype))
+        buckets.append(_Bucket(len(buckets), current, current[0].data.dtype, names))
     return buckets
 
 

@@ -79,10 +79,11 @@ def _join(obj, arrays: dict, path: str):
     return obj
 
 
-def save_checkpoint(path: str, trainer, rng_states: list | None = None) -> None:
+def save_checkpoint(path: str, trainer, rng_states: list | None = None, compression_states: list | None = None) -> None:
     """Write the trainer's full state (model, optimizer, scheduler, RNG, loop position) to ``path``.
 
-    ``rng_states``: every rank's default-generator state, in rank order (default: this process's).
+    ``rng_states``: every rank's default-generator state, in rank order (default: this process's);
+    ``compression_states``: every rank's compressor state (error-feedback memories, PowerSGD Qs).
     """
     from .. import __version__
 
@@ -95,6 +96,7 @@ def save_checkpoint(path: str, trainer, rng_states: list | None = None) -> None:
         "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
         "rng": rng_states if rng_states is not None else [backend.default_generator.get_state()],
         "trainer": trainer.state.to_json(),
+        "compression": _split(list(compression_states or []), "compression", arrays),
     }
     save_npz(arrays, path, metadata=json.loads(json.dumps(meta, default=_json_default)))
 
@@ -136,6 +138,9 @@ def restore_trainer(trainer, path: str) -> None:
         if trainer.scheduler is not None and ck.get("scheduler") is not None:
             trainer.scheduler.load_state_dict(ck["scheduler"])
         backend.default_generator.set_state(states[rank])
+        compression = ck.get("compression") or []
+        if compression and len(compression) == world and compression[rank]:
+            trainer.sync.load_compressor_state(compression[rank])
         trainer.state = TrainState.from_json(ck["trainer"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} does not fit this run: {exc}") from None
@@ -151,10 +156,10 @@ class CheckpointManager:
             raise ValueError(f"keep must be a positive integer, got {keep!r}")
         self.directory, self.keep = directory, keep
 
-    def save(self, trainer, rng_states: list | None = None) -> str:
+    def save(self, trainer, rng_states: list | None = None, compression_states: list | None = None) -> str:
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, f"ckpt-{trainer.state.step:08d}.npz")
-        save_checkpoint(path, trainer, rng_states)
+        save_checkpoint(path, trainer, rng_states, compression_states)
         with open(path, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
         manifest = {"latest": os.path.basename(path), "step": trainer.state.step, "sha256": digest}

@@ -66,6 +66,8 @@ OPTIONS: tuple[Option, ...] = (
            check="fraction", optional=True),
     Option("seq_len", int, None, "sequence length of the text data set (default 32)", check="positive",
            optional=True),
+    Option("compression", str, "none", "gradient compression under mpiexec: none | fp16 | bf16 | powersgd:RANK | "
+           "topk:RATIO | randomk:RATIO | qsgd:LEVELS | signsgd", metavar="SPEC"),
     Option("allreduce", str, "ring", "gradient all-reduce under mpiexec: our ring or MPI_Allreduce", ("ring", "mpi")),
     Option("bucket_mb", float, 25.0, "DDP gradient bucket size in MiB", check="positive", metavar="MB"),
     Option("overlap", bool, True, "overlap gradient all-reduce with backward"),
@@ -194,4 +196,11 @@ def resolve_config(flags: dict, toml_path: str | None = None, model_defaults=Non
     config.update(from_toml)
     config.update(given)
     parse_checkpoint_every(config["checkpoint_every"])
+    from ..dist.compression import CompressionError
+    from ..dist.compression import get as get_compressor
+
+    try:  # a bad spec is an error before anything is loaded or launched
+        config["compression"] = get_compressor(config["compression"]).spec
+    except CompressionError as exc:
+        raise ConfigError(f"--compression: {exc}") from None
     return config

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..dist import DistributedDataParallel, allreduce
 from ..dist.comm import Communicator
+from ..dist.compression import get as get_compressor
 from .sync import LocalSync
 
 __all__ = ["DDPSync", "DistributedRunError"]
@@ -28,15 +29,17 @@ class DDPSync(LocalSync):
         overlap: overlap bucket all-reduces with backward.
     """
 
-    def __init__(self, comm: Communicator, algorithm: str = "ring", bucket_mb: float = 25.0, overlap: bool = True):
+    def __init__(self, comm: Communicator, algorithm: str = "ring", bucket_mb: float = 25.0, overlap: bool = True,
+                 compression: str | None = None):
         self.comm = comm
         self.rank, self.world_size = comm.rank, comm.size
         self.algorithm, self.bucket_mb, self.overlap = algorithm, bucket_mb, overlap
+        self.compression = get_compressor(compression).spec  # validates the spec before anything runs
         self.ddp: DistributedDataParallel | None = None
 
     def prepare(self, model):
         self.ddp = DistributedDataParallel(model, bucket_cap_mb=self.bucket_mb, overlap=self.overlap,
-                                           algorithm=self.algorithm, comm=self.comm)
+                                           algorithm=self.algorithm, comm=self.comm, compression=self.compression)
         return self.ddp
 
     def after_backward(self, n_samples: int) -> None:
@@ -54,8 +57,22 @@ class DDPSync(LocalSync):
         return bool(self.sum(np.array([1.0 if flag else 0.0]))[0] > 0)
 
     def bytes_sent(self) -> tuple[int, int]:
-        n = self.ddp.bytes_sent if self.ddp is not None else 0
-        return n, n
+        if self.ddp is None:
+            return 0, 0
+        return self.ddp.bytes_sent, self.ddp.bytes_uncompressed
+
+    def compression_ratio(self) -> float:
+        sent, raw = self.bytes_sent()
+        return raw / sent if sent else 1.0
+
+    def compressor_state(self) -> dict:
+        if self.ddp is None:
+            return {}
+        return {"step": self.ddp.step, "compressor": self.ddp.compressor.state_dict()}
+
+    def load_compressor_state(self, state: dict) -> None:
+        self.ddp.__dict__["step"] = int(state["step"])  # seeds random-k, counts PowerSGD's warm-up
+        self.ddp.compressor.load_state_dict(state["compressor"])
 
     def agree(self, error: BaseException | None) -> None:
         """Collective: raise DistributedRunError on every rank if any rank passes an error (with its message)."""

@@ -95,7 +95,8 @@ def make_sync(cfg: dict):
         return LocalSync()
     from .distributed import DDPSync
 
-    return DDPSync(comm, algorithm=cfg["allreduce"], bucket_mb=cfg["bucket_mb"], overlap=cfg["overlap"])
+    return DDPSync(comm, algorithm=cfg["allreduce"], bucket_mb=cfg["bucket_mb"], overlap=cfg["overlap"],
+                   compression=cfg["compression"])
 
 
 def build_job(cfg: dict, sync=None, logger: RankLogger | None = None) -> Trainer:
@@ -207,6 +208,8 @@ def run(cfg: dict, sync=None, logger: RankLogger | None = None) -> dict:
     try:
         trainer = build_job(cfg, sync, logger)
         log = trainer.log
+        if cfg["compression"] != "none" and trainer.sync.world_size == 1:
+            log.warning(f"--compression {cfg['compression']} has no effect in a world of 1 (launch with mpiexec)")
         s = trainer.splits
         log.info(f"dtrain: {cfg['model']} ({trainer.model.num_parameters():,} parameters) on {s.name}: "
                  f"{len(s.train)} train / {len(s.test)} test samples, {cfg['optimizer']} lr {cfg['lr']}, "

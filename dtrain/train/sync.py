@@ -37,6 +37,13 @@ class LocalSync:
         """Every rank's ``obj`` (a small JSON-able value) as a list on rank 0 (None elsewhere)."""
         return [obj]
 
+    def compressor_state(self) -> dict:
+        """This rank's gradient-compression state (error-feedback memories...); none in one process."""
+        return {}
+
+    def load_compressor_state(self, state: dict) -> None:
+        """Restore what compressor_state() returned."""
+
     def check_identical(self, checksum: str) -> None:
         """Every rank ends with the same parameters (trivially true in one process)."""
 

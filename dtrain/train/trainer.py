@@ -73,6 +73,8 @@ class TrainState:
     best: float | None = None
     bad_epochs: int = 0
     stopped_early: bool = False
+    bytes_at_epoch_start: int = 0  # this rank's bytes sent for gradient sync before this epoch
+    step_at_epoch_start: int = 0
     history: list = field(default_factory=list)  # metrics records
     grad_flow: list = field(default_factory=list)  # per-epoch layer gradient norms
 
@@ -297,6 +299,8 @@ class Trainer:
             "test_loss": test_loss, "test_accuracy": test_acc,
             "samples_per_s": samples / st.train_time if st.train_time > 0 else None,
             "bytes_sent": sent, "bytes_uncompressed": raw,
+            "bytes_per_step": (sent - st.bytes_at_epoch_start) / max(1, st.step - st.step_at_epoch_start),
+            "compression_ratio": raw / sent if sent else None,
             "lr": self.optimizer.param_groups[0]["lr"], "epoch_complete": complete,
         }
         if self.monitor:
@@ -317,6 +321,7 @@ class Trainer:
         if self.early_stopping is not None:
             self._check_early_stopping(record)
         st.epoch += int(complete)
+        st.bytes_at_epoch_start, st.step_at_epoch_start = sent, st.step
         if complete:
             st.samples = samples
             st.batch, st.loss_sum, st.correct, st.seen = 0, 0.0, 0.0, 0
@@ -368,8 +373,9 @@ class Trainer:
         if self.checkpoints is None:
             return
         rng_states = self.sync.gather(backend.default_generator.get_state())
+        compression_states = self.sync.gather(self.sync.compressor_state())  # error-feedback memories, Qs
         if self.log.is_main:
-            path = self.checkpoints.save(self, rng_states)
+            path = self.checkpoints.save(self, rng_states, compression_states)
             self.log.info(f"checkpoint: {path}")
 
     def load_checkpoint(self, path: str) -> None:
