@@ -83,19 +83,25 @@ def test_bench_allreduce_cli(run_mpi):
     assert all(float(r[3]) > 0 and float(r[4]) == pytest.approx(float(r[3])) for r in rows)  # n=2: busbw == algbw
 
 
+def _stop_resume_and_compare(run_mpi, tmp_path, args: list, stop: int = 30) -> tuple[dict, dict]:
+    """Run `args` on 2 ranks uninterrupted; run again stopping at step `stop` (checkpoint at the end) and
+    resume; return both summaries."""
+    ck = str(tmp_path / "ck")
+    run_mpi("-m", 2, *args, "--out", str(tmp_path / "full"), timeout=120)
+    run_mpi("-m", 2, *args, "--max-steps", str(stop), "--checkpoint-dir", ck, timeout=120)
+    run_mpi("-m", 2, *args, "--checkpoint-dir", ck, "--resume", "--out", str(tmp_path / "resumed"), timeout=120)
+    return (json.loads((tmp_path / "full" / "summary.json").read_text()),
+            json.loads((tmp_path / "resumed" / "summary.json").read_text()))
+
+
 def test_resume_under_mpiexec_is_bitwise_exact(run_mpi, tmp_path):
     """2 ranks with dropout (a random stream per rank), Adam and warm-up + cosine: stop mid-epoch at step 30,
     resume, and end with the bits of the uninterrupted 2-rank run; resuming on 3 ranks is a clear error."""
     args = ["dtrain", "train", "--epochs", "3", "--dtype", "float64", "--optimizer", "adam", "--lr", "3e-3",
             "--scheduler", "cosine", "--warmup-steps", "10", "--dropout", "0.2", "--hidden", "32", "--no-progress"]
-    ck = str(tmp_path / "ck")
-    run_mpi("-m", 2, *args, "--out", str(tmp_path / "full"), timeout=120)
-    run_mpi("-m", 2, *args, "--max-steps", "30", "--checkpoint-dir", ck, timeout=120)
-    run_mpi("-m", 2, *args, "--checkpoint-dir", ck, "--resume", "--out", str(tmp_path / "resumed"), timeout=120)
-    full = json.loads((tmp_path / "full" / "summary.json").read_text())
-    resumed = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    full, resumed = _stop_resume_and_compare(run_mpi, tmp_path, args)
     assert resumed["param_checksum"] == full["param_checksum"] and resumed["steps"] == 69
-    res = run_mpi("-m", 3, *args, "--checkpoint-dir", ck, "--resume", check=False, timeout=120)
+    res = run_mpi("-m", 3, *args, "--checkpoint-dir", str(tmp_path / "ck"), "--resume", check=False, timeout=120)
     assert res.returncode != 0
     assert "holds the random state of 2 rank(s) but this run has 3; resume with mpiexec -n 2" in res.stderr
 
@@ -106,11 +112,6 @@ def test_resume_with_compression_restores_error_feedback(run_mpi, tmp_path, spec
     compressed run ends with the bits of the uninterrupted one."""
     args = ["dtrain", "train", "--epochs", "2", "--dtype", "float64", "--compression", spec, "--hidden", "32",
             "--no-progress"]
-    ck = str(tmp_path / "ck")
-    run_mpi("-m", 2, *args, "--out", str(tmp_path / "full"), timeout=120)
-    run_mpi("-m", 2, *args, "--max-steps", "30", "--checkpoint-dir", ck, timeout=120)
-    run_mpi("-m", 2, *args, "--checkpoint-dir", ck, "--resume", "--out", str(tmp_path / "resumed"), timeout=120)
-    full = json.loads((tmp_path / "full" / "summary.json").read_text())
-    resumed = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    full, resumed = _stop_resume_and_compare(run_mpi, tmp_path, args)
     assert resumed["param_checksum"] == full["param_checksum"]
     assert full["compression"] == spec and full["compression_ratio"] > 1.5
