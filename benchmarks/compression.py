@@ -54,6 +54,7 @@ import csv  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
+import re  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
@@ -69,7 +70,8 @@ from _common import command_section, cpu_model, fmt_load  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SPECS = ("none", "fp16", "bf16", "powersgd:1", "powersgd:2", "powersgd:4", "topk:0.01", "topk:0.003",
-                 "topk:0.001", "randomk:0.1", "randomk:0.01", "randomk:0.001", "qsgd:16", "qsgd:4", "signsgd")
+                 "topk:0.002", "topk:0.001", "randomk:0.1", "randomk:0.01", "randomk:0.001", "qsgd:16", "qsgd:4",
+                 "signsgd")
 QUICK_SPECS = ("none", "fp16", "powersgd:2", "topk:0.01", "qsgd:4", "signsgd")
 QUICK_EPOCHS = 2
 GOAL_FEWER = 100.0  # x fewer bytes per step than none
@@ -110,6 +112,12 @@ def train_args(model: str, spec: str, seed: int, epochs: int | None, out: str) -
 
 
 def _last_error_line(text: str) -> str:
+    # Several ranks' one-line errors can arrive glued together on one line (mpiexec forwards each rank's
+    # stderr as it comes): split them apart, and prefer rank 0's.
+    text = re.sub(r"(?<!^)(?<!\n)(dtrain \w+: error:)", r"\n\1", text)
+    rank0 = [ln.strip() for ln in text.splitlines() if "error: [rank 0]" in ln]
+    if rank0:
+        return rank0[-1][:300]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     # Prefer the CLI's one-line error, then a Python exception line, then whatever came last.
     for pick in (lambda ln: ln.startswith("dtrain ") and "error" in ln,
@@ -161,6 +169,8 @@ def run_one(mpiexec: str, model: str, ranks: int, spec: str, seed: int, epochs: 
             "epochs": summary["epochs"], "steps": steps, "world_size": summary["world_size"],
             "test_accuracy": 100.0 * float(summary["test_accuracy"]), "test_loss": float(summary["test_loss"]),
             "train_loss": float(last["train_loss"]),
+            "train_loss_min": min(float(r["train_loss"]) for r in records),
+            "train_loss_max": max(float(r["train_loss"]) for r in records),
             "best_test_accuracy": 100.0 * max(float(r["test_accuracy"]) for r in records),
             "bytes_sent": sent, "bytes_uncompressed": raw,
             "bytes_per_step": sent / steps if steps else math.nan,
@@ -208,7 +218,8 @@ def aggregate(rows: list[dict]) -> dict:
             "last_bytes": _mean([r["last_epoch_bytes_per_step"] for r in ok]),
             "other_cpu_s": _mean([r.get("other_cpu_s") for r in ok]),
             "ratio": _mean([r["compression_ratio"] for r in ok]),
-            "ms_per_step": _mean([r["ms_per_step"] for r in ok]),
+            # the least disturbed run: other processes on the machine only ever add time
+            "ms_per_step": min((r["ms_per_step"] for r in ok), default=math.nan),
         }
     for (model, ranks, _spec), a in out.items():
         base = out.get((model, ranks, "none"))
@@ -321,6 +332,12 @@ def goal_lines(agg: dict, models: list[str], ranks_list: list[int], specs: list[
                      f"{GOAL_LOSS_PP:g} point accuracy loss at {' and '.join(_ranks(n) for n in ranks_list)}: "
                      f"{verdict}" + (f": {', '.join(detail)}" if detail else "")
                      + (f". Met at one world size only: {', '.join(partial)}" if partial else "") + ".")
+        for n in ranks_list:
+            cands = [(s, agg[(model, n, s)]) for s in specs if s != "none" and (model, n, s) in agg
+                     and agg[(model, n, s)]["ok"] and agg[(model, n, s)]["fewer"] >= GOAL_FEWER]
+            if cands:
+                lines.append(f"  - every compressor at >= {GOAL_FEWER:.0f}x fewer bytes, {_ranks(n)}: "
+                             + ", ".join(f"`{s}` {a['fewer']:,.0f}x {a['delta']:+.2f} pp" for s, a in cands) + ".")
     if "powersgd:2" in specs:
         for model in models:
             parts = []
@@ -336,22 +353,77 @@ def goal_lines(agg: dict, models: list[str], ranks_list: list[int], specs: list[
 
 
 def noise_lines(agg: dict, models: list[str], ranks_list: list[int]) -> list[str]:
-    """How big a 1-point difference is, next to the seed-to-seed spread of none."""
+    """How big a 1-point difference is, next to the seed-to-seed spreads."""
     out = [f"- The digits test split has {TEST_SAMPLES} samples: one sample is {100 / TEST_SAMPLES:.2f} points, so "
            f"the 1-point threshold is {TEST_SAMPLES / 100:.1f} test samples."]
-    spreads = []
+    spreads, widest = [], []
     for model in models:
         for n in ranks_list:
             a = agg.get((model, n, "none"))
             if a and len(a["accs"]) > 1:
-                spreads.append(f"{model} at {_ranks(n)} {min(a['accs']):.2f}-{max(a['accs']):.2f}%")
+                spreads.append(f"{model} at {_ranks(n)} {max(a['accs']) - min(a['accs']):.2f} pp")
+            # the widest seed-to-seed spread among compressors that trained normally (within 5 points of none)
+            cell = [(s, b) for (m, k, s), b in agg.items() if m == model and k == n and len(b["accs"]) > 1
+                    and not math.isnan(b["delta"]) and b["delta"] > -5]
+            if cell:
+                s, b = max(cell, key=lambda sb: max(sb[1]["accs"]) - min(sb[1]["accs"]))
+                widest.append(f"{model} at {_ranks(n)} {max(b['accs']) - min(b['accs']):.2f} pp (`{s}`)")
     if spreads:
-        out.append("- Seed-to-seed spread of `none` alone (same schedule, different seed: initial weights and "
-                   "shuffling): " + "; ".join(spreads) + ". Deltas of a point or less are within what the seed "
-                   "alone moves; the deltas are paired (each seed against `none` with the same seed) and averaged.")
+        out.append("- Seed-to-seed spread (same schedule, different seed: initial weights, shuffling, dropout) of "
+                   "`none`: " + "; ".join(spreads) + ". Widest spread of any compressor that trained normally: "
+                   + "; ".join(widest) + ". So a delta within about a point of the threshold is not resolved by two "
+                   "seeds; the deltas are paired (each seed against `none` with the same seed) and averaged.")
     else:
         out.append("- One seed per configuration: a delta of a point or less is within what the seed alone can move "
                    "(run `--seeds 0,1` or more to see the spread).")
+    return out
+
+
+def finding_lines(rows: list[dict], agg: dict, models: list[str], ranks_list: list[int],
+                  specs: list[str]) -> list[str]:
+    """What the numbers show beyond the table: which compressors broke training, and how."""
+    out = []
+    broken = []
+    for spec in specs:
+        cells = [(m, n, agg[(m, n, spec)]) for m in models for n in ranks_list if (m, n, spec) in agg]
+        bad = [(m, n, a) for m, n, a in cells if a["errors"] or (not math.isnan(a["delta"]) and a["delta"] < -5)]
+        if spec == "none" or not bad:
+            continue
+        parts = []
+        for m, n, a in bad:
+            runs = sorted(a["runs"], key=lambda r: r["seed"])
+            desc = []
+            for r in runs:
+                if r.get("error"):
+                    desc.append(f"seed {r['seed']} stopped: {r['error']}")
+                else:
+                    rose = r["train_loss"] > 2 * r["train_loss_min"]
+                    desc.append(f"seed {r['seed']} {r['test_accuracy']:.1f}%, train loss min {r['train_loss_min']:.3f}"
+                                f" -> final {r['train_loss']:.3f}" + (" (rose again)" if rose else ""))
+            parts.append(f"{m} at {_ranks(n)}: " + "; ".join(desc))
+        broken.append(f"- `{spec}`: " + " | ".join(parts))
+    if broken:
+        out += ["Compressors that broke training (more than 5 points below `none`, or a failed run), per seed the "
+                "final accuracy and the training loss per epoch (lowest epoch, then last):", "", *broken, ""]
+    notes = []
+    if any(s.startswith("randomk") for s in specs):
+        notes.append("`randomk` (error feedback on by default) sends the k chosen coordinates of gradient + memory "
+                     "unscaled; every other coordinate waits in the memory for on average 1/ratio steps, so the "
+                     "update is made of gradients up to hundreds of steps old, on top of momentum 0.9 (the likely "
+                     "reason it trains badly here, not verified further). "
+                     "`randomk:RATIO:ef=0` (scaled by d/k, unbiased) is the other variant; not run here.")
+    if any(s.startswith("qsgd") for s in specs):
+        notes.append("`qsgd` quantises a whole DDP bucket against one L2 norm (here the whole model is one "
+                     "bucket), with no error feedback: the rounding noise per coordinate grows with the bucket's norm, "
+                     "so the variance it adds is about sqrt(d)/LEVELS times the squared gradient norm "
+                     "(Alistarh et al.), d the bucket size; smaller buckets (`--bucket-mb`) would cut it.")
+    if any(s.startswith("powersgd") for s in specs):
+        notes.append("`powersgd` sends biases (and any matrix with (rows + cols) x RANK x 2 >= rows x cols) "
+                     "uncompressed, next to the P factors, so on these small models its ratio is bounded well below "
+                     "100x whatever the rank (see the last-epoch bytes of `powersgd:1`).")
+    if notes:
+        out += ["Notes on the methods (from `dtrain/dist/compression.py`'s documented behaviour):", "",
+                *[f"- {n}" for n in notes], ""]
     return out
 
 
@@ -383,14 +455,34 @@ def check_lines(rows: list[dict], agg: dict, models: list[str], ranks_list: list
                  "metrics' bytes_uncompressed / bytes_sent in: " + ", ".join(
                      f"{r['model']} n{r['ranks']} `{r['spec']}` s{r['seed']} ({r['summary_compression_ratio']:.4g} vs "
                      f"{r['compression_ratio']:.4g})" for r in mism))
-    uneven = []
+    uneven, warm = [], []
     for r in rows:
         per = r.get("epoch_bytes_per_step") or []
+        if r["spec"].startswith("powersgd") and len(per) > 1:
+            # its first start_iter (10) steps are plain all-reduces: only the first epoch is expected to differ
+            warm.append(per[0] / per[1] if per[1] else math.nan)
+            per = per[1:]
         if len(per) > 1 and max(per) > 0 and (max(per) - min(per)) / max(per) > 0.01:
             uneven.append(f"{r['model']} n{r['ranks']} `{r['spec']}` s{r['seed']} "
                           f"({min(per):,.0f}-{max(per):,.0f})")
-    lines.append("- bytes per step is the same (within 1%) in every epoch of every run" if not uneven else
+    lines.append("- bytes per step is the same (within 1%) in every epoch of every run"
+                 + (" (for `powersgd`, every epoch after the first; its first epoch, with the 10 uncompressed "
+                    f"warm-up steps, sends {min(warm):.1f}-{max(warm):.1f}x the later epochs' bytes per step)"
+                    if warm else "") if not uneven else
                  "- bytes per step varies between epochs (min-max over epochs) in: " + ", ".join(uneven))
+    for model in models:
+        if len(ranks_list) < 2:
+            break
+        for seed in sorted({r["seed"] for r in rows}):
+            losses = {r["ranks"]: r["test_loss"] for r in rows if r["model"] == model and r["spec"] == "none"
+                      and r["seed"] == seed and not r.get("error")}
+            if len(losses) > 1:
+                lo, hi = min(losses.values()), max(losses.values())
+                lines.append(f"- {model}, seed {seed}, `none`: final test loss at "
+                             + ", ".join(f"{_ranks(n)} {v:.7f}" for n, v in sorted(losses.items()))
+                             + f" (relative spread {(hi - lo) / hi:.1e}; DDP's sample-weighted average makes the "
+                               "world size invisible up to rounding"
+                             + (", except that each rank draws its own dropout masks)" if model == "cnn" else ")"))
     wrong = [r for r in rows if not r.get("error") and r.get("world_size") != r["ranks"]]
     if wrong:
         lines.append("- world_size in summary.json differs from the launch in: "
@@ -399,6 +491,28 @@ def check_lines(rows: list[dict], agg: dict, models: list[str], ranks_list: list
     lines.append(f"- failed runs: {len(failed)}" + (": " + "; ".join(
         f"{r['model']} n{r['ranks']} `{r['spec']}` seed {r['seed']}: {r['error']}" for r in failed) if failed else ""))
     return [*lines, ""]
+
+
+def _styles(specs: list[str], plt) -> dict[str, tuple[str, object]]:
+    """(marker, colour) per spec: one colour family per method (shades for its variants), distinct markers."""
+    families = {"powersgd": "Reds", "topk": "Greens", "randomk": "Oranges", "qsgd": "Purples"}
+    fixed = {"none": "black", "fp16": "tab:blue", "bf16": "tab:cyan", "signsgd": "tab:brown"}
+    markers = "osD^vP*Xh<>pd"
+    members: dict[str, list[str]] = {}
+    for s in specs:
+        members.setdefault(s.split(":")[0], []).append(s)
+    style = {}
+    for i, s in enumerate(specs):
+        fam = s.split(":")[0]
+        group = members[fam]
+        j = group.index(s)
+        if fam in families:
+            shade = 0.9 - 0.45 * (j / max(1, len(group) - 1))
+            colour = plt.get_cmap(families[fam])(shade)
+        else:
+            colour = fixed.get(fam, plt.get_cmap("tab10")(i % 10))
+        style[s] = (markers[(j + (0 if fam in families else i)) % len(markers)], colour)
+    return style
 
 
 def plot(agg: dict, models: list[str], ranks_list: list[int], specs: list[str], path: Path) -> str | None:
@@ -410,9 +524,7 @@ def plot(agg: dict, models: list[str], ranks_list: list[int], specs: list[str], 
         import matplotlib.pyplot as plt
     except Exception as exc:
         return f"no plot: matplotlib unavailable ({type(exc).__name__}: {exc})"
-    markers = "o^sDvP*Xh<>pd8H"
-    cmap = plt.get_cmap("tab10")
-    style = {s: (markers[i % len(markers)], cmap(i % 10)) for i, s in enumerate(specs)}
+    style = _styles(specs, plt)
     fig, axes = plt.subplots(len(models), len(ranks_list), figsize=(5.2 * len(ranks_list), 4.0 * len(models)),
                              squeeze=False)
     handles = {}
@@ -428,15 +540,17 @@ def plot(agg: dict, models: list[str], ranks_list: list[int], specs: list[str], 
             # few points of none and mark what falls below at the bottom edge, with its value.
             floor = min(min(a["accs"]) for _, a in cell) - 0.3
             if base and base["ok"]:
-                floor = max(floor, base["acc"] - 6.0)
+                floor = max(floor, base["acc"] - 4.0)
             top = max(max(a["accs"]) for _, a in cell) + 0.3
+            below = 0
             for spec, a in cell:
                 marker, colour = style[spec]
                 x = a["bytes_per_step"]
                 if a["acc"] < floor:
                     h = ax.errorbar([x], [floor + 0.15], fmt=marker, color=colour, markersize=7, label=spec)
                     ax.annotate(f"{spec}: {a['acc']:.1f}%", (x, floor + 0.15), textcoords="offset points",
-                                xytext=(0, 8), ha="center", fontsize=7, color=colour)
+                                xytext=(-4, 9 + 10 * (below % 4)), ha="left", fontsize=7, color=colour)
+                    below += 1
                 else:
                     lo, hi = max(min(a["accs"]), floor), max(a["accs"])
                     h = ax.errorbar([x], [a["acc"]], yerr=[[a["acc"] - lo], [hi - a["acc"]]], fmt=marker,
@@ -500,7 +614,8 @@ def _own_cpu_s() -> float:
 
 
 CSV_FIELDS = ("model", "ranks", "spec", "seed", "epochs", "steps", "test_accuracy", "best_test_accuracy",
-              "delta_vs_none_pp", "test_loss", "train_loss", "bytes_sent", "bytes_uncompressed", "bytes_per_step",
+              "delta_vs_none_pp", "test_loss", "train_loss", "train_loss_min", "train_loss_max", "bytes_sent",
+              "bytes_uncompressed", "bytes_per_step",
               "last_epoch_bytes_per_step", "fewer_bytes_than_none", "compression_ratio", "wall_s", "ms_per_step",
               "samples_per_s", "launch_s", "other_cpu_s",
               "param_checksum", "error")
@@ -540,7 +655,8 @@ def write_outputs(out: Path, rows: list[dict], args, command: str, meta: dict) -
         "epoch**: the last metrics record's `bytes_per_step` (the steady state; `powersgd` sends its first 10 "
         "steps uncompressed, its default `start=10`, which the run mean includes).",
         "- **ms/step**: `wall_s` of the training call (summary.json; per-epoch evaluation included, process start "
-        "and MPI initialisation not) / steps, mean over seeds. Timings are noisy here: a run takes 0.2-5 s, and "
+        "and MPI initialisation not) / steps, the fastest seed's (other processes only ever add time). Timings "
+        "are noisy here: a run trains for 0.2-10 s, and "
         "other processes on the machine show up in them (the CSV's `other_cpu_s`: CPU time other processes used "
         "during each run).",
         "- How the payload travels decides how bytes scale with ranks: `none`, `fp16`, `bf16`, `randomk` and "
@@ -559,6 +675,7 @@ def write_outputs(out: Path, rows: list[dict], args, command: str, meta: dict) -
                "step here says little about what compression would save on a real network.", ""]
     md += goal_lines(agg, args.models, args.ranks, args.specs)
     md += ["Reading the numbers:", ""] + noise_lines(agg, args.models, args.ranks) + [""]
+    md += finding_lines(rows, agg, args.models, args.ranks, args.specs)
     md += ["## Results", ""]
     for model in args.models:
         for n in args.ranks:

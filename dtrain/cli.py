@@ -150,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
 
         rank = launcher_rank()
         where = f" [rank {rank}]" if rank is not None else ""
-        print(f"dtrain {args.command}: error:{where} {exc}", file=sys.stderr)
+        # One write per line: under mpiexec several ranks share stderr, and print() may write the
+        # text and the newline separately (unbuffered), gluing ranks' messages together.
+        sys.stderr.write(f"dtrain {args.command}: error:{where} {exc}\n")
+        sys.stderr.flush()
         return 2
     except KeyboardInterrupt:
         print(f"dtrain {args.command}: interrupted", file=sys.stderr)

@@ -45,9 +45,11 @@ class RankLogger:
 
     def warning(self, message: str) -> None:
         """Shown on every rank, to stderr, with the rank."""
-        print(f"dtrain: warning: {self._prefix()}{message}", file=sys.stderr, flush=True)
+        sys.stderr.write(f"dtrain: warning: {self._prefix()}{message}\n")  # one write: ranks share stderr
+        sys.stderr.flush()
         self._log.debug("warning on rank %d: %s", self.rank, message)
 
     def error(self, message: str) -> None:
         """Shown on every rank, to stderr, with the rank."""
-        print(f"dtrain: error: {self._prefix()}{message}", file=sys.stderr, flush=True)
+        sys.stderr.write(f"dtrain: error: {self._prefix()}{message}\n")
+        sys.stderr.flush()

@@ -441,7 +441,9 @@ def test_powersgd_recovers_from_a_zero_gradient(rng):
 
 @pytest.mark.parametrize("spec, nbytes", [
     ("none", 400_000), ("fp16", 200_000), ("bf16", 200_000), ("topk:0.01", 1000 * 8), ("randomk:0.01", 1000 * 4),
-    ("qsgd:127", 100_000 + 4), ("qsgd:8", 62_500 + 4), ("qsgd:4", 50_000 + 4), ("qsgd:2", 37_500 + 4),
+    # QSGD: one float32 norm per block of 512 coordinates (196 blocks here), or one for bucket=0
+    ("qsgd:127", 100_000 + 784), ("qsgd:8", 62_500 + 784), ("qsgd:4", 50_000 + 784), ("qsgd:2", 37_500 + 784),
+    ("qsgd:127:bucket=0", 100_000 + 4), ("qsgd:4:bucket=1000", 50_000 + 400),
     ("signsgd", 12_500 + 4), ("powersgd:4:start=0", (250 + 400) * 4 * 4),
 ])
 def test_payload_sizes(spec, nbytes):
@@ -576,3 +578,18 @@ def test_reduce_checks_its_arguments():
     c.compress("b", np.ones(10, np.float32), 0)
     with pytest.raises(C.CompressionError, match=r"memory for 'b' has shape \(10,\) but the input has shape \(12,\)"):
         c.compress("b", np.ones(12, np.float32), 1)
+
+
+def test_qsgd_blocks_keep_the_variance_down():
+    """One norm for a 22k-coordinate vector with 4 levels makes the quantisation noise dwarf the signal
+    (the CNN stopped learning); the paper's 512-coordinate blocks cut it by about sqrt(22602 / 512)
+    (relative variance bound min(d/s^2, sqrt(d)/s): 37 for one norm, 5.7 per block)."""
+    x = np.random.default_rng(3).standard_normal(22_602)
+    errors = {}
+    for spec in ("qsgd:4", "qsgd:4:bucket=0"):
+        c = C.get(spec)
+        est = [c.decompress(*c.compress("g", x, step)) for step in range(20)]
+        errors[spec] = float(np.mean([np.sum((e - x) ** 2) for e in est]) / np.sum(x * x))
+    assert errors["qsgd:4"] < 5.7 and errors["qsgd:4:bucket=0"] > 5 * errors["qsgd:4"]
+    with pytest.raises(C.CompressionError, match="bucket must be an integer >= 0"):
+        C.get("qsgd:4:bucket=-1")
