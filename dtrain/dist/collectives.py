@@ -39,6 +39,7 @@ them in the same order, and the caller must not touch the array until ``handle.w
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -350,7 +351,7 @@ def _ring_allgather(comm: Communicator, buf, bounds) -> None:
 
 
 def allreduce(array, op: str = "mean", algorithm: str = "ring", comm: Communicator | None = None,
-              async_op: bool = False):
+              async_op: bool = False, compression=None):
     """Reduce ``array`` over all ranks, in place; return it (or a :class:`Handle` when ``async_op``).
 
     Args:
@@ -362,6 +363,10 @@ def allreduce(array, op: str = "mean", algorithm: str = "ring", comm: Communicat
         comm: the Communicator (default: the world).
         async_op: queue it on the Communicator's background thread and return a Handle whose
             ``wait()`` returns ``array``; do not touch ``array`` before then.
+        compression: None, a spec such as "topk:0.01" or a ``dtrain.dist.compression.Compressor``. The
+            sum then goes through the compressor (its own collectives; ``algorithm`` is not used). Pass
+            the same Compressor object on every call to keep its error-feedback memory across calls;
+            a spec builds a fresh one each time. float32/float64 only.
 
     A count of 0 or a world of 1 communicates nothing (mean over one rank is the identity).
 
@@ -378,10 +383,31 @@ def allreduce(array, op: str = "mean", algorithm: str = "ring", comm: Communicat
     algo = ALGORITHMS[algorithm]
     flat = array.reshape(-1)
     mean = op == "mean"
+    if compression is not None and compression != "none":
+        from .compression import Compressor  # compression builds on this module
+        from .compression import get as get_compressor
+
+        compressor = compression if isinstance(compression, Compressor) else get_compressor(compression)
+        if array.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"allreduce (rank {comm.rank}): compression needs float32/float64, got {array.dtype}")
+        job = functools.partial(_compressed_job, compressor=compressor, shape=array.shape)
+        if async_op:
+            return comm.submit(f"allreduce(compression={compressor.spec!r}, {array.dtype}[{array.size}])", job,
+                               flat, mean, array)
+        return job(comm, flat, mean, array)
     if async_op:
         name = f"allreduce(op={op!r}, algorithm={algorithm!r}, {array.dtype}[{array.size}])"
         return comm.submit(name, _allreduce_job, algo, flat, mean, array)
     return _allreduce_job(comm, algo, flat, mean, array)
+
+
+def _compressed_job(comm: Communicator, flat, mean: bool, array, *, compressor, shape):
+    step = compressor.__dict__.get("_allreduce_calls", 0)  # seeds random-k and PowerSGD's warm-up per call
+    compressor.__dict__["_allreduce_calls"] = step + 1
+    compressor.reduce(comm, "allreduce", [("array", flat.reshape(shape))], flat, step)
+    if mean and comm.size > 1:
+        get_array_module(flat).divide(flat, comm.size, out=flat)
+    return array
 
 
 def _allreduce_job(comm: Communicator, algo: AllreduceAlgorithm, flat, mean: bool, array):

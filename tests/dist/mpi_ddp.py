@@ -236,6 +236,19 @@ def compression(comm):
             if r == 0:
                 print(f"{spec:12s} {kind}: bytes/step {ddp.last_step_bytes[0]:8d} ratio {ratio:7.1f} "
                       f"loss {np.mean(losses[:5]):.3f} -> {np.mean(losses[-5:]):.3f}", flush=True)
+    # dist.allreduce(..., compression=): lossless fp16 on small integers equals the plain sum; a Compressor
+    # object keeps its error-feedback memory across calls (top-k's sent + memory == input + old memory)
+    x = np.full(1000, float(r + 1))
+    dist.allreduce(x, op="sum", compression="fp16")
+    check(np.all(x == n * (n + 1) / 2), f"allreduce fp16: got {x[:3]}")
+    topk = dist.compression.get("topk:0.01")
+    g = np.random.default_rng(r).normal(size=(50, 20))
+    total = g.copy()
+    dist.allreduce(total, op="mean", compression=topk)
+    check(topk.memory("allreduce") is not None and np.count_nonzero(topk.memory("allreduce")) > 900,
+          "allreduce topk: no error-feedback memory kept")
+    sums = comm.comm.allgather(total.tobytes())
+    check(len(set(sums)) == 1, "allreduce topk: ranks differ")
     if r == 0:
         print(f"compression OK on {n} ranks", flush=True)
 
