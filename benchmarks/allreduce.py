@@ -40,7 +40,6 @@ import csv  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
-import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -50,22 +49,13 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_section, cpu_model, fmt_load  # noqa: E402
+from _common import command_section, cpu_model, find_mpiexec, fmt_load, under_mpiexec  # noqa: E402
 
 KB, MB = 1 << 10, 1 << 20
 DEFAULT_SIZES = [4 * KB * 4**k for k in range(9)]  # 4 KB .. 256 MB
 DIAG_SIZES = [4 * MB, 16 * MB, 64 * MB]
 SWEEP_PIECES = [128 * KB, 256 * KB, 512 * KB, 1 * MB, 2 * MB, 4 * MB, 0]  # 0: no pipelining (one piece per step)
 GOALS = ((256 * KB, 1 * MB, 0.9), (4 * MB, None, 1.2))  # (from, to, ring/mpi busbw goal)
-
-
-def _under_mpiexec() -> bool:
-    return any(v in os.environ for v in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK"))
-
-
-def _find_mpiexec() -> str | None:
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.is_file() else shutil.which("mpiexec")
 
 
 def auto_repeats(nbytes: int) -> int:
@@ -197,7 +187,7 @@ def measure_world(args) -> dict:
 
 
 def launch(n: int, args, json_path: Path) -> None:
-    mpiexec = _find_mpiexec()
+    mpiexec = find_mpiexec()
     if mpiexec is None:
         raise SystemExit("allreduce benchmark: no mpiexec found (pip install mpich)")
     version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True).stdout
@@ -406,7 +396,7 @@ def parse_args(argv):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join([Path(sys.executable).as_posix(), *sys.argv]) if argv is None else shlex.join(argv)
-    if args.worker is not None or _under_mpiexec():
+    if args.worker is not None or under_mpiexec():
         load_start, t0 = os.getloadavg(), time.perf_counter()
         res = measure_world(args)
         from mpi4py import MPI

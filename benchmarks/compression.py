@@ -56,7 +56,6 @@ import math  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
 import shlex  # noqa: E402
-import shutil  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -66,7 +65,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_section, cpu_model, fmt_load  # noqa: E402
+from _common import busy_cpu_s, command_section, cpu_model, find_mpiexec, fmt_load, own_cpu_s  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SPECS = ("none", "fp16", "bf16", "powersgd:1", "powersgd:2", "powersgd:4", "topk:0.01", "topk:0.003",
@@ -83,12 +82,6 @@ CLI_DEFAULTS = "20 epochs, SGD lr 0.05 (mlp) / 0.02 (cnn), momentum 0.9, global 
 # ---------------------------------------------------------------------------------------------
 # Running one configuration
 # ---------------------------------------------------------------------------------------------
-
-
-def find_mpiexec() -> str | None:
-    """mpiexec next to the running Python (the venv's MPI), else the first on PATH."""
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.is_file() else shutil.which("mpiexec")
 
 
 def dtrain_command() -> list[str]:
@@ -135,7 +128,7 @@ def run_one(mpiexec: str, model: str, ranks: int, spec: str, seed: int, epochs: 
     out.mkdir(parents=True, exist_ok=True)
     cmd = [mpiexec, "-n", str(ranks), *dtrain_command(), *train_args(model, spec, seed, epochs, str(out))]
     row = {"model": model, "ranks": ranks, "spec": spec, "seed": seed, "error": None}
-    t0, busy0, own0 = time.perf_counter(), _busy_cpu_s(), _own_cpu_s()
+    t0, busy0, own0 = time.perf_counter(), busy_cpu_s(), own_cpu_s()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env(),
                             cwd=str(tmp), start_new_session=True)
     try:
@@ -151,10 +144,10 @@ def run_one(mpiexec: str, model: str, ranks: int, spec: str, seed: int, epochs: 
         row["error"] = f"timed out after {timeout:g} s"
         return row
     row["launch_s"] = time.perf_counter() - t0
-    busy1 = _busy_cpu_s()
+    busy1 = busy_cpu_s()
     # CPU time other processes took while this run went on: its timings are disturbed when this is large.
     row["other_cpu_s"] = (None if busy0 is None or busy1 is None
-                          else max(0.0, (busy1 - busy0) - (_own_cpu_s() - own0)))
+                          else max(0.0, (busy1 - busy0) - (own_cpu_s() - own0)))
     summary_path, metrics_path = out / "summary.json", out / "metrics.jsonl"
     if proc.returncode != 0 or not summary_path.is_file():
         row["error"] = f"exit status {proc.returncode}: {_last_error_line(stderr or stdout)}"
@@ -598,21 +591,6 @@ def _versions() -> dict[str, str]:
         return {}
 
 
-def _busy_cpu_s() -> float | None:
-    """CPU seconds the whole machine has spent busy since boot (/proc/stat; steal counts as busy)."""
-    try:
-        v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    except (OSError, ValueError, IndexError):
-        return None
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_s() -> float:
-    """CPU seconds of this process and its waited-for descendants (mpiexec and the ranks)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
 CSV_FIELDS = ("model", "ranks", "spec", "seed", "epochs", "steps", "test_accuracy", "best_test_accuracy",
               "delta_vs_none_pp", "test_loss", "train_loss", "train_loss_min", "train_loss_max", "bytes_sent",
               "bytes_uncompressed", "bytes_per_step",
@@ -763,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     if mpiexec is None:
         raise SystemExit("compression benchmark: no mpiexec next to the Python executable or on PATH")
     load_start, t0 = os.getloadavg(), time.perf_counter()
-    busy0, own0 = _busy_cpu_s(), _own_cpu_s()
+    busy0, own0 = busy_cpu_s(), own_cpu_s()
     plan = [(seed, model, n, spec) for seed in args.seeds for model in args.models for n in args.ranks
             for spec in args.specs]
     rows = []
@@ -780,11 +758,11 @@ def main(argv: list[str] | None = None) -> int:
                       if not row.get("error") else f"FAILED: {row['error']}")
             print(f"[{i}/{len(plan)}] {model} n={n} {spec} seed={seed}: {status}  ({row['launch_s']:.1f} s)",
                   flush=True)
-    busy1 = _busy_cpu_s()
+    busy1 = busy_cpu_s()
     wall = time.perf_counter() - t0
     meta = {"load_start": load_start, "load_end": os.getloadavg(), "wall_s": wall, "mpiexec": mpiexec,
             "versions": _versions(), "git": _git_state(),
-            "other_s": None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0) - (_own_cpu_s() - own0))}
+            "other_s": None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0) - (own_cpu_s() - own0))}
     # rows of skipped runs have no numbers; keep them (the tables say why) but give them the numeric keys
     for r in rows:
         if r.get("error"):

@@ -68,7 +68,6 @@ import json  # noqa: E402
 import platform  # noqa: E402
 import pstats  # noqa: E402
 import shlex  # noqa: E402
-import shutil  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -81,7 +80,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_section, cpu_model, fmt_load  # noqa: E402
+from _common import blas_info, busy_cpu_s, command_section, cpu_model, find_mpiexec, fmt_load, own_cpu_s, under_mpiexec  # noqa: E402
 
 WIDTHS = (784, 1024, 1024, 10)
 BATCH = 128  # per rank
@@ -113,15 +112,6 @@ def variants(small_bucket_mb: float, with_torch: bool) -> list[Variant]:
         out.append(Variant("torch", "PyTorch DDP (gloo, defaults)", "torch"))
     out.append(Variant("local", "reference: no DDP, each rank trains alone (no communication)", "local"))
     return out
-
-
-def _under_mpiexec() -> bool:
-    return any(v in os.environ for v in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK"))
-
-
-def _find_mpiexec() -> str | None:
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.is_file() else shutil.which("mpiexec")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -582,7 +572,7 @@ def worker(args) -> list[dict]:
 
 
 def launch(n: int, args, json_path: Path) -> None:
-    mpiexec = _find_mpiexec()
+    mpiexec = find_mpiexec()
     if mpiexec is None:
         raise SystemExit("throughput benchmark: no mpiexec found next to the interpreter or on PATH "
                          "(pip install mpich)")
@@ -598,42 +588,19 @@ def launch(n: int, args, json_path: Path) -> None:
     subprocess.run(cmd, check=True)
 
 
-def _busy_cpu_s() -> float | None:
-    """CPU seconds the whole machine has spent busy since boot (/proc/stat; steal counts as busy)."""
-    try:
-        v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    except (OSError, ValueError, IndexError):
-        return None
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_s() -> float:
-    """CPU seconds of this process and its waited-for descendants (mpiexec and the ranks)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
 class OtherLoad:
     """CPU time other processes used while a block ran: the machine's busy time minus ours."""
 
     def __enter__(self):
-        self.t0, self.busy0, self.own0 = time.perf_counter(), _busy_cpu_s(), _own_cpu_s()
+        self.t0, self.busy0, self.own0 = time.perf_counter(), busy_cpu_s(), own_cpu_s()
         return self
 
     def __exit__(self, *exc):
         self.wall = time.perf_counter() - self.t0
-        busy1 = _busy_cpu_s()
+        busy1 = busy_cpu_s()
         self.other_s = (None if busy1 is None or self.busy0 is None else
-                        max(0.0, (busy1 - self.busy0) - (_own_cpu_s() - self.own0)))
+                        max(0.0, (busy1 - self.busy0) - (own_cpu_s() - self.own0)))
         return False
-
-
-def blas_info() -> str:
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        return f"{blas.get('name')} {blas.get('version')}"
-    except Exception:  # older NumPy: no mode="dicts"
-        return "unknown"
 
 
 def _f(v, spec: str) -> str:
@@ -1019,7 +986,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join([Path(sys.executable).as_posix(), *sys.argv]) if argv is None else shlex.join(argv)
     load_start, t0 = os.getloadavg(), time.perf_counter()
-    if args.worker is not None or _under_mpiexec():
+    if args.worker is not None or under_mpiexec():
         records = worker(args)
         if not records:  # ranks other than 0
             return 0

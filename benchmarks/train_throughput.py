@@ -65,7 +65,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-from _common import command_section, cpu_model, fmt_load  # noqa: E402
+from _common import blas_info, command_section, cpu_model, fmt_load  # noqa: E402
 
 import dtrain as dt  # noqa: E402
 import dtrain.nn.functional as F  # noqa: E402
@@ -559,15 +559,6 @@ def profile_lines(p: dict) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Reporting
 # ---------------------------------------------------------------------------------------------
-
-
-def blas_info() -> str:
-    try:
-        cfg = np.show_config(mode="dicts")
-        blas = cfg["Build Dependencies"]["blas"]
-        return f"{blas.get('name')} {blas.get('version')}"
-    except Exception:  # older NumPy: no mode="dicts"
-        return "unknown"
 
 
 def _fmt(v: float, spec: str) -> str:

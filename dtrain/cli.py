@@ -2,7 +2,7 @@
 
 ``train`` builds the job from dtrain.train.config.OPTIONS (one table for flags, TOML keys, defaults
 and validation) and runs dtrain.train.job.run. Bad input exits with status 2 and one line on stderr
-naming the problem; the distributed flags arrive with the distributed issues.
+naming the problem (on every rank under mpiexec, with the rank).
 """
 
 from __future__ import annotations
