@@ -284,31 +284,29 @@ def _ring_reduce_scatter(comm: Communicator, src, dst, bounds, mean: bool) -> No
         # Pipelined: keep PIPELINE_DEPTH pieces in flight each way; piece p is added while the later
         # ones travel, and its receive slot is reused for piece p + PIPELINE_DEPTH.
         depth = PIPELINE_DEPTH
-        sreqs = []
-        rreqs = []
-        for p in range(depth):
+        sreqs, rreqs = [], []
+
+        def post_recv(p: int) -> None:
             if p < len(recvs):
                 lo, hi = recvs[p]
                 rreqs.append(mpi.Irecv([rbuf[p % depth, : hi - lo], wtype], left, _TAG_REDUCE))
+
+        def post_send(p: int) -> None:
             if p < len(sends):
                 lo, hi = sends[p]
                 comm.bytes_sent += send_from[lo:hi].nbytes
                 sreqs.append(mpi.Isend([send_from[lo:hi], wtype], right, _TAG_REDUCE))
+
+        for p in range(depth):
+            post_recv(p)
+            post_send(p)
         for p, (lo, hi) in enumerate(recvs):
             rreqs[p].Wait()
             _accumulate(xp, src, dst, rbuf[p % depth, : hi - lo], lo, hi, acc, n if scale else 0)
-            q = p + depth
-            if q < len(recvs):
-                qlo, qhi = recvs[q]
-                rreqs.append(mpi.Irecv([rbuf[q % depth, : qhi - qlo], wtype], left, _TAG_REDUCE))
-            if q < len(sends):
-                qlo, qhi = sends[q]
-                comm.bytes_sent += send_from[qlo:qhi].nbytes
-                sreqs.append(mpi.Isend([send_from[qlo:qhi], wtype], right, _TAG_REDUCE))
+            post_recv(p + depth)
+            post_send(p + depth)
         for q in range(len(recvs) + depth, len(sends)):
-            lo, hi = sends[q]
-            comm.bytes_sent += send_from[lo:hi].nbytes
-            sreqs.append(mpi.Isend([send_from[lo:hi], wtype], right, _TAG_REDUCE))
+            post_send(q)
         MPI.Request.Waitall(sreqs)
 
 

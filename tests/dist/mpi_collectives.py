@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import traceback
 
 import numpy as np
+from mpi_harness import run_or_abort  # noqa: E402  (tests/dist is on sys.path when run as a script)
 
 COUNTS_BASE = (0, 1, 1000, 2**20 + 3)
 
@@ -373,11 +373,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BaseException:
-        from mpi4py import MPI
-
-        print(f"rank {MPI.COMM_WORLD.Get_rank()} of {MPI.COMM_WORLD.Get_size()} failed:\n{traceback.format_exc()}",
-              file=sys.stderr, flush=True)
-        MPI.COMM_WORLD.Abort(1)
+    run_or_abort(main)

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import traceback
 
 import numpy as np
+from mpi_harness import run_or_abort  # noqa: E402  (tests/dist is on sys.path when run as a script)
 
 SHAPES = [("fc.weight", (24, 40)), ("fc.bias", (24,)), ("conv.weight", (8, 4, 3, 3)), ("small.weight", (3, 2))]
 SIZE = sum(int(np.prod(s)) for _, s in SHAPES)
@@ -192,11 +192,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BaseException:
-        from mpi4py import MPI
-
-        print(f"rank {MPI.COMM_WORLD.Get_rank()} of {MPI.COMM_WORLD.Get_size()} failed:\n{traceback.format_exc()}",
-              file=sys.stderr, flush=True)
-        MPI.COMM_WORLD.Abort(1)
+    run_or_abort(main)

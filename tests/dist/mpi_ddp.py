@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-import traceback
 
 import numpy as np
 
@@ -22,6 +21,7 @@ import dtrain.nn.functional as F
 from dtrain import nn, optim
 from dtrain.data import shard_slice
 from dtrain.train import param_checksum
+from mpi_harness import run_or_abort  # noqa: E402  (tests/dist is on sys.path when run as a script)
 
 TOL = 1e-12
 
@@ -269,14 +269,14 @@ def mismatch(comm):
     check(message is not None, f"rank {comm.rank}: no ModelMismatchError")
 
 
-if __name__ == "__main__":
+def main() -> None:
     world = dist.init()
-    try:
-        dt.set_default_dtype(np.float64)
-        cases = {"equivalence": equivalence, "mismatch": mismatch, "empty-shard": empty_shard, "syncbn": syncbn,
-                 "compression": compression}
-        cases[sys.argv[1]](world)
-        world.barrier()
-    except BaseException:
-        print(f"rank {world.rank} FAILED:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-        world.comm.Abort(1)
+    dt.set_default_dtype(np.float64)
+    cases = {"equivalence": equivalence, "mismatch": mismatch, "empty-shard": empty_shard, "syncbn": syncbn,
+             "compression": compression}
+    cases[sys.argv[1]](world)
+    world.barrier()
+
+
+if __name__ == "__main__":
+    run_or_abort(main)

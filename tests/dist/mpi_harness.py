@@ -1,0 +1,19 @@
+"""Shared by the scripts tests/dist runs under mpiexec: a failure on any rank prints that rank's
+traceback and aborts the whole job (MPI_Abort), so no rank is left waiting in a collective."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+
+
+def run_or_abort(main: Callable[[], object]) -> None:
+    try:
+        main()
+    except BaseException:
+        from mpi4py import MPI
+
+        print(f"rank {MPI.COMM_WORLD.Get_rank()} of {MPI.COMM_WORLD.Get_size()} failed:\n{traceback.format_exc()}",
+              file=sys.stderr, flush=True)
+        MPI.COMM_WORLD.Abort(1)
