@@ -8,6 +8,7 @@ validated here, with an error that names the option, the bad value and what was 
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -84,8 +85,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("checkpoint_every", str, "0", "checkpoint every N steps, or every N epochs with 'Ne' (e.g. 2e); "
            "0: only at the end", metavar="N|Ne"),
     Option("keep_checkpoints", int, 3, "how many checkpoints to keep", check="positive"),
-    Option("resume", str, None, "continue from the latest checkpoint in --checkpoint-dir, or from PATH",
+    Option("resume", str, None, "continue from the latest checkpoint in --checkpoint-dir (bare --resume), from PATH, or "
+           "with 'last-good' from the newest checkpoint there that verifies (corrupt ones are skipped)",
            optional=True, metavar="PATH"),
+    Option("timeout", float, 300.0, "seconds a collective may wait for its peers before the whole job is aborted "
+           "with a message naming the operation and the missing ranks; 0: wait forever (env DTRAIN_TIMEOUT)",
+           check="nonnegative", metavar="SECONDS"),
+    Option("stall_warning", float, None, "warn (naming the late ranks) when a collective has waited this long "
+           "(default: half of --timeout)", check="positive", optional=True, metavar="SECONDS"),
+    Option("check_every", int, 100, "compare a checksum of the parameters across ranks every K steps (and at the "
+           "end); 0: only at the end", check="nonnegative", metavar="K"),
+    Option("nonfinite", str, "raise", "non-finite gradients after the all-reduce: raise an error, or skip the step "
+           "on every rank (counted and logged)", ("raise", "skip")),
+    Option("loss_scale", str, "none", "loss scaling: none | dynamic (scale backs off and the step is skipped on "
+           "non-finite gradients, grows after 2000 good steps) | a fixed positive number", metavar="none|dynamic|S"),
     Option("out", str, None, "write metrics.jsonl, summary.json and PNG plots to this folder", optional=True,
            metavar="DIR"),
     Option("progress", bool, None, "progress bar on rank 0 (default: when stderr is a terminal)", optional=True),
@@ -174,6 +187,27 @@ def parse_checkpoint_every(value: str) -> tuple[int, int]:
     return (0, n) if m.group(2) else (n, 0)
 
 
+def parse_loss_scale(value) -> str:
+    """'none' | 'dynamic' | a positive finite number (as its string): the --loss-scale option, validated."""
+    text = str(value).strip().lower()
+    if text in ("none", "dynamic"):
+        return text
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = None
+    if scale is None or not (math.isfinite(scale) and scale > 0):
+        raise ConfigError(f"--loss-scale must be none, dynamic or a positive number, got {value!r}")
+    return repr(scale)
+
+
+def _env_number(text: str, name: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"environment variable {name} must be a number of seconds, got {text!r}") from None
+
+
 def resolve_config(flags: dict, toml_path: str | None = None, model_defaults=None) -> dict:
     """Merge defaults < model defaults < TOML < flags into one validated config dict.
 
@@ -193,9 +227,14 @@ def resolve_config(flags: dict, toml_path: str | None = None, model_defaults=Non
     if model_defaults is not None:
         for name, value in model_defaults(model).items():
             config[name] = _coerce(_BY_NAME[name], value, f"the {model} model's defaults")
+    env_timeout = os.environ.get("DTRAIN_TIMEOUT")
+    if env_timeout is not None and env_timeout.strip():  # the launcher's environment: below TOML and flags
+        config["timeout"] = _coerce(_BY_NAME["timeout"], _env_number(env_timeout, "DTRAIN_TIMEOUT"),
+                                    "the environment (DTRAIN_TIMEOUT)")
     config.update(from_toml)
     config.update(given)
     parse_checkpoint_every(config["checkpoint_every"])
+    config["loss_scale"] = parse_loss_scale(config["loss_scale"])
     from ..dist.compression import CompressionError
     from ..dist.compression import get as get_compressor
 
