@@ -45,11 +45,25 @@ def _info(_args) -> int:
 
 def _train(args) -> int:
     from .train.config import OPTIONS, resolve_config
-    from .train.job import model_defaults, run
+    from .train.job import init_world, make_sync, model_defaults, run
 
+    # Under mpiexec the world comes first, so a configuration error on any one rank (MPMD command lines,
+    # per-rank config files) is reported by every rank instead of leaving the others waiting.
+    comm = init_world()
     flags = {o.name: getattr(args, o.name) for o in OPTIONS if hasattr(args, o.name)}
-    config = resolve_config(flags, args.config, model_defaults)
-    run(config)
+    error = config = None
+    try:
+        config = resolve_config(flags, args.config, model_defaults)
+    except ValueError as exc:
+        error = exc
+    if comm is None:
+        if error is not None:
+            raise error
+    else:
+        from .train.distributed import agree
+
+        agree(comm, error, "the configuration")
+    run(config, sync=make_sync(config, comm))
     return 0
 
 
@@ -88,10 +102,22 @@ def _bench(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the rank in usage errors (under mpiexec every rank prints one)."""
+
+    def error(self, message):
+        from .train.job import launcher_rank
+
+        rank = launcher_rank()
+        where = f" [rank {rank}]" if rank is not None else ""
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error:{where} {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .train.config import OPTIONS
 
-    p = argparse.ArgumentParser(prog="dtrain", description="Distributed data-parallel training over MPI.")
+    p = _Parser(prog="dtrain", description="Distributed data-parallel training over MPI.")
     sub = p.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, MPI library, CUDA availability")
     info.set_defaults(func=_info)
@@ -140,24 +166,53 @@ def _distributed_errors() -> tuple:
     return DistributedRunError, ModelMismatchError
 
 
+def _write_error(line: str) -> None:
+    # One write per line: under mpiexec several ranks share stderr, and print() may write the text and
+    # the newline separately (unbuffered), gluing ranks' messages together.
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _abort_if_alone(exc: BaseException, status: int) -> int:
+    """An error raised on this rank only, in a world > 1, would leave the other ranks waiting in their
+    next collective: end the whole job (MPI_Abort). Errors every rank raised together just exit."""
+    from .dist import comm as dist_comm
+
+    world = dist_comm._world
+    if world is not None and not world._closed and world.size > 1 and not getattr(exc, "collective", False):
+        _write_error(f"dtrain: error: [rank {world.rank}] the error above was not agreed with the other ranks: "
+                     "aborting the job (MPI_Abort) so that none of them waits for this rank")
+        if world.watchdog is not None:
+            world.watchdog.abort(status)
+        dist_comm._MPI.COMM_WORLD.Abort(status)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .train.job import launcher_rank
+    from .train.trainer import TrainingInterrupted
+
+    rank = launcher_rank()
+    where = f" [rank {rank}]" if rank is not None else ""
     try:
         return args.func(args)
+    except TrainingInterrupted as exc:  # SIGINT/SIGTERM: every rank stopped at the same step
+        if not rank:
+            _write_error(f"dtrain {args.command}: {exc}")
+        return exc.exit_status
     except (ValueError, OSError, FloatingPointError, *_distributed_errors()) as exc:
         # Bad input (config, data, checkpoint, numbers): one clear line, no traceback.
-        from .train.job import launcher_rank
+        _write_error(f"dtrain {args.command}: error:{where} {exc}")
+        return _abort_if_alone(exc, 2)
+    except KeyboardInterrupt as exc:
+        _write_error(f"dtrain {args.command}: interrupted{where}")
+        return _abort_if_alone(exc, 130)
+    except Exception as exc:  # a bug: the traceback, then make sure no other rank waits for this one
+        import traceback
 
-        rank = launcher_rank()
-        where = f" [rank {rank}]" if rank is not None else ""
-        # One write per line: under mpiexec several ranks share stderr, and print() may write the
-        # text and the newline separately (unbuffered), gluing ranks' messages together.
-        sys.stderr.write(f"dtrain {args.command}: error:{where} {exc}\n")
-        sys.stderr.flush()
-        return 2
-    except KeyboardInterrupt:
-        print(f"dtrain {args.command}: interrupted", file=sys.stderr)
-        return 130
+        _write_error(f"dtrain {args.command}: internal error{where}:\n{traceback.format_exc().rstrip()}")
+        return _abort_if_alone(exc, 1)
 
 
 if __name__ == "__main__":

@@ -607,6 +607,10 @@ def _load_npz(path: str, seed: int) -> Splits:
     """
     arrays = _read_npz(path)
     has_test = "x_test" in arrays
+    for xk in ("x", "x_test"):
+        if xk in arrays and arrays[xk].ndim < 2:
+            raise DatasetError(f"{path}: {xk!r} has shape {arrays[xk].shape}; expected (n_samples, features...), "
+                               "e.g. (n, 1) for one feature per sample")
 
     for xk, yk in (("x", "y"), ("x_test", "y_test")):
         if xk in arrays and len(arrays[xk]) != len(arrays[yk]):

@@ -27,6 +27,7 @@ from .comm import (
     get_world_size,
     init,
     is_initialized,
+    set_timeout,
 )
 from .ddp import DistributedDataParallel, ModelMismatchError
 from .sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
@@ -36,7 +37,7 @@ __all__ = [
     "compression",
     "allreduce", "barrier", "broadcast", "chunk_bounds", "get_local_rank", "get_node_count", "get_rank",
     "SyncBatchNorm", "convert_sync_batchnorm", "get_world", "get_world_size", "init", "is_initialized",
-    "reduce_scatter",
+    "reduce_scatter", "set_timeout",
 ]
 
 

@@ -402,7 +402,8 @@ def allreduce(array, op: str = "mean", algorithm: str = "ring", comm: Communicat
 def _compressed_job(comm: Communicator, flat, mean: bool, array, *, compressor, shape):
     step = compressor.__dict__.get("_allreduce_calls", 0)  # seeds random-k and PowerSGD's warm-up per call
     compressor.__dict__["_allreduce_calls"] = step + 1
-    compressor.reduce(comm, "allreduce", [("array", flat.reshape(shape))], flat, step)
+    with comm.watch(f"allreduce (compression {compressor.spec})"):
+        compressor.reduce(comm, "allreduce", [("array", flat.reshape(shape))], flat, step)
     if mean and comm.size > 1:
         get_array_module(flat).divide(flat, comm.size, out=flat)
     return array
@@ -410,7 +411,8 @@ def _compressed_job(comm: Communicator, flat, mean: bool, array, *, compressor, 
 
 def _allreduce_job(comm: Communicator, algo: AllreduceAlgorithm, flat, mean: bool, array):
     if flat.size and comm.size > 1:
-        algo.run(comm, flat, mean)
+        with comm.watch(f"allreduce {algo.name}"):
+            algo.run(comm, flat, mean)
     return array
 
 
@@ -443,7 +445,8 @@ def _reduce_scatter_job(comm: Communicator, flat, mean: bool):
     if comm.size == 1 or flat.size == 0:
         return flat[lo:hi].copy()
     dst = comm.buffer("reduce_scatter.out", flat.size, flat.dtype, xp)
-    _ring_reduce_scatter(comm, flat, dst, bounds, mean)
+    with comm.watch("reduce_scatter"):
+        _ring_reduce_scatter(comm, flat, dst, bounds, mean)
     return dst[lo:hi].copy()
 
 
@@ -489,7 +492,8 @@ def _allgather_job(comm: Communicator, flat, counts: list[int]):
     if comm.size > 1 and offsets[-1]:
         size = flat.dtype.itemsize
         bounds = [(offsets[i] * size, offsets[i + 1] * size) for i in range(comm.size)]
-        _ring_allgather(comm, out.view(np.uint8), bounds)
+        with comm.watch("allgather"):
+            _ring_allgather(comm, out.view(np.uint8), bounds)
     return out
 
 
@@ -515,7 +519,8 @@ def _broadcast_job(comm: Communicator, array, root: int):
         _host_sync(get_array_module(array))
         if comm.rank == root:
             comm.bytes_sent += array.nbytes
-        comm.comm.Bcast([array.reshape(-1).view(np.uint8), _comm._MPI.BYTE], root=root)
+        with comm.watch(f"broadcast from rank {root}"):
+            comm.comm.Bcast([array.reshape(-1).view(np.uint8), _comm._MPI.BYTE], root=root)
     return array
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "get_world_size",
     "init",
     "is_initialized",
+    "set_timeout",
 ]
 
 _INSTALL_HINT = (
@@ -42,6 +43,19 @@ _INSTALL_HINT = (
 )
 
 _MPI: Any = None  # the mpi4py.MPI module, once init() loaded it
+
+
+class _NoWatch:
+    __slots__ = ()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NO_WATCH = _NoWatch()
 
 
 def _load_mpi():
@@ -83,18 +97,21 @@ class Communicator:
     >>> world = Communicator(MPI.COMM_WORLD.Dup(), owns_comm=True)   # doctest: +SKIP
     """
 
-    def __init__(self, comm, *, owns_comm: bool = False):
+    def __init__(self, comm, *, owns_comm: bool = False, label: str = "world", watchdog=None):
         MPI = _load_mpi()
         self.comm = comm
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
-        local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        try:
-            self.local_rank = local.Get_rank()
-            self.local_size = local.Get_size()
-        finally:
-            local.Free()
-        self.node_count = int(comm.allreduce(1 if self.local_rank == 0 else 0))  # tiny control message
+        self.label = label  # names this communicator in watchdog reports (the same on every rank)
+        self.watchdog = watchdog  # a dtrain.dist.watchdog.Watchdog shared by the world's communicators
+        with self.watch("communicator set-up (node layout)"):
+            local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+            try:
+                self.local_rank = local.Get_rank()
+                self.local_size = local.Get_size()
+            finally:
+                local.Free()
+            self.node_count = int(comm.allreduce(1 if self.local_rank == 0 else 0))  # tiny control message
         self.thread_level = _thread_level_name(MPI)
         self._owns_comm = owns_comm
         self.bytes_sent = 0  # payload bytes this rank handed to MPI send calls on this communicator
@@ -102,6 +119,15 @@ class Communicator:
         self._worker: _Worker | None = None
         self._worker_lock = threading.Lock()
         self._closed = False
+        self._dups = 0
+
+    def watch(self, name: str, bucket: int | None = None):
+        """Context manager around one collective on this communicator: it gets the watchdog's deadline
+        and appears in its reports as ``name`` (with the training step and ``bucket``)."""
+        wd = self.watchdog
+        if wd is None or self.size == 1:
+            return _NO_WATCH
+        return wd.watch(name, self.label, bucket)
 
     def __repr__(self) -> str:
         return (f"Communicator(rank={self.rank}, size={self.size}, local_rank={self.local_rank}, "
@@ -119,7 +145,10 @@ class Communicator:
     def dup(self) -> Communicator:
         """A new Communicator over ``comm.Dup()``: same ranks, a separate message space (collective)."""
         self._check_open("dup")
-        return Communicator(self.comm.Dup(), owns_comm=True)
+        self._dups += 1
+        with self.watch("communicator Dup"):
+            new = self.comm.Dup()
+        return Communicator(new, owns_comm=True, label=f"{self.label}.{self._dups}", watchdog=self.watchdog)
 
     def buffer(self, key, shape, dtype, xp=np):
         """A reusable scratch array of ``shape`` and ``dtype`` for the hot path (not zeroed).
@@ -145,7 +174,8 @@ class Communicator:
 
     def barrier(self) -> None:
         """Block until every rank of this communicator has called barrier()."""
-        self.comm.Barrier()
+        with self.watch("barrier"):
+            self.comm.Barrier()
 
     # -- asynchronous operations -------------------------------------------------------------------
 
@@ -178,6 +208,8 @@ class Communicator:
         if self._closed:
             return
         self._stop_worker(free=True)
+        if self.watchdog is not None and self is _world:
+            self.watchdog.stop()
         self._buffers.clear()
         if self._owns_comm:
             self.comm.Free()
@@ -327,10 +359,32 @@ def init(comm=None) -> Communicator:
         if base == MPI.COMM_NULL:
             raise ValueError("dtrain.dist.init: comm is MPI.COMM_NULL (this process is not part of it)")
         _world = Communicator(base.Dup(), owns_comm=True)
+        _world.watchdog = _make_watchdog(base, _world)
         if _world_base is None:
             atexit.register(_shutdown)  # runs before mpi4py finalises MPI (registered earlier, at import)
         _world_base = base
         return _world
+
+
+def _make_watchdog(base, world: Communicator):
+    """The world's collective watchdog (deadline from DTRAIN_TIMEOUT, default 300 s; see set_timeout).
+
+    Collective over ``base``: peer inspection gets a communicator of its own (with MPI_THREAD_MULTIPLE)."""
+    from .watchdog import DEFAULT_TIMEOUT, Watchdog, default_timeout
+
+    try:
+        timeout = default_timeout()
+    except ValueError:  # a malformed DTRAIN_TIMEOUT: the job's configuration check reports it
+        timeout = DEFAULT_TIMEOUT
+    ctl = base.Dup() if world.size > 1 and world.supports_async else None
+    return Watchdog(ctl, world.rank, world.size, timeout=timeout)
+
+
+def set_timeout(timeout: float, stall_warning: float | None = None) -> None:
+    """Deadline for every collective of the world, in seconds (0: none); ``stall_warning`` (default: half
+    of it) is when a waiting rank logs which ranks are late. Past the deadline the job is aborted with
+    a message naming the operation and the missing ranks. Call after init(), on every rank."""
+    get_world().watchdog.configure(timeout, stall_warning)
 
 
 def _same_comm(a, b) -> bool:
@@ -348,6 +402,8 @@ def _shutdown() -> None:
     # communicators are not freed (Free is collective and ranks exit at different moments).
     if _world is not None and not _world._closed:
         _world._stop_worker(free=False)
+    if _world is not None and _world.watchdog is not None:
+        _world.watchdog.stop()
 
 
 def is_initialized() -> bool:

@@ -42,7 +42,9 @@ from .comm import Communicator, get_world
 from .compression import Compressor
 from .compression import get as get_compressor
 
-__all__ = ["DistributedDataParallel", "ModelMismatchError"]
+__all__ = ["CONTROL_SLOTS", "DistributedDataParallel", "ModelMismatchError"]
+
+CONTROL_SLOTS = 4  # small float64 values (flags, votes) every rank adds to each synchronisation
 
 
 class ModelMismatchError(RuntimeError):
@@ -83,6 +85,11 @@ class DistributedDataParallel(Module):
         algorithm: "ring" (ours) or "mpi" (MPI_Allreduce).
         comm: the Communicator (default: the world from dtrain.dist.init()).
         broadcast_buffers: also broadcast rank 0's buffers (e.g. BatchNorm running stats) at construction.
+
+    ``ddp.control`` holds CONTROL_SLOTS float64 values (flags, votes) that travel with the sample counts
+    of the next synchronisation: after it, ``ddp.control_sum`` is their sum over the ranks, identical on
+    every rank. The training loop uses it to agree on "stop now" and "the loss was non-finite" without a
+    collective of its own.
     """
 
     def __init__(self, module: Module, bucket_cap_mb: float = 25, compression=None, overlap: bool = True,
@@ -114,7 +121,9 @@ class DistributedDataParallel(Module):
         d["_samples"] = 0  # this rank's samples since the last synchronisation
         d["_armed"] = False  # the coming backward synchronises
         d["_active"] = False  # a synchronisation is in progress (buckets being launched)
-        d["_count"] = np.zeros(1, dtype=np.float64)
+        d["_count"] = np.zeros(1 + CONTROL_SLOTS, dtype=np.float64)  # [samples, control values...]
+        d["control"] = np.zeros(CONTROL_SLOTS, dtype=np.float64)  # summed over ranks with the next sync
+        d["control_sum"] = np.zeros(CONTROL_SLOTS, dtype=np.float64)  # ... the result, after finish()
         d["_count_handle"] = None
         d["_next_bucket"] = 0
         d["step"] = 0  # synchronisations completed (seeds random-k, PowerSGD's start_iter)
@@ -176,8 +185,10 @@ class DistributedDataParallel(Module):
             # The sample counts travel just ahead of the first bucket, not at the first hook: a rank that
             # waits in MPI busy-polls, and that would compete with its own backward for the core.
             self._count[0] = self._samples
+            self._count[1:] = self.control
             self.__dict__["_count_handle"] = self.comm.submit("DDP sample counts", self._count_job)
-            self.__dict__["bytes_uncompressed"] += ring_allreduce_bytes(1, 8, self.comm.size, self.comm.rank)
+            self.__dict__["bytes_uncompressed"] += ring_allreduce_bytes(self._count.size, 8, self.comm.size,
+                                                                        self.comm.rank)
         xp = get_array_module(bucket.buffer)
         weight = float(self._samples)
         for p, (lo, hi) in zip(bucket.params, bucket.offsets):
@@ -197,7 +208,8 @@ class DistributedDataParallel(Module):
     # (the worker Communicator counts them at the send calls) to this DDP's own total.
     def _count_job(self, wcomm: Communicator):
         before = wcomm.bytes_sent
-        allreduce(self._count, op="sum", algorithm="ring", comm=wcomm)
+        with wcomm.watch("DDP sample counts", bucket=0):
+            allreduce(self._count, op="sum", algorithm="ring", comm=wcomm)
         self.__dict__["bytes_sent"] += wcomm.bytes_sent - before
         return self._count
 
@@ -205,10 +217,11 @@ class DistributedDataParallel(Module):
         """Sum the bucket over the ranks, through the compressor (or MPI_Allreduce)."""
         self.__dict__["_worker_comm"] = wcomm
         before = wcomm.bytes_sent
-        if self.algorithm == "mpi" and self.compressor.spec == "none":
-            allreduce(bucket.buffer, op="sum", algorithm="mpi", comm=wcomm)
-        else:
-            self.compressor.reduce(wcomm, bucket.key, bucket.segments, bucket.buffer, step)
+        with wcomm.watch(f"DDP gradient bucket {bucket.index} ({self.compressor.spec})", bucket=bucket.index):
+            if self.algorithm == "mpi" and self.compressor.spec == "none":
+                allreduce(bucket.buffer, op="sum", algorithm="mpi", comm=wcomm)
+            else:
+                self.compressor.reduce(wcomm, bucket.key, bucket.segments, bucket.buffer, step)
         self.__dict__["bytes_sent"] += wcomm.bytes_sent - before
         return bucket.buffer
 
@@ -220,13 +233,16 @@ class DistributedDataParallel(Module):
         """
         if self.comm.size == 1:
             self.__dict__["_samples"] = 0
+            self.control_sum[...] = self.control
             return
         if not self._active:
             return
         for b in self.buckets:
             if not b.launched:
                 self._launch(b)
-        total = float(self._count_handle.wait()[0])
+        counts = self._count_handle.wait()
+        total = float(counts[0])
+        self.control_sum[...] = counts[1:]
         if total <= 0:
             raise RuntimeError(f"DistributedDataParallel: no rank had any samples this step (rank {self.comm.rank})")
         scale = 1.0 / total
@@ -298,7 +314,8 @@ def _check_same_model(comm: Communicator, module: Module) -> None:
     if comm.size == 1:
         return
     sig = _signature(module)
-    sigs = comm.comm.allgather(sig)  # a small control message: pickled lower-case call is fine here
+    with comm.watch("DDP model check"):
+        sigs = comm.comm.allgather(sig)  # a small control message: pickled lower-case call is fine here
     if all(s == sigs[0] for s in sigs):
         return
     problems = []

@@ -2,21 +2,23 @@
 
 A checkpoint is one ``.npz`` (``allow_pickle=False``) written atomically by rank 0: every array
 (model parameters and buffers under ``model/``, optimizer state under ``optimizer/``) plus one JSON
-metadata document (format tag, dtrain version, config, optimizer hyperparameters and scalars,
-scheduler state, RNG state, the Trainer's loop position). Nested state is split generically:
-arrays go to the npz and are replaced in the JSON by ``{"__array__": key}``; dicts with integer
-keys (optimizer state by parameter index) are tagged so they come back with integer keys.
+metadata document (format tag, dtrain version, world size, config, optimizer hyperparameters and
+scalars, scheduler state, every rank's RNG state, the Trainer's loop position with the epoch sums of
+all ranks). Nested state is split generically: arrays go to the npz and are replaced in the JSON by
+``{"__array__": key}``; dicts with integer keys (optimizer state by parameter index) are tagged so
+they come back with integer keys. Loading never unpickles or executes anything.
 
-``CheckpointManager`` names files ``ckpt-{step:08d}.npz``, keeps the last ``keep`` and maintains a
-``latest.json`` manifest with the newest file and its SHA-256, so ``--resume`` finds it.
+``CheckpointManager`` names files ``ckpt-{step:08d}.npz``, keeps the newest ``keep`` and maintains
+``latest.json``, a manifest listing every kept file with its size and SHA-256, so ``--resume``
+finds the newest one and verifies it, and ``--resume last-good`` finds the newest one that verifies.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,10 @@ __all__ = ["CheckpointError", "CheckpointManager", "load_checkpoint", "param_che
 
 FORMAT = "dtrain-checkpoint"
 FORMAT_VERSION = 1
+MANIFEST_FORMAT = "dtrain-checkpoint-manifest"
+MANIFEST_VERSION = 2
+RESUME_HINT = "resume from it with --resume last-good (or --resume PATH)"
+_NAME = re.compile(r"ckpt-(\d+)\.npz")
 
 
 class CheckpointError(ValueError):
@@ -79,23 +85,35 @@ def _join(obj, arrays: dict, path: str):
     return obj
 
 
-def save_checkpoint(path: str, trainer, rng_states: list | None = None, compression_states: list | None = None) -> None:
+def save_checkpoint(path: str, trainer, rng_states: list | None = None, compression_states: list | None = None,
+                    epoch_sums=None) -> None:
     """Write the trainer's full state (model, optimizer, scheduler, RNG, loop position) to ``path``.
 
-    ``rng_states``: every rank's default-generator state, in rank order (default: this process's);
-    ``compression_states``: every rank's compressor state (error-feedback memories, PowerSGD Qs).
+    Args:
+        rng_states: every rank's default-generator state, in rank order (default: this process's).
+        compression_states: every rank's compressor state (error-feedback memories, PowerSGD Qs).
+        epoch_sums: ``(loss_sum, correct, seen)`` of the current epoch summed over ALL ranks; stored
+            in place of this rank's partial sums (a world > 1 must pass them for exact train metrics
+            after a mid-epoch resume). Default: this rank's own sums (exact in a world of 1).
+
+    Raises OSError (ENOSPC...) if the file cannot be written; ``path`` is then left as it was.
     """
     from .. import __version__
 
+    state = trainer.state.to_json()
+    if epoch_sums is not None:
+        loss_sum, correct, seen = epoch_sums
+        state.update(loss_sum=float(loss_sum), correct=float(correct), seen=int(seen))
     arrays: dict[str, Any] = {}
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "dtrain_version": __version__,
+        "world_size": int(trainer.sync.world_size),
         "config": trainer.config,
         "model": _split(dict(trainer.model.state_dict()), "model", arrays),
         "optimizer": _split(trainer.optimizer.state_dict(), "optimizer", arrays),
         "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
         "rng": rng_states if rng_states is not None else [backend.default_generator.get_state()],
-        "trainer": trainer.state.to_json(),
+        "trainer": state,
         "compression": _split(list(compression_states or []), "compression", arrays),
     }
     save_npz(arrays, path, metadata=json.loads(json.dumps(meta, default=_json_default)))
@@ -109,82 +127,326 @@ def _json_default(o):
 
 def load_checkpoint(path: str) -> dict:
     """Read a checkpoint written by save_checkpoint: {"model", "optimizer", "scheduler", "rng", "trainer",
-    "config", ...} with arrays restored. Raises CheckpointError naming the file if it is not one."""
+    "config", "world_size", ...} with arrays restored.
+
+    Never unpickles anything. Raises CheckpointError naming the file if it is missing, damaged or
+    not a dtrain checkpoint.
+    """
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         arrays, meta = load_npz(path, with_metadata=True)
     except SerializationError as exc:
-        raise CheckpointError(f"cannot load checkpoint: {exc}") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a dtrain checkpoint (format tag {meta.get('format')!r})")
+        detail = str(exc)
+        detail = detail[len(path) + 2:] if detail.startswith(f"{path}: ") else detail
+        raise CheckpointError(f"checkpoint {path} is not a dtrain checkpoint (or is damaged): {detail}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        tag = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"checkpoint {path} is not a dtrain checkpoint (format tag {tag!r}, expected {FORMAT!r})")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format version {meta.get('format_version')!r}; this dtrain "
+        raise CheckpointError(f"checkpoint {path} has format version {meta.get('format_version')!r}; this dtrain "
                               f"reads version {FORMAT_VERSION}")
     return _join(meta, arrays, path)
 
 
+def _has_compressor_memory(state) -> bool:
+    """Whether a rank's saved compressor state holds anything beyond its spec (memories, Qs)."""
+    inner = state.get("compressor") if isinstance(state, dict) else None
+    return isinstance(inner, dict) and any(k != "spec" for k in inner)
+
+
 def restore_trainer(trainer, path: str) -> None:
-    """Load ``path`` into the trainer's model, optimizer, scheduler, default RNG and loop state."""
+    """Load ``path`` into the trainer's model, optimizer, scheduler, default RNG and loop state.
+
+    The world size may differ from the one that saved the file: model, optimizer, scheduler and
+    loop position restore exactly; rank r takes the saved RNG state r when the saving run had a
+    rank r (others keep their own seeded stream); per-rank compressor memories cannot be split
+    over a different world, so they are discarded (with a warning). The epoch's partial sums go
+    to rank 0 (they were summed over all ranks when saved); other ranks start them at zero.
+    """
     from .trainer import TrainState
 
     ck = load_checkpoint(path)
     states = ck.get("rng") or []
     rank, world = trainer.sync.rank, trainer.sync.world_size
-    if len(states) != world:
-        raise CheckpointError(f"checkpoint {path} holds the random state of {len(states)} rank(s) but this run has "
-                              f"{world}; resume with mpiexec -n {len(states)}")
+    saved_world = ck.get("world_size", max(len(states), 1))  # older files: one RNG state per rank
+    if isinstance(saved_world, bool) or not isinstance(saved_world, int) or saved_world < 1:
+        raise CheckpointError(f"checkpoint {path} records an invalid world size {saved_world!r}")
     try:
+        state = TrainState.from_json(ck["trainer"])
         trainer.model.load_state_dict(ck["model"])
         trainer.optimizer.load_state_dict(ck["optimizer"])
         if trainer.scheduler is not None and ck.get("scheduler") is not None:
             trainer.scheduler.load_state_dict(ck["scheduler"])
-        backend.default_generator.set_state(states[rank])
+        if rank < len(states):
+            backend.default_generator.set_state(states[rank])
         compression = ck.get("compression") or []
-        if compression and len(compression) == world and compression[rank]:
-            trainer.sync.load_compressor_state(compression[rank])
-        trainer.state = TrainState.from_json(ck["trainer"])
+        if saved_world == world:
+            if len(compression) == world and compression[rank]:
+                trainer.sync.load_compressor_state(compression[rank])
+        elif trainer.sync.compression != "none" and any(_has_compressor_memory(c) for c in compression):
+            if rank == 0:  # every rank drops its own memories; one report is enough
+                trainer.log.warning(f"checkpoint {path} was saved by {saved_world} rank(s) and this run has {world}: "
+                                    f"the per-rank gradient-compression state (error-feedback memories) cannot be "
+                                    f"split over a different world size, so compression restarts with empty "
+                                    f"memories (the run is not exact from here)")
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} does not fit this run: {exc}") from None
+    if rank != 0:  # rank 0 carries the whole epoch's sums; the end-of-epoch reduction adds the rest
+        state.loss_sum, state.correct, state.seen = 0.0, 0.0, 0
+    trainer.state = state
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _step_of(name: str) -> int | None:
+    m = _NAME.fullmatch(name)
+    return int(m.group(1)) if m else None
 
 
 class CheckpointManager:
-    """Numbered checkpoints in ``directory``: keeps the newest ``keep``, records the latest in latest.json."""
+    """Numbered checkpoints in ``directory`` with a manifest (``latest.json``) of the ones kept.
+
+    The manifest (version 2) is ``{"format": "dtrain-checkpoint-manifest", "version": 2, "latest":
+    file, "checkpoints": [{"file", "step", "sha256", "bytes"}, ...]}``, oldest first. A save writes the
+    new checkpoint atomically, then the manifest atomically, and only then deletes the files that
+    fell out of the newest ``keep``. Reading and verifying never writes or deletes anything. The
+    version-1 manifest (``{"latest", "step", "sha256"}``) and folders without one are still read.
+    """
 
     MANIFEST = "latest.json"
 
     def __init__(self, directory: str, keep: int = 3):
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise ValueError(f"keep must be a positive integer, got {keep!r}")
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise CheckpointError(f"checkpoint directory {directory} exists and is not a directory")
         self.directory, self.keep = directory, keep
 
-    def save(self, trainer, rng_states: list | None = None, compression_states: list | None = None) -> str:
-        os.makedirs(self.directory, exist_ok=True)
-        path = os.path.join(self.directory, f"ckpt-{trainer.state.step:08d}.npz")
-        save_checkpoint(path, trainer, rng_states, compression_states)
-        with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
-        manifest = {"latest": os.path.basename(path), "step": trainer.state.step, "sha256": digest}
-        _atomic_write(os.path.join(self.directory, self.MANIFEST), lambda f: f.write(json.dumps(manifest).encode()))
-        for old in sorted(glob.glob(os.path.join(self.directory, "ckpt-*.npz")))[:-self.keep]:
-            os.unlink(old)
-        return path
+    @property
+    def manifest_path(self) -> str:
+        return os.path.join(self.directory, self.MANIFEST)
 
-    def latest(self) -> str | None:
-        """Path of the newest checkpoint (from the manifest, verified by checksum), or None if none exist."""
-        manifest = os.path.join(self.directory, self.MANIFEST)
-        if not os.path.exists(manifest):
-            found = sorted(glob.glob(os.path.join(self.directory, "ckpt-*.npz")))
-            return found[-1] if found else None
+    def _path(self, entry: dict) -> str:
+        return os.path.join(self.directory, entry["file"])
+
+    # -- reading -------------------------------------------------------------------------------
+    def _scan(self) -> list[dict]:
+        """The ckpt-*.npz files in the folder, oldest step first (for folders without a v2 manifest)."""
         try:
-            with open(manifest) as f:
-                m = json.load(f)
-            path = os.path.join(self.directory, m["latest"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"checkpoint manifest {manifest} is unreadable: {exc}") from None
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise CheckpointError(f"cannot list checkpoint directory {self.directory}: {exc.strerror}") from None
+        found = sorted((_step_of(n), n) for n in names if _step_of(n) is not None)
+        return [{"file": n, "step": s, "sha256": None, "bytes": None} for s, n in found]
+
+    def _read_manifest(self) -> list[dict] | None:
+        """The manifest's entries, oldest first (the last is the latest), or None without a manifest.
+
+        Raises CheckpointError naming the manifest if it is unreadable or malformed.
+        """
+        path = self.manifest_path
+        if not os.path.exists(path):
+            return None
         try:
             with open(path, "rb") as f:
-                digest = hashlib.sha256(f.read()).hexdigest()
+                m = json.loads(f.read().decode())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint manifest {path} is unreadable ({exc})") from None
+
+        def bad(why: str) -> CheckpointError:
+            return CheckpointError(f"checkpoint manifest {path} is malformed: {why}")
+
+        if not isinstance(m, dict):
+            raise bad(f"expected a JSON object, got {type(m).__name__}")
+        if "format" not in m:  # version 1: {"latest", "step", "sha256"}; the other kept files are unlisted
+            name = m.get("latest")
+            if not _plain_name(name):
+                raise bad(f"'latest' must be a file name in the folder, got {name!r}")
+            entries = [e for e in self._scan() if e["file"] != name]
+            step = m.get("step")
+            step = step if isinstance(step, int) and not isinstance(step, bool) else _step_of(name)
+            return [*entries, {"file": name, "step": step, "sha256": m.get("sha256"), "bytes": None}]
+        if m.get("format") != MANIFEST_FORMAT:
+            raise bad(f"format tag {m.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+        if m.get("version") != MANIFEST_VERSION:
+            raise CheckpointError(f"checkpoint manifest {path} has version {m.get('version')!r}; this dtrain reads "
+                                  f"versions 1 and {MANIFEST_VERSION}")
+        entries = m.get("checkpoints")
+        if not isinstance(entries, list):
+            raise bad("'checkpoints' must be a list")
+        for e in entries:
+            if not (isinstance(e, dict) and _plain_name(e.get("file")) and _is_int(e.get("step"))
+                    and isinstance(e.get("sha256"), str) and _is_int(e.get("bytes"))):
+                raise bad(f"entry {e!r} is not {{'file': name, 'step': int, 'sha256': hex, 'bytes': int}}")
+        if entries and m.get("latest") != entries[-1]["file"]:
+            raise bad(f"'latest' is {m.get('latest')!r} but the newest listed checkpoint is {entries[-1]['file']!r}")
+        return [dict(e) for e in entries]
+
+    def _verify(self, entry: dict) -> str | None:
+        """None if the file is there with the size and SHA-256 the manifest records, else the problem."""
+        path = self._path(entry)
+        try:
+            size = os.path.getsize(path)
+        except FileNotFoundError:
+            return f"is missing (named by {self.manifest_path})"
         except OSError as exc:
-            raise CheckpointError(f"the manifest names {path}, which cannot be read: {exc.strerror}") from None
-        if digest != m.get("sha256"):
-            raise CheckpointError(f"checkpoint {path} does not match the SHA-256 in {manifest}: the file is corrupt")
+            return f"cannot be read ({exc.strerror})"
+        expected = entry.get("bytes")
+        if expected is not None and size < expected:
+            return f"is truncated ({size} of {expected} bytes)"
+        if expected is not None and size > expected:
+            return f"has {size} bytes but {self.manifest_path} records {expected} (the file is corrupt)"
+        if entry.get("sha256") is not None:
+            try:
+                digest = _sha256(path)
+            except OSError as exc:
+                return f"cannot be read ({exc.strerror})"
+            if digest != entry["sha256"]:
+                return (f"is corrupt (checksum mismatch): its SHA-256 does not match the SHA-256 in "
+                        f"{self.manifest_path}")
+        return None
+
+    @staticmethod
+    def _loads(path: str) -> str | None:
+        """None if ``path`` loads as a dtrain checkpoint, else why not."""
+        try:
+            load_checkpoint(path)
+        except CheckpointError as exc:
+            return f"does not load: {exc}"
+        return None
+
+    def _newest_good(self, entries: list[dict]) -> tuple[str | None, list[tuple[str, str]]]:
+        skipped = []
+        for entry in reversed(entries):
+            path = self._path(entry)
+            problem = self._verify(entry) or self._loads(path)
+            if problem is None:
+                return path, skipped
+            skipped.append((path, problem))
+        return None, skipped
+
+    def latest(self) -> str | None:
+        """Path of the newest checkpoint, verified against the manifest's size and SHA-256; None if none exist.
+
+        Raises CheckpointError naming the file and its problem (missing, truncated, checksum mismatch)
+        and the newest earlier checkpoint that verifies, with how to resume from it.
+        """
+        try:
+            entries = self._read_manifest()
+        except CheckpointError as exc:
+            good, _ = self.last_good()
+            raise CheckpointError(f"{exc}; " + self._fallback_hint(good, "the newest good checkpoint")) from None
+        if entries is None:
+            entries = self._scan()
+            return self._path(entries[-1]) if entries else None  # no manifest: nothing to verify against
+        if not entries:
+            return None
+        path = self._path(entries[-1])
+        problem = self._verify(entries[-1])
+        if problem is None:
+            return path
+        good, _ = self._newest_good(entries[:-1])
+        hint = self._fallback_hint(good, "the previous good checkpoint")
+        raise CheckpointError(f"checkpoint {path} {problem}; {hint}")
+
+    def _fallback_hint(self, good: str | None, what: str) -> str:
+        if good is None:
+            return f"no other checkpoint in {self.directory} verifies"
+        return f"{what} is {good}: {RESUME_HINT}"
+
+    def last_good(self) -> tuple[str | None, list[tuple[str, str]]]:
+        """The newest checkpoint that matches its manifest entry (size, SHA-256) and loads as a dtrain
+        checkpoint: ``(path or None, skipped)``, where ``skipped`` lists ``(path, reason)`` for every
+        newer one that does not (an unreadable manifest is listed too, and the files are then checked
+        by loading them). Reads only; nothing is deleted or rewritten."""
+        skipped: list[tuple[str, str]] = []
+        try:
+            entries = self._read_manifest()
+        except CheckpointError as exc:
+            skipped.append((self.manifest_path, f"{exc}; checking the checkpoint files themselves"))
+            entries = None
+        if entries is None:
+            entries = self._scan()
+        good, bad = self._newest_good(entries)
+        return good, skipped + bad
+
+    # -- writing -------------------------------------------------------------------------------
+    def save(self, trainer, rng_states: list | None = None, compression_states: list | None = None,
+             epoch_sums=None) -> str:
+        """Write ``ckpt-{step:08d}.npz`` (see save_checkpoint for the arguments), record it in the
+        manifest, then delete the checkpoints beyond the newest ``keep``. Returns the new file's path.
+
+        Raises CheckpointError naming the file and the OS reason (ENOSPC...) if the checkpoint or the
+        manifest cannot be written; the previous checkpoints and manifest are then left as they were
+        and no temporary file remains.
+        """
+        step = int(trainer.state.step)
+        name = f"ckpt-{step:08d}.npz"
+        path = os.path.join(self.directory, name)
+        try:
+            previous = self._read_manifest()
+        except CheckpointError:
+            previous = None  # an unreadable manifest is replaced by one describing the files now present
+        if previous is None:
+            previous = self._scan()
+        existed = os.path.exists(path)
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            save_checkpoint(path, trainer, rng_states, compression_states, epoch_sums)
+            entry = {"file": name, "step": step, "sha256": _sha256(path), "bytes": os.path.getsize(path)}
+            history = []
+            for e in previous:
+                if e["file"] == name or e["step"] is None or not os.path.exists(self._path(e)):
+                    continue  # replaced now, or nothing left to keep
+                if e["step"] > step:
+                    # From a run that was resumed from an earlier checkpoint: out of the manifest (so
+                    # last-good never prefers it to this one), but the file is not deleted.
+                    continue
+                if e["sha256"] is None:  # found without a manifest (older folders): record what it holds now
+                    e["sha256"] = _sha256(self._path(e))
+                if e["bytes"] is None:  # a version-1 entry: its recorded SHA-256 still guards it
+                    e["bytes"] = os.path.getsize(self._path(e))
+                history.append(e)
+        except OSError as exc:
+            raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}; the previous "
+                                  f"checkpoints and {self.MANIFEST} are unchanged") from None
+        history.append(entry)
+        kept, dropped = history[-self.keep:], history[:-self.keep]
+        manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "latest": name,
+                    "checkpoints": [{k: e[k] for k in ("file", "step", "sha256", "bytes")} for e in kept]}
+        try:
+            _atomic_write(self.manifest_path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+        except OSError as exc:
+            if not existed:  # not recorded anywhere: take it back so the folder is as before
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            raise CheckpointError(f"cannot write the checkpoint manifest {self.manifest_path}: "
+                                  f"{exc.strerror or exc}; checkpoint {path} was not recorded") from None
+        for e in dropped:  # the manifest no longer names them
+            if _step_of(e["file"]) is not None:
+                try:
+                    os.unlink(self._path(e))
+                except OSError:
+                    pass  # already gone, or not ours to remove: the manifest is what counts
         return path
+
+
+def _plain_name(name) -> bool:
+    """A file name inside the checkpoint folder (no separators, no '..'): the manifest cannot point elsewhere."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and os.path.basename(name) == name
+            and "/" not in name and "\\" not in name)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)

@@ -85,8 +85,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("checkpoint_every", str, "0", "checkpoint every N steps, or every N epochs with 'Ne' (e.g. 2e); "
            "0: only at the end", metavar="N|Ne"),
     Option("keep_checkpoints", int, 3, "how many checkpoints to keep", check="positive"),
-    Option("resume", str, None, "continue from the latest checkpoint in --checkpoint-dir (bare --resume), from PATH, or "
-           "with 'last-good' from the newest checkpoint there that verifies (corrupt ones are skipped)",
+    Option("resume", str, None, "continue from the latest checkpoint in --checkpoint-dir (bare --resume), from "
+           "PATH, or with 'last-good' from the newest checkpoint there that verifies (corrupt ones are skipped)",
            optional=True, metavar="PATH"),
     Option("timeout", float, 300.0, "seconds a collective may wait for its peers before the whole job is aborted "
            "with a message naming the operation and the missing ranks; 0: wait forever (env DTRAIN_TIMEOUT)",

@@ -84,17 +84,29 @@ def launched_by_mpi() -> bool:
 _LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALRANKID", "HYDI_CONTROL_FD")
 
 
-def make_sync(cfg: dict):
-    """LocalSync for one process; DDPSync over the MPI world when launched with more than one rank."""
+def init_world():
+    """The MPI world Communicator when launched by an MPI launcher with more than one rank, else None.
+
+    Its collectives get a deadline (DTRAIN_TIMEOUT, default 300 s) from the start, so even a rank whose
+    configuration fails cannot leave the others waiting."""
     if not launched_by_mpi():
-        return LocalSync()
+        return None
     from ..dist import init
 
     comm = init()
-    if comm.size == 1:
+    return comm if comm.size > 1 else None
+
+
+def make_sync(cfg: dict, comm=None):
+    """LocalSync for one process; DDPSync over the MPI world when launched with more than one rank.
+    Applies --timeout/--stall-warning to the world's collectives."""
+    comm = comm if comm is not None else init_world()
+    if comm is None:
         return LocalSync()
+    from ..dist import set_timeout
     from .distributed import DDPSync
 
+    set_timeout(cfg["timeout"], cfg["stall_warning"])
     return DDPSync(comm, algorithm=cfg["allreduce"], bucket_mb=cfg["bucket_mb"], overlap=cfg["overlap"],
                    compression=cfg["compression"])
 
@@ -113,7 +125,8 @@ def build_job(cfg: dict, sync=None, logger: RankLogger | None = None) -> Trainer
     except (ValueError, OSError) as exc:
         error, parts = exc, None
     sync.agree(error)
-    trainer = _make_trainer(cfg, sync, log, *parts)
+    trainer = _make_trainer(cfg, sync, log, *parts)  # in a world > 1: DDP checks every rank holds the same model
+    sync.check_same_config(cfg)
     error = None
     try:
         _resume(cfg, trainer, log)
@@ -156,6 +169,9 @@ def _build_parts(cfg: dict, sync):
     every_steps, every_epochs = parse_checkpoint_every(cfg["checkpoint_every"])
     if (every_steps or every_epochs) and not cfg["checkpoint_dir"]:
         raise ConfigError(f"--checkpoint-every {cfg['checkpoint_every']} needs --checkpoint-dir DIR")
+    for option, folder in (("--out", cfg["out"]), ("--checkpoint-dir", cfg["checkpoint_dir"])):
+        if folder and os.path.exists(folder) and not os.path.isdir(folder):
+            raise ConfigError(f"{option} {folder} exists and is not a directory")
     if cfg["resume"] == "latest" and not cfg["checkpoint_dir"]:
         raise ConfigError("--resume without a PATH needs --checkpoint-dir DIR to look for the latest checkpoint")
     return splits, model, opt, scheduler, loss_fn, correct_fn, train_loader, test_loader, dtype, device
@@ -171,21 +187,38 @@ def _make_trainer(cfg, sync, log, splits, model, opt, scheduler, loss_fn, correc
         early_stopping=EarlyStopping(cfg["early_stopping"]) if cfg["early_stopping"] else None,
         checkpoints=manager, checkpoint_every=every_steps, checkpoint_every_epochs=every_epochs,
         out_dir=cfg["out"], sync=sync, device=device, dtype=dtype, monitor=cfg["monitor"],
-        progress=cfg["progress"], logger=log, config=cfg)
+        progress=cfg["progress"], logger=log, config=cfg, nonfinite=cfg["nonfinite"], loss_scale=cfg["loss_scale"],
+        check_every=cfg["check_every"])
     trainer.splits = splits
     return trainer
 
 
 def _resume(cfg: dict, trainer: Trainer, log: RankLogger) -> None:
-    if not cfg["resume"]:
+    """Restore the trainer from ``cfg["resume"]``: "latest" (bare --resume: the newest checkpoint in
+    --checkpoint-dir, verified against its manifest), "last-good" (the newest one there that verifies
+    and loads; every newer corrupt one is named in a warning), or a PATH. Raises CheckpointError
+    naming the file; a failed resume reads only, so it never deletes or overwrites a checkpoint."""
+    spec = cfg["resume"]
+    if not spec:
         return
-    path = cfg["resume"]
-    if path == "latest":
-        path = trainer.checkpoints.latest()
+    if spec in ("latest", "last-good"):
+        flag = "--resume" if spec == "latest" else "--resume last-good"
+        if trainer.checkpoints is None:
+            raise CheckpointError(f"{flag} needs --checkpoint-dir DIR to look for checkpoints in")
+        if spec == "latest":
+            path = trainer.checkpoints.latest()
+        else:
+            path, skipped = trainer.checkpoints.last_good()
+            if log.is_main:  # every rank reads the same folder; one report is enough
+                for bad, reason in skipped:
+                    log.warning(f"--resume last-good: skipping {bad}: {reason}")
         if path is None:
-            raise CheckpointError(f"--resume: no checkpoint found in {cfg['checkpoint_dir']}")
-    elif not os.path.exists(path):
-        raise CheckpointError(f"--resume: checkpoint {path} does not exist")
+            what = "no checkpoint" if spec == "latest" else "no checkpoint that verifies"
+            raise CheckpointError(f"{flag}: {what} found in {cfg['checkpoint_dir']}")
+    else:
+        path = spec
+        if not os.path.exists(path):
+            raise CheckpointError(f"--resume: checkpoint {path} does not exist")
     trainer.load_checkpoint(path)
     log.info(f"resumed from {path} at epoch {trainer.state.epoch + 1}, step {trainer.state.step}")
 

@@ -20,6 +20,18 @@ class LocalSync:
     world_size = 1
     compression = "none"
 
+    def __init__(self):
+        self._control = np.zeros(4)
+
+    def set_step(self, step: int) -> None:
+        """The training step about to run (named in deadline and stall reports)."""
+
+    def set_control(self, values) -> None:
+        """Small numbers (flags, votes) to add up over the ranks with this step's gradient sync; the sums
+        come back from :meth:`after_backward`, identical on every rank."""
+        self._control[:] = 0
+        self._control[:len(values)] = values
+
     def prepare(self, model):
         """Return what the Trainer calls for forward (the model itself here; a DDP wrapper in a world > 1)."""
         return model
@@ -44,11 +56,20 @@ class LocalSync:
     def load_compressor_state(self, state: dict) -> None:
         """Restore what compressor_state() returned."""
 
-    def check_identical(self, checksum: str) -> None:
-        """Every rank ends with the same parameters (trivially true in one process)."""
+    def check_identical(self, digests: list, step: int | None = None) -> None:
+        """Raise if the ranks' parameters differ; ``digests`` is [(name, hash)] (trivially equal in one process)."""
 
-    def after_backward(self, n_samples: int) -> None:
-        """Called after ``loss.backward()`` with this rank's batch size; averages gradients across ranks."""
+    def check_same_config(self, config: dict) -> None:
+        """Raise on every rank if the ranks were started with different options (one process: nothing to do)."""
+
+    def allgather(self, obj) -> list:
+        """Every rank's small JSON-able ``obj``, in rank order, on every rank."""
+        return [obj]
+
+    def after_backward(self, n_samples: int) -> np.ndarray:
+        """Called after ``loss.backward()`` with this rank's batch size; averages gradients across ranks and
+        returns the sums of the values given to :meth:`set_control` for this step."""
+        return self._control.copy()
 
     def sum(self, values: np.ndarray) -> np.ndarray:
         """Element-wise sum of a small float64 vector over all ranks (evaluation counts, losses)."""

@@ -14,10 +14,13 @@ checkpoints, so a resumed run continues exactly where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,11 +35,44 @@ from ..backend import as_device, is_float_dtype, resolve_dtype, to_device
 from ..nn.utils.clip import clip_grad_norm_
 from ..optim.lr_scheduler import ReduceLROnPlateau
 from . import monitor as mon
-from .checkpoint import CheckpointManager, param_checksum
+from .checkpoint import CheckpointError, CheckpointManager, param_checksum
 from .log import RankLogger
+from .loss_scale import LossScaler, make_loss_scaler
 from .sync import LocalSync
 
-__all__ = ["EarlyStopping", "TrainState", "Trainer"]
+__all__ = ["EarlyStopping", "TrainState", "Trainer", "TrainingInterrupted", "param_digests"]
+
+NONFINITE_POLICIES = ("raise", "skip")
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM stopped training at a step boundary on every rank (after the final checkpoint).
+
+    Attributes: signum, step (steps completed), checkpoint (the path written, or None).
+    """
+
+    collective = True  # every rank stops at the same step and raises it together
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        name = signal.Signals(signum).name
+        saved = (f"checkpoint {checkpoint} written; continue with --resume {checkpoint}" if checkpoint
+                 else "no checkpoint written (no --checkpoint-dir or --out)")
+        super().__init__(f"interrupted by {name} after step {step}: {saved}")
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
+def param_digests(model) -> list[tuple[str, str]]:
+    """[(name, 16-byte BLAKE2b of the bytes)] for every parameter, in registration order: what ranks compare
+    to detect divergence (buffers such as BatchNorm running statistics are per rank by design)."""
+    out = []
+    for name, p in model.named_parameters():
+        a = np.ascontiguousarray(to_device(p.data, "cpu"))
+        out.append((name, hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest()))
+    return out
 
 SUMMARY_KEYS = ("test_accuracy", "test_loss", "epochs", "steps", "world_size", "wall_s", "samples_per_s",
                 "compression", "compression_ratio", "param_checksum")
@@ -73,6 +109,8 @@ class TrainState:
     best: float | None = None
     bad_epochs: int = 0
     stopped_early: bool = False
+    skipped_steps: int = 0  # steps skipped on every rank because the gradients were non-finite
+    loss_scale: dict | None = None  # the loss scaler's state (saved with checkpoints)
     bytes_at_epoch_start: int = 0  # this rank's bytes sent for gradient sync before this epoch
     step_at_epoch_start: int = 0
     history: list = field(default_factory=list)  # metrics records
@@ -109,6 +147,13 @@ class Trainer:
         monitor: record gradient flow, weight and activation statistics once per epoch.
         progress: show a tqdm progress bar on rank 0 (None: only when stderr is a terminal).
         config: the run's configuration, stored in checkpoints and summary files.
+        nonfinite: what to do when the (all-reduced) gradients are non-finite: "raise" a FloatingPointError
+            naming the step and the ranks whose loss was non-finite, or "skip" the step on every rank
+            (counted in ``state.skipped_steps`` and logged). A dynamic loss scale always skips and backs off.
+        loss_scale: None/"none", "dynamic", a number (fixed scale) or a :class:`LossScaler`.
+        check_every: compare parameter digests across ranks every this many steps (0: only at the end).
+        handle_signals: on SIGINT/SIGTERM finish the current step on every rank, write a final checkpoint
+            (rank 0) and raise :class:`TrainingInterrupted`; a second signal interrupts at once.
     """
 
     def __init__(self, model, optimizer, train_loader, test_loader=None, *, loss_fn: Callable,
@@ -117,14 +162,18 @@ class Trainer:
                  checkpoints: CheckpointManager | None = None, checkpoint_every: int = 0,
                  checkpoint_every_epochs: int = 0, out_dir: str | None = None, sync=None, device=None, dtype=None,
                  monitor: bool = True, progress: bool | None = None, logger: RankLogger | None = None,
-                 config: dict | None = None):
+                 config: dict | None = None, nonfinite: str = "raise", loss_scale=None, check_every: int = 0,
+                 handle_signals: bool = True):
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
         if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
             raise ValueError(f"max_steps must be a positive integer or None, got {max_steps!r}")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm must be positive, got {clip_grad_norm!r}")
-        for name, v in (("checkpoint_every", checkpoint_every), ("checkpoint_every_epochs", checkpoint_every_epochs)):
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {nonfinite!r}")
+        for name, v in (("checkpoint_every", checkpoint_every), ("checkpoint_every_epochs", checkpoint_every_epochs),
+                        ("check_every", check_every)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
         self.model, self.optimizer = model, optimizer
@@ -144,6 +193,11 @@ class Trainer:
         self.progress = progress
         self.config = dict(config or {})
         self.state = TrainState()
+        self.nonfinite, self.check_every, self.handle_signals = nonfinite, check_every, handle_signals
+        self.scaler = loss_scale if isinstance(loss_scale, LossScaler) else make_loss_scaler(loss_scale)
+        self._signal: int | None = None  # the first SIGINT/SIGTERM received
+        self._restore_signals = lambda: None
+        self._interrupted = False  # every rank agreed to stop after the current step
         self._params = [p for p in model.parameters() if p.requires_grad]
         self._net = self.sync.prepare(model)  # what forward runs through (a DDP wrapper in a world > 1)
         self._activations = mon.ActivationMonitor(model) if monitor else None
@@ -172,8 +226,10 @@ class Trainer:
             return self._train_step(x, y, record)
 
     def _train_step(self, x, y, record: bool) -> tuple[float, float]:
+        step = self.state.step + 1
+        self.sync.set_step(step)
         self.optimizer.zero_grad()
-        out = None
+        out, loss = None, None
         loss_value = 0.0
         if len(x):
             y = self._to_device(y)
@@ -183,13 +239,25 @@ class Trainer:
             else:
                 out = self._forward(x)
             loss = self.loss_fn(out, y)
-            loss.backward()  # in a world > 1, gradients are averaged across ranks by the end of this
             loss_value = float(loss.item())
-        self.sync.after_backward(len(x))  # a rank with an empty shard of the batch still takes part
-        if self.sync.any(not math.isfinite(loss_value)):  # every rank takes the same decision
-            raise FloatingPointError(f"the training loss became non-finite ({loss_value} on rank {self.sync.rank}) "
-                                     f"at step {self.state.step + 1} (epoch {self.state.epoch + 1}); lower --lr "
-                                     "or check the input data")
+        # Two votes travel with this step's gradient sync (no collective of their own): "a signal asked
+        # me to stop" and "my loss is non-finite". Their sums are the same on every rank.
+        self.sync.set_control([float(self._signal is not None), float(not math.isfinite(loss_value))])
+        if loss is not None:
+            (loss * self.scaler.scale if self.scaler is not None else loss).backward()  # DDP averages during it
+        votes = self.sync.after_backward(len(x))  # a rank with an empty shard of the batch still takes part
+        if votes[0] > 0 and not self._interrupted:
+            self._interrupted = True
+            self._signal = self._signal or signal.SIGTERM  # a peer's signal: stop together
+        # After the all-reduce every rank holds the same gradients, so every rank decides alike.
+        finite = votes[1] == 0 and _all_finite(self._params)
+        if self.scaler is not None:
+            self.scaler.update(finite)
+            if finite and self.scaler.scale != 1.0:
+                _unscale(self._params, self.scaler.scale)
+        if not finite:
+            self._nonfinite_step(step, loss_value)
+            return 0.0, 0.0
         if record and self.monitor:
             self._grad_record = mon.layer_grad_norms(self.model)
         if self.clip_grad_norm is not None:
@@ -199,6 +267,26 @@ class Trainer:
             self.scheduler.step()
         correct = self.correct_fn(out, y) if self.correct_fn is not None and out is not None else 0.0
         return loss_value * len(x), correct
+
+    def _nonfinite_step(self, step: int, loss_value: float) -> None:
+        """Non-finite gradients (every rank sees the same): skip the step everywhere, or raise everywhere."""
+        st = self.state
+        dynamic = self.scaler is not None and self.scaler.dynamic
+        if self.nonfinite == "skip" or dynamic:
+            st.skipped_steps += 1
+            why = f"loss scale backed off to {self.scaler.scale:g}" if dynamic else "--nonfinite skip"
+            self.log.warning(f"step {step} (epoch {st.epoch + 1}): non-finite gradients after the all-reduce; the "
+                             f"step is skipped on every rank ({why}; {st.skipped_steps} skipped so far)")
+            return
+        losses = self.sync.allgather(loss_value if math.isfinite(loss_value) else repr(loss_value))
+        bad = [r for r, v in enumerate(losses) if isinstance(v, str)]
+        where = (f"the loss was {', '.join(f'{losses[r]} on rank {r}' for r in bad)}" if bad
+                 else "the loss was finite on every rank, the gradients were not")
+        from .distributed import mark_collective
+
+        raise mark_collective(FloatingPointError(
+            f"non-finite gradients after the all-reduce at step {step} (epoch {st.epoch + 1}): {where}; lower --lr, "
+            "check the input data, or pass --nonfinite skip to skip such steps"))
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(self, loader=None) -> tuple[float | None, float | None]:
@@ -236,12 +324,17 @@ class Trainer:
             os.makedirs(self.out_dir, exist_ok=True)
             self._metrics_file = open(os.path.join(self.out_dir, "metrics.jsonl"), "a" if st.step else "w")
         self.model.train()
+        restore = self._install_signal_handlers()
         try:
             while st.epoch < self.epochs and not self._done():
                 self._run_epoch()
+            if self._interrupted:
+                path = self._save_checkpoint(final=True, fallback=True)
+                raise TrainingInterrupted(self._signal, st.step, path)
             if self.checkpoints is not None:
-                self._save_checkpoint()
+                self._save_checkpoint(final=True)
         finally:
+            restore()
             if self._metrics_file is not None:
                 self._metrics_file.close()
                 self._metrics_file = None
@@ -250,7 +343,34 @@ class Trainer:
         return self._finish(time.perf_counter() - start)
 
     def _done(self) -> bool:
-        return self.state.stopped_early or (self.max_steps is not None and self.state.step >= self.max_steps)
+        return self._interrupted or self.state.stopped_early or (
+            self.max_steps is not None and self.state.step >= self.max_steps)
+
+    # -- signals -------------------------------------------------------------------------------
+    def _install_signal_handlers(self):
+        """SIGINT/SIGTERM -> stop after the current step (agreed by every rank); returns the undo function."""
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, self._on_signal)
+            except (ValueError, OSError):  # not allowed here (e.g. an embedded interpreter)
+                pass
+
+        def restore():
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        self._restore_signals = restore
+        return restore
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._signal is not None:  # the second signal: stop now
+            self._restore_signals()
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+        self._signal = signum
+        self.log.warning(f"received {signal.Signals(signum).name}: stopping after the current step on every rank; "
+                         "rank 0 writes a checkpoint (send it again to stop at once)")
 
     def _run_epoch(self) -> None:
         st = self.state
@@ -272,6 +392,10 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_sum / len(x):.4f}", refresh=False)
+                if self._interrupted:
+                    break
+                if self.check_every and st.step % self.check_every == 0:
+                    self.sync.check_identical(param_digests(self.model), st.step)  # divergence guard
                 if self.checkpoint_every and st.step % self.checkpoint_every == 0 and st.batch < n_batches:
                     st.train_time += time.perf_counter() - t0
                     t0 = time.perf_counter()
@@ -282,6 +406,8 @@ class Trainer:
             if bar is not None:
                 bar.close()
         st.train_time += time.perf_counter() - t0
+        if self._interrupted:  # the final checkpoint is written at this step boundary, mid-epoch
+            return
         self._end_epoch(complete=st.batch >= n_batches)
 
     def _end_epoch(self, complete: bool) -> None:
@@ -368,21 +494,52 @@ class Trainer:
                     unit="batch", dynamic_ncols=True)
 
     # -- checkpoints and the end ---------------------------------------------------------------
-    def _save_checkpoint(self) -> None:
-        """Collective: every rank hands its RNG state to rank 0, which writes the file."""
-        if self.checkpoints is None:
-            return
+    def _save_checkpoint(self, final: bool = False, fallback: bool = False) -> str | None:
+        """Collective: every rank hands its RNG and compression state to rank 0, which writes the file.
+
+        A periodic checkpoint that cannot be written (a full disk...) is a warning: the previous one is
+        intact and training goes on. The final one is an error on every rank. ``fallback``: without a
+        checkpoint manager, write to ``out_dir/checkpoints`` (the interrupted-run checkpoint). Returns
+        the path written (rank 0) or None.
+        """
+        manager = self.checkpoints
+        if manager is None and fallback and self.out_dir:
+            manager = CheckpointManager(os.path.join(self.out_dir, "checkpoints"))
+        if manager is None:
+            if fallback:
+                self.log.warning("no --checkpoint-dir or --out: the interrupted run's state is not saved")
+            return None
+        st = self.state
         rng_states = self.sync.gather(backend.default_generator.get_state())
         compression_states = self.sync.gather(self.sync.compressor_state())  # error-feedback memories, Qs
+        # The partial epoch's sums over every rank: restored on rank 0 (others start at zero), so a resumed
+        # epoch reports the same train loss at any world size.
+        epoch_sums = self.sync.sum(np.array([st.loss_sum, st.correct, st.seen], dtype=np.float64))
+        if self.scaler is not None:
+            st.loss_scale = self.scaler.state_dict()
+        path, error = None, None
         if self.log.is_main:
-            path = self.checkpoints.save(self, rng_states, compression_states)
-            self.log.info(f"checkpoint: {path}")
+            try:
+                path = manager.save(self, rng_states, compression_states,
+                                    epoch_sums=(float(epoch_sums[0]), float(epoch_sums[1]), int(epoch_sums[2])))
+                self.log.info(f"checkpoint: {path}")
+            except (CheckpointError, OSError) as exc:
+                if not final:
+                    self.log.warning(f"checkpoint at step {st.step} not written: {exc}; the previous checkpoint is "
+                                     "intact and training continues")
+                else:
+                    error = exc
+        if final:
+            self.sync.agree(error)  # the final checkpoint failing is everyone's error
+        return path
 
     def load_checkpoint(self, path: str) -> None:
         """Restore model, optimizer, scheduler, RNG and loop state from a checkpoint file."""
         from .checkpoint import restore_trainer
 
         restore_trainer(self, path)
+        if self.scaler is not None and self.state.loss_scale:
+            self.scaler.load_state_dict(self.state.loss_scale)
 
     def _finish(self, wall: float) -> dict:
         st = self.state
@@ -396,7 +553,7 @@ class Trainer:
             "compression": self.sync.compression, "compression_ratio": self.sync.compression_ratio(),
             "param_checksum": param_checksum(self.model),
         }
-        self.sync.check_identical(summary["param_checksum"])
+        self.sync.check_identical(param_digests(self.model), st.step)  # the divergence guard, at the end
         assert tuple(summary) == SUMMARY_KEYS
         if self.out_dir and self.log.is_main:
             with open(os.path.join(self.out_dir, "summary.json"), "w") as f:
@@ -409,6 +566,26 @@ class Trainer:
                 mon.plot_grad_flow(st.grad_flow, os.path.join(self.out_dir, "grad_flow.png"))
         del sent, raw
         return summary
+
+
+def _all_finite(params) -> bool:
+    """True when every gradient is finite. A sum is finite only if every term is (inf and nan propagate);
+    only a finite sum that overflowed needs the element-wise check."""
+    for p in params:
+        g = p.grad
+        if g is None:
+            continue
+        xp = backend.get_array_module(g)
+        if not math.isfinite(float(xp.sum(g))) and not bool(xp.isfinite(g).all()):
+            return False
+    return True
+
+
+def _unscale(params, scale: float) -> None:
+    inv = 1.0 / scale
+    for p in params:
+        if p.grad is not None:
+            p.grad *= inv
 
 
 def _targets_per_sample(y) -> int:

@@ -77,24 +77,29 @@ def run_mpi_script(script, nprocs: int, *args, timeout: float = 120, check: bool
     if mpiexec is None:
         pytest.skip("no mpiexec found (pip install mpich, or put an MPI launcher on PATH)")
     cmd = [mpiexec, *_launcher_flags(mpiexec), "-n", str(nprocs), sys.executable, str(script), *map(str, args)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env(),
-                            cwd=str(REPO), start_new_session=True)
+    res = run_group(cmd, timeout, mpi_env(), REPO)
+    if check and res.returncode != 0:
+        pytest.fail(f"exit status {res.returncode}: {' '.join(cmd)}\n--- stdout ---\n{res.stdout}\n--- stderr ---\n"
+                    f"{res.stderr}", pytrace=False)
+    return res
+
+
+def run_group(cmd: list[str], timeout: float, env: dict, cwd, hang: str = "timed out after") -> subprocess.CompletedProcess:
+    """Run ``cmd`` (an mpiexec line) in a new process group; past ``timeout`` seconds kill the whole group
+    (mpiexec and every rank) and fail the test with ``hang`` and the output so far."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(cwd),
+                            start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        # mpiexec and its ranks share the new session's process group: end them all, not just mpiexec.
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         out, err = proc.communicate()
-        pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n--- stdout ---\n{out}\n--- stderr ---\n{err}",
-                    pytrace=False)
-    res = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-    if check and res.returncode != 0:
-        pytest.fail(f"exit status {res.returncode}: {' '.join(cmd)}\n--- stdout ---\n{out}\n--- stderr ---\n{err}",
-                    pytrace=False)
-    return res
+        pytest.fail(f"{hang} {timeout} s (process group killed): {' '.join(cmd)}\n--- stdout ---\n{out}\n"
+                    f"--- stderr ---\n{err}", pytrace=False)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @pytest.fixture

@@ -96,14 +96,12 @@ def _stop_resume_and_compare(run_mpi, tmp_path, args: list, stop: int = 30) -> t
 
 def test_resume_under_mpiexec_is_bitwise_exact(run_mpi, tmp_path):
     """2 ranks with dropout (a random stream per rank), Adam and warm-up + cosine: stop mid-epoch at step 30,
-    resume, and end with the bits of the uninterrupted 2-rank run; resuming on 3 ranks is a clear error."""
+    resume, and end with the bits of the uninterrupted 2-rank run. (Resuming on another number of ranks:
+    test_resume_world_size.py.)"""
     args = ["dtrain", "train", "--epochs", "3", "--dtype", "float64", "--optimizer", "adam", "--lr", "3e-3",
             "--scheduler", "cosine", "--warmup-steps", "10", "--dropout", "0.2", "--hidden", "32", "--no-progress"]
     full, resumed = _stop_resume_and_compare(run_mpi, tmp_path, args)
     assert resumed["param_checksum"] == full["param_checksum"] and resumed["steps"] == 69
-    res = run_mpi("-m", 3, *args, "--checkpoint-dir", str(tmp_path / "ck"), "--resume", check=False, timeout=120)
-    assert res.returncode != 0
-    assert "holds the random state of 2 rank(s) but this run has 3; resume with mpiexec -n 2" in res.stderr
 
 
 @pytest.mark.parametrize("spec", ["topk:0.05", "powersgd:2"])

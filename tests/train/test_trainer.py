@@ -79,7 +79,8 @@ def test_early_stopping_stops():
 
 
 def test_nonfinite_loss_is_an_error():
-    with pytest.raises(FloatingPointError, match=r"training loss became non-finite \((nan|inf) on rank 0\) at step"):
+    message = r"non-finite gradients after the all-reduce at step \d+ \(epoch 1\): the loss was (nan|inf) on rank 0"
+    with pytest.raises(FloatingPointError, match=message):
         run(config(epochs=3, lr=1e6, momentum=0.0))
 
 

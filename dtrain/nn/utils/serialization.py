@@ -5,7 +5,7 @@ little-endian header length, a UTF-8 JSON header ``{name: {"dtype", "shape", "da
 "__metadata__": {str: str}}``, then the raw little-endian tensor bytes. Files written here load in
 the ``safetensors`` package (and so in torch), and its files load here. Loading validates every
 offset and size and never executes code. Writes are atomic: a temporary file in the same folder,
-fsync, rename.
+fsync, rename, fsync of the folder.
 """
 
 from __future__ import annotations
@@ -82,13 +82,30 @@ def _umask() -> int:
     return mask
 
 
+def _fsync_dir(folder: str) -> None:
+    """Make a rename in ``folder`` durable (POSIX); a no-op where directories cannot be fsynced."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # e.g. Windows, where a directory cannot be opened like this
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems (and platforms) refuse fsync on a directory: the rename still happened
+    finally:
+        os.close(fd)
+
+
 def _atomic_write(path: str, write) -> None:
+    """Write ``path`` all or nothing: ``write(f)`` fills a temporary file in the same folder, which is
+    fsynced and renamed over ``path``, then the folder is fsynced so the rename survives a power cut.
+    On any failure the temporary file is removed and ``path`` is left as it was."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file what open() would
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f:  # owns fd from here: closed however the block ends
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file what open() would
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -97,6 +114,7 @@ def _atomic_write(path: str, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(folder)
 
 
 def save_safetensors(tensors: Mapping, path: str, metadata: Mapping[str, str] | None = None) -> None:
@@ -199,7 +217,8 @@ def load_npz(path: str, with_metadata: bool = False):
     except FileNotFoundError:
         raise SerializationError(f"npz file {path} does not exist") from None
     except ValueError as exc:  # object arrays refused because allow_pickle=False
-        raise SerializationError(f"{path}: refuses to load pickled data ({exc})") from None
+        raise SerializationError(f"{path}: refuses to load pickled data ({exc}): unpickling can run arbitrary "
+                                 "code, so only plain arrays are read") from None
     except Exception as exc:  # zipfile.BadZipFile, EOFError, OSError: not an npz or truncated
         raise SerializationError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
     for name, a in arrays.items():

@@ -1,0 +1,153 @@
+"""Non-finite gradients (raise / skip / dynamic loss scaling), the loss scaler, and SIGINT/SIGTERM ending a run
+with a final checkpoint, in one process. (Multi-rank versions: tests/dist/test_faults.py, test_watchdog.py.)"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dtrain.train.config import ConfigError, resolve_config
+from dtrain.train.job import build_job, model_defaults, run
+from dtrain.train.loss_scale import LossScaler, make_loss_scaler
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def config(**flags):
+    flags.setdefault("progress", False)
+    flags.setdefault("monitor", False)
+    return resolve_config(flags, None, model_defaults)
+
+
+def _poison(trainer, at_steps):
+    """Make the loss NaN on the given (1-based) steps."""
+    inner = trainer.loss_fn
+
+    def loss_fn(out, y):
+        loss = inner(out, y)
+        return loss * float("nan") if trainer.state.step + 1 in at_steps else loss
+    trainer.loss_fn = loss_fn
+
+
+def _params(trainer):
+    return [p.data.copy() for p in trainer.model.parameters()]
+
+
+def test_nonfinite_skip_skips_the_step_and_leaves_the_parameters(capsys):
+    trainer = build_job(config(epochs=1, max_steps=8, nonfinite="skip", dtype="float64"))
+    _poison(trainer, {3, 6})
+    seen = {}
+    step = trainer._train_step
+
+    def spy(x, y, record):
+        before = _params(trainer)
+        result = step(x, y, record)
+        params = trainer.model.parameters()
+        seen[trainer.state.step + 1] = all(np.array_equal(a, p.data) for a, p in zip(before, params))
+        return result
+    trainer._train_step = spy
+    trainer.fit()
+    assert trainer.state.skipped_steps == 2 and trainer.state.step == 8
+    assert seen[3] and seen[6] and not seen[2] and not seen[4]  # skipped steps change nothing
+    err = capsys.readouterr().err
+    assert "step 3 (epoch 1): non-finite gradients after the all-reduce; the step is skipped on every rank " \
+           "(--nonfinite skip; 1 skipped so far)" in err
+    assert "(--nonfinite skip; 2 skipped so far)" in err
+
+
+def test_nonfinite_raise_names_the_step_and_the_rank():
+    trainer = build_job(config(epochs=1, max_steps=8))
+    _poison(trainer, {4})
+    with pytest.raises(FloatingPointError, match=r"non-finite gradients after the all-reduce at step 4 \(epoch 1\): "
+                                                 r"the loss was nan on rank 0; .* --nonfinite skip"):
+        trainer.fit()
+
+
+def test_power_of_two_loss_scale_changes_no_bits():
+    common = dict(epochs=2, dtype="float64", hidden="32", dropout=0.1)
+    plain = run(config(**common))
+    scaled = run(config(**common, loss_scale="1024"))
+    dynamic = run(config(**common, loss_scale="dynamic"))
+    assert plain["param_checksum"] == scaled["param_checksum"] == dynamic["param_checksum"]
+
+
+def test_dynamic_loss_scale_backs_off_on_overflow_and_skips():
+    """float32 with a scale of 2**140: the scaled gradients overflow to inf; the scale halves each time (the
+    step skipped) until they fit, then training goes on and learns."""
+    trainer = build_job(config(epochs=2, loss_scale="dynamic"))
+    trainer.scaler = LossScaler(init_scale=2.0 ** 140)
+    summary = trainer.fit()
+    assert trainer.state.skipped_steps > 0
+    assert trainer.scaler.scale < 2.0 ** 140 and trainer.scaler.backoffs == trainer.state.skipped_steps
+    assert summary["test_accuracy"] > 0.9
+
+
+def test_loss_scaler_rules():
+    s = LossScaler(init_scale=8.0, growth_interval=3)
+    s.update(False)
+    assert s.scale == 4.0 and s.backoffs == 1
+    for _ in range(3):
+        s.update(True)
+    assert s.scale == 8.0 and s.good_steps == 0
+    fixed = make_loss_scaler("16")
+    fixed.update(False)
+    assert fixed.scale == 16.0 and not fixed.dynamic
+    assert make_loss_scaler("none") is None
+    tiny = LossScaler(init_scale=1.0, min_scale=1.0)
+    with pytest.raises(FloatingPointError, match="non-finite even with the loss scale at 1"):
+        tiny.update(False)
+    state = s.state_dict()
+    t = LossScaler()
+    t.load_state_dict(state)
+    assert t.state_dict() == state
+    with pytest.raises(ValueError, match="backoff_factor"):
+        LossScaler(backoff_factor=1.5)
+
+
+@pytest.mark.parametrize("value, message", [("-1", "--loss-scale must be none, dynamic or a positive number"),
+                                            ("inf", "--loss-scale must be"), ("big", "--loss-scale must be")])
+def test_bad_loss_scale(value, message):
+    with pytest.raises(ConfigError, match=message):
+        config(loss_scale=value)
+
+
+def test_sigint_writes_a_final_checkpoint_and_the_resumed_run_is_bitwise_identical(tmp_path):
+    ck = tmp_path / "ck"
+    args = ["--dtype", "float64", "--epochs", "300", "--hidden", "32", "--dropout", "0.1", "--no-monitor",
+            "--no-progress", "--checkpoint-dir", str(ck), "--checkpoint-every", "50"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "dtrain", "train", *args]
+    full = subprocess.run([*cmd[:-4], "--out", str(tmp_path / "full")], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (ck / "latest.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # training is under way once the first checkpoint exists
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before SIGINT arrived")
+    assert proc.returncode == 130, err
+    assert "received SIGINT: stopping after the current step" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("dtrain train: interrupted by SIGINT after step ") and "--resume" in last, err
+    ckpt = last.split("--resume ")[1]
+    assert Path(ckpt).exists()
+    resumed = subprocess.run([*cmd, "--out", str(tmp_path / "out"), "--resume", ckpt], capture_output=True,
+                             text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "full" / "summary.json").read_text())
+    b = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert a["param_checksum"] == b["param_checksum"] and a["steps"] == b["steps"]
+    assert math.isclose(a["test_loss"], b["test_loss"], rel_tol=0, abs_tol=0)
