@@ -46,6 +46,7 @@ import numpy as np
 
 from ..backend import bfloat16, get_array_module
 from . import comm as _comm
+from .gpu import on_host
 from .comm import Communicator, Handle
 
 __all__ = [
@@ -173,7 +174,7 @@ def _mpi_type(dtype):
 
 
 # ----------------------------------------------------------------------------------------------
-# Algorithms: small objects behind one interface (ring, MPI; hierarchical comes later)
+# Algorithms: small objects behind one interface (ring, MPI, hierarchical)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -184,6 +185,7 @@ class AllreduceAlgorithm:
     """
 
     name = ""
+    host_staging = True  # device arrays go through pinned host buffers unless MPI is CUDA-aware
 
     def run(self, comm: Communicator, flat, mean: bool) -> None:
         raise NotImplementedError
@@ -223,7 +225,94 @@ class MPIAllreduce(AllreduceAlgorithm):
             xp.divide(flat, comm.size, out=flat)
 
 
-ALGORITHMS: dict[str, AllreduceAlgorithm] = {a.name: a for a in (RingAllreduce(), MPIAllreduce())}
+class HierarchicalAllreduce(AllreduceAlgorithm):
+    """Two levels: reduce within each node to its leader (MPI_Reduce on the node communicator, which
+    MPI runs over shared memory), our ring all-reduce across the node leaders, then a broadcast within
+    each node. Inter-node traffic is one ring over the nodes instead of over every rank. Every rank
+    ends with the leader's bits, so the result is identical on every rank. Any ranks-per-node layout
+    works (nodes of different sizes included); one node or one rank per node degenerate to a reduce
+    plus broadcast, or to the plain ring."""
+
+    name = "hierarchical"
+
+    def run(self, comm: Communicator, flat, mean: bool) -> None:
+        MPI = _comm._MPI
+        xp = get_array_module(flat)
+        node, leaders = comm.node_comm, comm.leader_comm
+        half = flat.dtype in _HALF
+        if half:  # sums in float32, rounded to half once at the end (like the ring's accumulation)
+            work = comm.buffer("hier.acc", flat.size, _F32, xp)
+            work[...] = flat
+        else:
+            work = flat
+        mtype = _mpi_type(work.dtype)
+        _host_sync(xp)
+        if node.Get_size() > 1:
+            if node.Get_rank() == 0:
+                node.Reduce(MPI.IN_PLACE, [work, mtype], op=MPI.SUM, root=0)
+            else:
+                comm.bytes_sent += work.nbytes
+                node.Reduce([work, mtype], None, op=MPI.SUM, root=0)
+        if leaders is not None:
+            if leaders.Get_size() > 1:
+                leader = _leader_view(comm, leaders)
+                RingAllreduce().run(leader, work, False)
+            if mean:
+                xp.divide(work, comm.size, out=work)
+            if half:
+                flat[...] = work
+        if node.Get_size() > 1:
+            wire = _wire(flat)
+            if node.Get_rank() == 0:
+                comm.bytes_sent += wire.nbytes
+            _host_sync(xp)
+            node.Bcast([wire, _mpi_type(wire.dtype)], root=0)
+
+
+class _LeaderView:
+    """The leaders' communicator dressed as a Communicator for the ring (buffers and byte counts go
+    to the owning Communicator)."""
+
+    __slots__ = ("comm", "owner", "rank", "size")
+
+    def __init__(self, owner: Communicator, leaders):
+        self.owner, self.comm = owner, leaders
+        self.rank, self.size = leaders.Get_rank(), leaders.Get_size()
+
+    def buffer(self, key, shape, dtype, xp=np):
+        return self.owner.buffer(("leaders", key), shape, dtype, xp)
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.owner.bytes_sent
+
+    @bytes_sent.setter
+    def bytes_sent(self, value: int) -> None:
+        self.owner.bytes_sent = value
+
+
+def _leader_view(comm: Communicator, leaders) -> _LeaderView:
+    view = comm.__dict__.get("_leader_view")
+    if view is None or view.comm is not leaders:
+        view = comm.__dict__["_leader_view"] = _LeaderView(comm, leaders)
+    return view
+
+
+class NcclAllreduce(AllreduceAlgorithm):
+    """ncclAllReduce over cupy.cuda.nccl (device arrays only; optional: needs CuPy built with NCCL). The
+    NCCL communicator is made on first use from the Communicator's ranks."""
+
+    name = "nccl"
+    host_staging = False  # NCCL reads device memory itself
+
+    def run(self, comm: Communicator, flat, mean: bool) -> None:
+        from .gpu import nccl_allreduce
+
+        nccl_allreduce(comm, flat, mean)
+
+
+ALGORITHMS: dict[str, AllreduceAlgorithm] = {a.name: a for a in (RingAllreduce(), MPIAllreduce(),
+                                                                  HierarchicalAllreduce(), NcclAllreduce())}
 
 
 def ring_allreduce_bytes(count: int, itemsize: int, size: int, rank: int) -> int:
@@ -356,8 +445,10 @@ def allreduce(array, op: str = "mean", algorithm: str = "ring", comm: Communicat
         array: a C-contiguous, writeable array of any shape (float16, bfloat16, float32, float64; int32
             and int64 with op "sum"), the same shape and dtype on every rank.
         op: "sum", or "mean" (the sum divided by the world size).
-        algorithm: "ring" (dtrain's pipelined ring; the result is bitwise identical on every rank) or
-            "mpi" (MPI_Allreduce, the reference).
+        algorithm: "ring" (dtrain's pipelined ring; the result is bitwise identical on every rank),
+            "hierarchical" (reduce within each node, ring across node leaders, broadcast within nodes;
+            identical on every rank), "mpi" (MPI_Allreduce, the reference) or "nccl" (CuPy arrays
+            only: ncclAllReduce through cupy.cuda.nccl).
         comm: the Communicator (default: the world).
         async_op: queue it on the Communicator's background thread and return a Handle whose
             ``wait()`` returns ``array``; do not touch ``array`` before then.
@@ -378,6 +469,9 @@ def allreduce(array, op: str = "mean", algorithm: str = "ring", comm: Communicat
     _check_op(op, "allreduce", comm)
     _check_array(array, "allreduce", comm, inplace=True)
     _check_reduce_dtype(array.dtype, op, "allreduce", comm)
+    if algorithm == "nccl" and get_array_module(array) is np:
+        raise ValueError(f"allreduce (rank {comm.rank}): algorithm 'nccl' needs a CuPy (device) array, got a NumPy "
+                         "array; use 'ring' for host arrays")
     algo = ALGORITHMS[algorithm]
     flat = array.reshape(-1)
     mean = op == "mean"
@@ -412,7 +506,11 @@ def _compressed_job(comm: Communicator, flat, mean: bool, array, *, compressor, 
 def _allreduce_job(comm: Communicator, algo: AllreduceAlgorithm, flat, mean: bool, array):
     if flat.size and comm.size > 1:
         with comm.watch(f"allreduce {algo.name}"):
-            algo.run(comm, flat, mean)
+            if not algo.host_staging:
+                algo.run(comm, flat, mean)
+                return array
+            with on_host(comm, flat, "allreduce") as wire:
+                algo.run(comm, wire, mean)
     return array
 
 
@@ -444,10 +542,12 @@ def _reduce_scatter_job(comm: Communicator, flat, mean: bool):
     lo, hi = bounds[comm.rank]
     if comm.size == 1 or flat.size == 0:
         return flat[lo:hi].copy()
-    dst = comm.buffer("reduce_scatter.out", flat.size, flat.dtype, xp)
-    with comm.watch("reduce_scatter"):
-        _ring_reduce_scatter(comm, flat, dst, bounds, mean)
-    return dst[lo:hi].copy()
+    with comm.watch("reduce_scatter"), on_host(comm, flat, "reduce_scatter", copy_out=False) as src:
+        hx = get_array_module(src)
+        dst = comm.buffer("reduce_scatter.out", src.size, src.dtype, hx)
+        _ring_reduce_scatter(comm, src, dst, bounds, mean)
+        out = dst[lo:hi].copy()
+    return out if hx is xp else xp.asarray(out)
 
 
 def allgather(array, counts=None, comm: Communicator | None = None, async_op: bool = False):
@@ -492,8 +592,8 @@ def _allgather_job(comm: Communicator, flat, counts: list[int]):
     if comm.size > 1 and offsets[-1]:
         size = flat.dtype.itemsize
         bounds = [(offsets[i] * size, offsets[i + 1] * size) for i in range(comm.size)]
-        with comm.watch("allgather"):
-            _ring_allgather(comm, out.view(np.uint8), bounds)
+        with comm.watch("allgather"), on_host(comm, out.view(np.uint8), "allgather") as wire:
+            _ring_allgather(comm, wire, bounds)
     return out
 
 
@@ -519,8 +619,9 @@ def _broadcast_job(comm: Communicator, array, root: int):
         _host_sync(get_array_module(array))
         if comm.rank == root:
             comm.bytes_sent += array.nbytes
-        with comm.watch(f"broadcast from rank {root}"):
-            comm.comm.Bcast([array.reshape(-1).view(np.uint8), _comm._MPI.BYTE], root=root)
+        with comm.watch(f"broadcast from rank {root}"), \
+                on_host(comm, array.reshape(-1).view(np.uint8), "broadcast") as wire:
+            comm.comm.Bcast([wire, _comm._MPI.BYTE], root=root)
     return array
 
 

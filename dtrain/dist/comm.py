@@ -17,6 +17,7 @@ its own, so it never interleaves with the collectives the main thread runs at th
 from __future__ import annotations
 
 import atexit
+import os
 import queue
 import threading
 from typing import Any
@@ -75,6 +76,21 @@ def _load_mpi():
     return MPI
 
 
+def ranks_per_node_override() -> int | None:
+    """DTRAIN_RANKS_PER_NODE=K: treat each block of K consecutive ranks as one node (to exercise the
+    hierarchical all-reduce and per-node logic on one machine); None when unset."""
+    text = os.environ.get("DTRAIN_RANKS_PER_NODE", "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"environment variable DTRAIN_RANKS_PER_NODE must be a positive integer, got {text!r}")
+    return value
+
+
 def _thread_level_name(MPI) -> str:
     names = {MPI.THREAD_SINGLE: "single", MPI.THREAD_FUNNELED: "funneled",
              MPI.THREAD_SERIALIZED: "serialized", MPI.THREAD_MULTIPLE: "multiple"}
@@ -87,8 +103,11 @@ class Communicator:
     Attributes:
         comm: the mpi4py ``Intracomm`` all collectives of this Communicator run on.
         rank, size: this process's rank in ``comm`` and the number of ranks.
-        local_rank, local_size: rank and count within this node (``Split_type(COMM_TYPE_SHARED)``).
+        local_rank, local_size: rank and count within this node (``Split_type(COMM_TYPE_SHARED)``, or
+            blocks of ``DTRAIN_RANKS_PER_NODE`` consecutive ranks when that variable is set).
         node_count: the number of nodes (ranks with ``local_rank == 0``).
+        node_comm: an mpi4py communicator over this node's ranks; leader_comm: one over the node
+            leaders (local rank 0; None on the other ranks). The hierarchical all-reduce runs on them.
         thread_level: the MPI thread support provided ("single" | "funneled" | "serialized" | "multiple").
 
     Building one is collective over ``comm`` (it splits by node and counts nodes): every rank of
@@ -104,14 +123,20 @@ class Communicator:
         self.size = comm.Get_size()
         self.label = label  # names this communicator in watchdog reports (the same on every rank)
         self.watchdog = watchdog  # a dtrain.dist.watchdog.Watchdog shared by the world's communicators
+        ppn = ranks_per_node_override()
         with self.watch("communicator set-up (node layout)"):
-            local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-            try:
-                self.local_rank = local.Get_rank()
-                self.local_size = local.Get_size()
-            finally:
-                local.Free()
+            if ppn is None:
+                local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+            else:  # DTRAIN_RANKS_PER_NODE: consecutive blocks of ranks act as nodes (tests, experiments)
+                local = comm.Split(self.rank // ppn, self.rank)
+            self.local_rank = local.Get_rank()
+            self.local_size = local.Get_size()
             self.node_count = int(comm.allreduce(1 if self.local_rank == 0 else 0))  # tiny control message
+            # The node communicator and the one joining the node leaders (local rank 0): what the
+            # hierarchical all-reduce runs on. Non-leaders hold None for the latter.
+            leaders = comm.Split(0 if self.local_rank == 0 else MPI.UNDEFINED, self.rank)
+        self.node_comm = local
+        self.leader_comm = None if leaders == MPI.COMM_NULL else leaders
         self.thread_level = _thread_level_name(MPI)
         self._owns_comm = owns_comm
         self.bytes_sent = 0  # payload bytes this rank handed to MPI send calls on this communicator
@@ -211,6 +236,9 @@ class Communicator:
         if self.watchdog is not None and self is _world:
             self.watchdog.stop()
         self._buffers.clear()
+        for sub in (self.node_comm, self.leader_comm):
+            if sub is not None:
+                sub.Free()
         if self._owns_comm:
             self.comm.Free()
         self._closed = True

@@ -82,7 +82,8 @@ class DistributedDataParallel(Module):
         compression: a spec ("none", "fp16", "bf16", "powersgd:R", "topk:RATIO", "randomk:RATIO", "qsgd:LEVELS",
             "signsgd") or a Compressor; buckets are summed through it (see dtrain.dist.compression).
         overlap: start each bucket's all-reduce during backward (True) or all at the end (False).
-        algorithm: "ring" (ours) or "mpi" (MPI_Allreduce).
+        algorithm: "ring" (ours), "hierarchical" (per node, then a ring over node leaders) or "mpi"
+            (MPI_Allreduce). With compression the compressor's own exchange is used.
         comm: the Communicator (default: the world from dtrain.dist.init()).
         broadcast_buffers: also broadcast rank 0's buffers (e.g. BatchNorm running stats) at construction.
 
@@ -99,8 +100,8 @@ class DistributedDataParallel(Module):
             raise TypeError(f"DistributedDataParallel wraps an nn.Module, got {type(module).__name__}")
         if not isinstance(bucket_cap_mb, (int, float)) or isinstance(bucket_cap_mb, bool) or not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb must be a positive number, got {bucket_cap_mb!r}")
-        if algorithm not in ("ring", "mpi"):
-            raise ValueError(f"algorithm must be 'ring' or 'mpi', got {algorithm!r}")
+        if algorithm not in ("ring", "mpi", "hierarchical", "nccl"):
+            raise ValueError(f"algorithm must be 'ring', 'hierarchical', 'mpi' or 'nccl', got {algorithm!r}")
         self.module = module
         d = self.__dict__  # plain attributes (not registered state)
         d["comm"] = comm or get_world()
@@ -218,8 +219,8 @@ class DistributedDataParallel(Module):
         self.__dict__["_worker_comm"] = wcomm
         before = wcomm.bytes_sent
         with wcomm.watch(f"DDP gradient bucket {bucket.index} ({self.compressor.spec})", bucket=bucket.index):
-            if self.algorithm == "mpi" and self.compressor.spec == "none":
-                allreduce(bucket.buffer, op="sum", algorithm="mpi", comm=wcomm)
+            if self.algorithm != "ring" and self.compressor.spec == "none":
+                allreduce(bucket.buffer, op="sum", algorithm=self.algorithm, comm=wcomm)
             else:
                 self.compressor.reduce(wcomm, bucket.key, bucket.segments, bucket.buffer, step)
         self.__dict__["bytes_sent"] += wcomm.bytes_sent - before

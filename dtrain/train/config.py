@@ -69,7 +69,9 @@ OPTIONS: tuple[Option, ...] = (
            optional=True),
     Option("compression", str, "none", "gradient compression under mpiexec: none | fp16 | bf16 | powersgd:RANK | "
            "topk:RATIO | randomk:RATIO | qsgd:LEVELS | signsgd", metavar="SPEC"),
-    Option("allreduce", str, "ring", "gradient all-reduce under mpiexec: our ring or MPI_Allreduce", ("ring", "mpi")),
+    Option("allreduce", str, "ring", "gradient all-reduce under mpiexec: our ring, hierarchical (within each node, "
+           "then a ring over node leaders), MPI_Allreduce, or NCCL (with --device cuda)",
+           ("ring", "hierarchical", "mpi", "nccl")),
     Option("bucket_mb", float, 25.0, "DDP gradient bucket size in MiB", check="positive", metavar="MB"),
     Option("overlap", bool, True, "overlap gradient all-reduce with backward"),
     Option("sync_batchnorm", bool, False, "under mpiexec, BatchNorm statistics over the global batch (SyncBatchNorm)"),

@@ -142,7 +142,7 @@ def _build_parts(cfg: dict, sync):
         raise ConfigError(f"unknown model {cfg['model']!r}; expected one of: {', '.join(sorted(MODELS))}")
     backend.manual_seed(cfg["seed"])  # model init and dropout draw from the default generator
     dtype = np.dtype(cfg["dtype"])
-    device = backend.as_device(cfg["device"])
+    device = backend.as_device(_rank_device(cfg["device"], sync))
     splits = _load_data(cfg)
     backend.set_default_dtype(dtype)
     model_options = {"hidden": cfg["hidden"], "dropout": cfg["dropout"]}
@@ -169,12 +169,33 @@ def _build_parts(cfg: dict, sync):
     every_steps, every_epochs = parse_checkpoint_every(cfg["checkpoint_every"])
     if (every_steps or every_epochs) and not cfg["checkpoint_dir"]:
         raise ConfigError(f"--checkpoint-every {cfg['checkpoint_every']} needs --checkpoint-dir DIR")
+    if cfg["allreduce"] == "nccl" and device.type != "cuda":
+        raise ConfigError(f"--allreduce nccl needs --device cuda (NCCL reduces GPU arrays), got --device "
+                          f"{cfg['device']}")
     for option, folder in (("--out", cfg["out"]), ("--checkpoint-dir", cfg["checkpoint_dir"])):
         if folder and os.path.exists(folder) and not os.path.isdir(folder):
             raise ConfigError(f"{option} {folder} exists and is not a directory")
     if cfg["resume"] == "latest" and not cfg["checkpoint_dir"]:
         raise ConfigError("--resume without a PATH needs --checkpoint-dir DIR to look for the latest checkpoint")
     return splits, model, opt, scheduler, loss_fn, correct_fn, train_loader, test_loader, dtype, device
+
+
+def _rank_device(spec: str, sync) -> str:
+    """``--device cuda`` under mpiexec: one GPU per rank, ``cuda:{local_rank % n_gpus}`` (``cuda:i`` names a
+    device explicitly and wins). The chosen GPU becomes this process's current device."""
+    if spec != "cuda" or getattr(sync, "comm", None) is None:
+        return spec
+    from ..dist.gpu import gpu_count
+
+    n = gpu_count()
+    if n == 0:
+        raise ConfigError(f"--device cuda: rank {sync.rank} sees no CUDA device (is CuPy installed, and "
+                          "CUDA_VISIBLE_DEVICES not empty?)")
+    index = sync.comm.local_rank % n
+    import cupy
+
+    cupy.cuda.Device(index).use()
+    return f"cuda:{index}"
 
 
 def _make_trainer(cfg, sync, log, splits, model, opt, scheduler, loss_fn, correct_fn, train_loader, test_loader,

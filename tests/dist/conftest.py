@@ -65,19 +65,20 @@ def mpi_env() -> dict[str, str]:
     return env
 
 
-def run_mpi_script(script, nprocs: int, *args, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+def run_mpi_script(script, nprocs: int, *args, timeout: float = 120, check: bool = True,
+                   env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``mpiexec -n nprocs python script *args`` and return the CompletedProcess (text output).
 
     ``script`` may also be ``"-m"`` followed by a module name in ``args``. With ``check`` (the default)
     a non-zero exit fails the test, showing the processes' stdout and stderr. Past ``timeout`` seconds
     the whole launched process group is killed and the test fails with the output so far. Skips the
-    test when no mpiexec exists.
+    test when no mpiexec exists. ``env``: extra environment variables for the ranks.
     """
     mpiexec = find_mpiexec()
     if mpiexec is None:
         pytest.skip("no mpiexec found (pip install mpich, or put an MPI launcher on PATH)")
     cmd = [mpiexec, *_launcher_flags(mpiexec), "-n", str(nprocs), sys.executable, str(script), *map(str, args)]
-    res = run_group(cmd, timeout, mpi_env(), REPO)
+    res = run_group(cmd, timeout, {**mpi_env(), **(env or {})}, REPO)
     if check and res.returncode != 0:
         pytest.fail(f"exit status {res.returncode}: {' '.join(cmd)}\n--- stdout ---\n{res.stdout}\n--- stderr ---\n"
                     f"{res.stderr}", pytrace=False)
