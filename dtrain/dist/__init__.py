@@ -31,13 +31,14 @@ from .comm import (
 )
 from .ddp import DistributedDataParallel, ModelMismatchError
 from .sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
+from .zero import ZeroRedundancyOptimizer
 
 __all__ = [
     "Communicator", "DistributedDataParallel", "DistributedSampler", "Handle", "ModelMismatchError", "allgather",
     "compression",
     "allreduce", "barrier", "broadcast", "chunk_bounds", "get_local_rank", "get_node_count", "get_rank",
     "SyncBatchNorm", "convert_sync_batchnorm", "get_world", "get_world_size", "init", "is_initialized",
-    "reduce_scatter", "set_timeout",
+    "reduce_scatter", "set_timeout", "ZeroRedundancyOptimizer",
 ]
 
 
