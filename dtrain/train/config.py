@@ -67,8 +67,11 @@ OPTIONS: tuple[Option, ...] = (
            check="fraction", optional=True),
     Option("seq_len", int, None, "sequence length of the text data set (default 32)", check="positive",
            optional=True),
-    Option("compression", str, "none", "gradient compression under mpiexec: none | fp16 | bf16 | powersgd:RANK | "
-           "topk:RATIO | randomk:RATIO | qsgd:LEVELS | signsgd", metavar="SPEC"),
+    Option("compression", str, "auto", "gradient compression under mpiexec: none | fp16 | bf16 | powersgd:RANK | "
+           "topk:RATIO | randomk:RATIO | qsgd:LEVELS | signsgd; auto: none, or the --precision's half type",
+           metavar="SPEC"),
+    Option("precision", str, "fp32", "mixed precision: fp16/bf16 compute matmul, linear and conv in half precision "
+           "on float32 master weights (with fp16, dynamic loss scaling by default)", ("fp32", "fp16", "bf16")),
     Option("allreduce", str, "ring", "gradient all-reduce under mpiexec: our ring, hierarchical (within each node, "
            "then a ring over node leaders), MPI_Allreduce, or NCCL (with --device cuda)",
            ("ring", "hierarchical", "mpi", "nccl")),
@@ -99,8 +102,9 @@ OPTIONS: tuple[Option, ...] = (
            "end); 0: only at the end", check="nonnegative", metavar="K"),
     Option("nonfinite", str, "raise", "non-finite gradients after the all-reduce: raise an error, or skip the step "
            "on every rank (counted and logged)", ("raise", "skip")),
-    Option("loss_scale", str, "none", "loss scaling: none | dynamic (scale backs off and the step is skipped on "
-           "non-finite gradients, grows after 2000 good steps) | a fixed positive number", metavar="none|dynamic|S"),
+    Option("loss_scale", str, "auto", "loss scaling: none | dynamic (scale backs off and the step is skipped on "
+           "non-finite gradients, grows after 2000 good steps) | a fixed positive number; auto: dynamic with "
+           "--precision fp16, else none", metavar="auto|none|dynamic|S"),
     Option("out", str, None, "write metrics.jsonl, summary.json and PNG plots to this folder", optional=True,
            metavar="DIR"),
     Option("progress", bool, None, "progress bar on rank 0 (default: when stderr is a terminal)", optional=True),
@@ -236,7 +240,15 @@ def resolve_config(flags: dict, toml_path: str | None = None, model_defaults=Non
     config.update(from_toml)
     config.update(given)
     parse_checkpoint_every(config["checkpoint_every"])
+    half = config["precision"] != "fp32"
+    if half and config["dtype"] != "float32":
+        raise ConfigError(f"--precision {config['precision']} keeps float32 master weights: it needs --dtype float32, "
+                          f"got --dtype {config['dtype']}")
+    if str(config["loss_scale"]).strip().lower() == "auto":
+        config["loss_scale"] = "dynamic" if config["precision"] == "fp16" else "none"
     config["loss_scale"] = parse_loss_scale(config["loss_scale"])
+    if str(config["compression"]).strip().lower() == "auto":  # gradients travel in the compute precision
+        config["compression"] = {"fp32": "none", "fp16": "fp16", "bf16": "bf16"}[config["precision"]]
     from ..dist.compression import CompressionError
     from ..dist.compression import get as get_compressor
 

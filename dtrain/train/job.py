@@ -209,7 +209,7 @@ def _make_trainer(cfg, sync, log, splits, model, opt, scheduler, loss_fn, correc
         checkpoints=manager, checkpoint_every=every_steps, checkpoint_every_epochs=every_epochs,
         out_dir=cfg["out"], sync=sync, device=device, dtype=dtype, monitor=cfg["monitor"],
         progress=cfg["progress"], logger=log, config=cfg, nonfinite=cfg["nonfinite"], loss_scale=cfg["loss_scale"],
-        check_every=cfg["check_every"])
+        check_every=cfg["check_every"], precision=cfg["precision"])
     trainer.splits = splits
     return trainer
 
@@ -262,7 +262,8 @@ def run(cfg: dict, sync=None, logger: RankLogger | None = None) -> dict:
     try:
         trainer = build_job(cfg, sync, logger)
         log = trainer.log
-        if cfg["compression"] != "none" and trainer.sync.world_size == 1:
+        implied = {"fp16": "fp16", "bf16": "bf16"}.get(cfg["precision"])  # what --precision chose by itself
+        if cfg["compression"] not in ("none", implied) and trainer.sync.world_size == 1:
             log.warning(f"--compression {cfg['compression']} has no effect in a world of 1 (launch with mpiexec)")
         s = trainer.splits
         log.info(f"dtrain: {cfg['model']} ({trainer.model.num_parameters():,} parameters) on {s.name}: "

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
+from ..autograd.autocast import autocast
 from ..autograd.function import no_grad
 from ..autograd.tensor import Tensor
 from ..backend import as_device, is_float_dtype, resolve_dtype, to_device
@@ -43,6 +44,7 @@ from .sync import LocalSync
 __all__ = ["EarlyStopping", "TrainState", "Trainer", "TrainingInterrupted", "param_digests"]
 
 NONFINITE_POLICIES = ("raise", "skip")
+PRECISIONS = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}  # --precision -> autocast dtype
 
 
 class TrainingInterrupted(Exception):
@@ -154,6 +156,9 @@ class Trainer:
         check_every: compare parameter digests across ranks every this many steps (0: only at the end).
         handle_signals: on SIGINT/SIGTERM finish the current step on every rank, write a final checkpoint
             (rank 0) and raise :class:`TrainingInterrupted`; a second signal interrupts at once.
+        precision: "fp32", or "fp16"/"bf16" for mixed precision: forward (and so backward) of matmul, linear
+            and conv2d in half precision under :func:`dtrain.autograd.autocast`, parameters and optimizer
+            in float32, the loss in float32.
     """
 
     def __init__(self, model, optimizer, train_loader, test_loader=None, *, loss_fn: Callable,
@@ -163,7 +168,7 @@ class Trainer:
                  checkpoint_every_epochs: int = 0, out_dir: str | None = None, sync=None, device=None, dtype=None,
                  monitor: bool = True, progress: bool | None = None, logger: RankLogger | None = None,
                  config: dict | None = None, nonfinite: str = "raise", loss_scale=None, check_every: int = 0,
-                 handle_signals: bool = True):
+                 handle_signals: bool = True, precision: str = "fp32"):
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
         if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
@@ -194,6 +199,10 @@ class Trainer:
         self.config = dict(config or {})
         self.state = TrainState()
         self.nonfinite, self.check_every, self.handle_signals = nonfinite, check_every, handle_signals
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+        self._amp = PRECISIONS[precision]
         self.scaler = loss_scale if isinstance(loss_scale, LossScaler) else make_loss_scaler(loss_scale)
         self._signal: int | None = None  # the first SIGINT/SIGTERM received
         self._restore_signals = lambda: None
@@ -214,7 +223,12 @@ class Trainer:
     def _forward(self, x, net=None):
         x = self._to_device(x)
         net = self._net if net is None else net
-        return net(Tensor(x) if is_float_dtype(x.dtype) else x)  # integer token ids go in as arrays
+        if self._amp is None:
+            return net(Tensor(x) if is_float_dtype(x.dtype) else x)  # integer token ids go in as arrays
+        with autocast(self._amp):  # mixed precision: half matmul/linear/conv on float32 master weights
+            out = net(Tensor(x) if is_float_dtype(x.dtype) else x)
+        # The loss (softmax, log, means) is computed in float32.
+        return out.float() if isinstance(out, Tensor) and out.dtype != np.float32 else out
 
     def train_step(self, x, y, record: bool = False) -> tuple[float, float]:
         """One optimizer step on batch (x, y). Returns (summed loss over the batch, correct count).

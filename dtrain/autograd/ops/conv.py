@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..autocast import cast_inputs
 from ..function import Function
 from ..tensor import Tensor
 from ._util import tsum, xp_of
@@ -139,6 +140,7 @@ class Conv2d(Function):
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
            groups: int = 1) -> Tensor:
     """2-D cross-correlation, torch's F.conv2d: x (N, C, H, W), weight (O, C/groups, KH, KW)."""
+    x, weight, bias = cast_inputs(x, weight, bias)
     stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
     if x.ndim != 4:
         raise ValueError(f"conv2d: input must be 4-D (N, C, H, W), got shape {x.shape}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..autocast import cast_inputs
 from ..function import Function
 from ..tensor import Tensor
 from ._util import pair, tsum
@@ -52,6 +53,7 @@ class Matmul(Function):
 def matmul(a, b) -> Tensor:
     """Matrix product with NumPy's broadcasting of batch dimensions."""
     a, b = pair(a, b)
+    a, b = cast_inputs(a, b)
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError(f"matmul: both operands need at least one dimension, got shapes {a.shape} and {b.shape}")
     ka = a.shape[-1]
@@ -92,6 +94,7 @@ class Linear(Function):
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """Affine map ``x @ weight.T + bias`` (torch's F.linear: weight has shape (out, in))."""
+    x, weight, bias = cast_inputs(x, weight, bias)
     if weight.ndim != 2:
         raise ValueError(f"linear: weight must be 2-D (out_features, in_features), got shape {weight.shape}")
     if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
