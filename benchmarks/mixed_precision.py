@@ -8,9 +8,10 @@ What is measured
     after a warm-up step): activations, gradients and the half copies of the weights. The goal of the
     issue: the same accuracy as float32 within 0.5 points.
 
-    On a CPU half precision saves activation memory but not time: NumPy has no half-precision BLAS,
-    so float16 matmuls and convolutions run in slow non-BLAS loops (bfloat16 through ml_dtypes is
-    faster than float16, still slower than float32). The speed-up belongs to GPUs' tensor cores.
+    On a CPU half precision saves activation memory but not time: half-precision products are done
+    as tensor cores do them (half inputs, float32 accumulation, one rounding), which on a CPU means
+    converting to float32 for BLAS and back, and NumPy's float16 casts are slow. The speed-up belongs
+    to GPUs' tensor cores.
 
 How to run
     python benchmarks/mixed_precision.py            # writes benchmarks/results/mixed_precision.md
@@ -80,8 +81,10 @@ def main(argv=None) -> int:
         lines.append(f"| {r['model']} | {r['precision']} | {r['scale']} | {r['acc']:.4f} | {r['d_acc']:+.2f} | "
                      f"{r['loss']:.4f} | {r['sps']:,.0f} | {r['speed']:.2f}x | {r['peak'] / 1e6:.2f} MB | "
                      f"{r['mem']:.2f}x |")
-    lines += ["", "Goal: the same accuracy as float32 within 0.5 points. NumPy has no half-precision BLAS, so on a "
-              "CPU the half types are slower than float32; the memory column shows what they save.", "",
+    lines += ["", "Goal: the same accuracy as float32 within 0.5 points. Half-precision products are computed as "
+              "GPU tensor cores do them (half inputs, float32 accumulation, rounded once); on a CPU that means "
+              "converting to float32 for BLAS and back, so the half types cost time here; the memory column shows "
+              "what they save.", "",
               "Command:", "", "```", shlex.join([sys.executable, *sys.argv]), "```"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "mixed_precision.md").write_text("\n".join(lines) + "\n")

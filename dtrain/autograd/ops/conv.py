@@ -14,6 +14,7 @@ from ..autocast import cast_inputs
 from ..function import Function
 from ..tensor import Tensor
 from ._util import tsum, xp_of
+from .linalg import mm
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -83,10 +84,10 @@ class Conv2d(Function):
         n, (oh, ow), o = self.x_shape[0], self.out_hw, w.shape[0]
         m = cols.shape[0]
         if groups == 1:
-            y = cols @ w.reshape(o, -1).T
+            y = mm(cols, w.reshape(o, -1).T)
         else:
             cg_cols = cols.reshape(m, groups, cols.shape[1] // groups).transpose(1, 0, 2)
-            y = (cg_cols @ w.reshape(groups, o // groups, -1).transpose(0, 2, 1)).transpose(1, 0, 2).reshape(m, o)
+            y = mm(cg_cols, w.reshape(groups, o // groups, -1).transpose(0, 2, 1)).transpose(1, 0, 2).reshape(m, o)
         if y.dtype != cols.dtype:  # bfloat16 products come back as float32
             y = y.astype(cols.dtype)
         if b is not None:
@@ -107,17 +108,17 @@ class Conv2d(Function):
         gw = gx = gb = None
         if groups == 1:
             if nw:
-                gw = (gy.T @ cols).reshape(w.shape)
+                gw = mm(gy.T, cols).reshape(w.shape)
             if nx:
-                gcols = gy @ w.reshape(o, -1)
+                gcols = mm(gy, w.reshape(o, -1))
         else:
             gyg = gy.reshape(m, groups, o // groups).transpose(1, 0, 2)
             wg = w.reshape(groups, o // groups, -1)
             if nw:
                 colsg = cols.reshape(m, groups, cols.shape[1] // groups).transpose(1, 0, 2)
-                gw = (gyg.transpose(0, 2, 1) @ colsg).reshape(w.shape)
+                gw = mm(gyg.transpose(0, 2, 1), colsg).reshape(w.shape)
             if nx:
-                gcols = (gyg @ wg).transpose(1, 0, 2).reshape(m, cols.shape[1])
+                gcols = mm(gyg, wg).transpose(1, 0, 2).reshape(m, cols.shape[1])
         if nx:
             gc = gcols.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 1, 2, 4, 5)
             padded = (n, c, h + 2 * padding[0], wd + 2 * padding[1])

@@ -15,9 +15,13 @@ def _swap(a):
 
 
 def mm(a, b):
-    """a @ b in the operands' own dtype (NumPy's matmul on bfloat16 arrays returns float32)."""
-    out = a @ b
+    """a @ b in the operands' own dtype. Half operands (float16, bfloat16) are multiplied with float32
+    accumulation, as GPU tensor cores do, and the product is rounded to half once: more accurate than
+    NumPy's half-precision loops, and on a CPU much faster (float32 BLAS)."""
     expected = np.result_type(a.dtype, b.dtype)
+    if expected.itemsize < 4:
+        return (a.astype(np.float32) @ b.astype(np.float32)).astype(expected)
+    out = a @ b
     return out if out.dtype == expected else out.astype(expected)
 
 
@@ -35,15 +39,15 @@ class Matmul(Function):
             return (g * b if na else None), (g * a if nb else None)
         if a.ndim == 1:  # (k) @ (..., k, m) -> (..., m)
             g2 = g[..., None, :]
-            ga = (g2 @ _swap(b))[..., 0, :] if na else None
+            ga = mm(g2, _swap(b))[..., 0, :] if na else None
             gb = a[:, None] * g2 if nb else None  # outer products, summed over batch by the engine
             return ga, gb
         if b.ndim == 1:  # (..., n, k) @ (k) -> (..., n)
             g2 = g[..., :, None]
             ga = g2 * b if na else None
-            gb = (_swap(a) @ g2)[..., :, 0] if nb else None
+            gb = mm(_swap(a), g2)[..., :, 0] if nb else None
             return ga, gb
-        return (g @ _swap(b) if na else None), (_swap(a) @ g if nb else None)
+        return (mm(g, _swap(b)) if na else None), (mm(_swap(a), g) if nb else None)
 
     def jvp(self, ta, tb):
         a, b = self.saved
@@ -82,8 +86,8 @@ class Linear(Function):
         nb = len(self.needs_grad) > 2 and self.needs_grad[2]
         out_f, in_f = w.shape
         g2 = g.reshape(-1, out_f)
-        gx = g @ w if nx else None
-        gw = g2.T @ x.reshape(-1, in_f) if nw else None
+        gx = mm(g, w) if nx else None
+        gw = mm(g2.T, x.reshape(-1, in_f)) if nw else None
         gb = g2.sum(axis=0) if nb else None
         return (gx, gw, gb) if len(self.needs_grad) > 2 else (gx, gw)
 
