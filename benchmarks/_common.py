@@ -8,6 +8,12 @@ import shutil
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: dtrain importable when run in place
+from dtrain.bench.machine import busy_cpu_s, own_cpu_s
+
+__all__ = ["LAUNCHER_VARS", "blas_info", "busy_cpu_s", "command_section", "cpu_model", "find_mpiexec", "fmt_load",
+           "own_cpu_s", "under_mpiexec"]
+
 LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 
 
@@ -41,21 +47,6 @@ def find_mpiexec() -> str | None:
 def under_mpiexec() -> bool:
     """Whether this process was started by an MPI launcher."""
     return any(v in os.environ for v in LAUNCHER_VARS)
-
-
-def busy_cpu_s() -> float | None:
-    """CPU seconds the whole machine has spent busy since boot (/proc/stat; steal counts as busy)."""
-    try:
-        v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    except (OSError, ValueError, IndexError):
-        return None
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_s() -> float:
-    """CPU seconds of this process and its waited-for descendants (mpiexec and the ranks)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
 
 
 def blas_info() -> str:

@@ -109,6 +109,16 @@ def _bench(args) -> int:
     return 0
 
 
+def _bench_scaling(args) -> int:
+    import shlex
+
+    from .bench.scaling import run
+
+    argv = sys.argv[1:]
+    command = "dtrain " + shlex.join(argv) if argv[:2] == ["bench", "scaling"] else "dtrain bench scaling ..."
+    return run(args, command)
+
+
 def _launch(args) -> int:
     from .launch import launch
 
@@ -169,6 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--repeats", type=int, default=10, help="timed repeats per size (default 10)")
     ar.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
     ar.set_defaults(func=_bench)
+    from .bench.scaling import add_arguments as scaling_arguments
+
+    sc = bench_sub.add_parser(
+        "scaling", help="strong/weak scaling sweep over world sizes (launches mpiexec itself) + cost-model check",
+        description="Launch mpiexec -n K for each K of --ranks (do not run this under mpiexec), train the model "
+                    "with DDP in weak (fixed batch per rank) and strong (fixed global batch) scaling, split each "
+                    "step into compute, exposed/overlapped communication and optimizer, and check the "
+                    "alpha-beta-gamma cost model (dtrain.dist.costmodel) against the measured step times.",
+        epilog="Writes scaling.csv, scaling.json, scaling.md, efficiency.png and breakdown.png to --out. World "
+               "sizes above the host's core count are flagged as oversubscribed.")
+    scaling_arguments(sc)
+    sc.set_defaults(func=_bench_scaling)
     from .launch import BIND_CHOICES, DEVICES, positive_int_arg, ranks_arg
 
     la = sub.add_parser(
