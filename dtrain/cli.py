@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["metavar"] = "PATH"
         tr.add_argument(opt.flag, dest=opt.name, **kwargs)
     tr.set_defaults(func=_train)
-    bench = sub.add_parser("bench", help="benchmarks of the communication layer (run under mpiexec)")
+    bench = sub.add_parser("bench",
+                           help="benchmarks: allreduce (run it under mpiexec), scaling (launches mpiexec itself)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     ar = bench_sub.add_parser("allreduce", help="nccl-tests style table: size, time, algbw, busbw per algorithm",
                               description="Time our ring all-reduce against MPI_Allreduce over the world this is "
