@@ -42,7 +42,7 @@ from ..autograd.function import enable_grad
 from ..autograd.tensor import Tensor
 from ..backend import get_array_module
 from ..nn.parameter import Parameter
-from ..optim.optimizer import Optimizer
+from ..optim.optimizer import Optimizer, zero_grads
 from .collectives import allgather, allreduce, broadcast, chunk_bounds, reduce_scatter
 from .comm import Communicator, get_world
 
@@ -153,13 +153,7 @@ class ZeroRedundancyOptimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the gradients of the full parameters (drop them, or zero them in place)."""
-        for p in self.params:
-            if p.grad is None:
-                continue
-            if set_to_none:
-                p.grad = None
-            else:
-                p.grad.fill(0)
+        zero_grads(self.params, set_to_none)
 
     def step(self, closure: Callable[[], Any] | None = None, *, num_samples: int | float | None = None):
         """Average the gradients over ranks, update this rank's shard, gather the parameters (collective).

@@ -30,7 +30,7 @@ from ..autograd.function import enable_grad
 from ..autograd.tensor import Tensor
 from ..backend import device_of, get_array_module, to_device
 
-__all__ = ["Optimizer", "check_bool", "check_number"]
+__all__ = ["Optimizer", "check_bool", "check_number", "zero_grads"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -87,6 +87,17 @@ def _json_value(v):
 def _is_array(v) -> bool:
     return hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, np.generic)
 
+
+
+def zero_grads(params, set_to_none: bool = True) -> None:
+    """Drop (``set_to_none``) or zero in place the gradients of ``params`` (what ``zero_grad`` does)."""
+    for p in params:
+        if p.grad is None:
+            continue
+        if set_to_none:
+            p.grad = None
+        else:
+            p.grad.fill(0)
 
 class Optimizer:
     """Base class for optimizers; subclasses implement ``_update`` and ``_check_hyperparameters``.
@@ -227,14 +238,7 @@ class Optimizer:
             set_to_none: drop the gradient arrays (``p.grad = None``, the default: saves memory and
                 lets ``step`` skip parameters that get no gradient); False zeroes them in place.
         """
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if set_to_none:
-                    p.grad = None
-                else:
-                    p.grad.fill(0)
+        zero_grads((p for group in self.param_groups for p in group["params"]), set_to_none)
 
     def step(self, closure: Callable[[], Any] | None = None):
         """Update every parameter that has a gradient; parameters whose ``.grad`` is None are skipped.
