@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: 
 from dtrain.bench.machine import busy_cpu_s, own_cpu_s
 
 __all__ = ["LAUNCHER_VARS", "blas_info", "busy_cpu_s", "command_section", "cpu_model", "find_mpiexec", "fmt_load",
-           "own_cpu_s", "under_mpiexec"]
+           "own_cpu_s", "under_mpiexec", "CycledStep"]
 
 LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 
@@ -58,3 +58,22 @@ def blas_info() -> str:
         return f"{blas.get('name')} {blas.get('version')}"
     except Exception:  # older NumPy: no mode="dicts"
         return "unknown"
+
+
+class CycledStep:
+    """One training step on pre-made batches, cycled by step index: forward through ``self.net``,
+    ``self.loss_fn(out, y)``, zero_grad, backward, optimizer step. dtrain and PyTorch peers both use it
+    (the two APIs spell the step the same way): subclasses set ``net``, ``loss_fn``, ``opt``, ``batches``."""
+
+    net = loss_fn = opt = batches = None
+
+    def step(self, i: int):
+        x, y = self.batches[i % len(self.batches)]
+        loss = self.loss_fn(self.net(x), y)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return loss
+
+    def loss_value(self, i: int) -> float:
+        return float(self.step(i).item())

@@ -29,6 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import command_section
+
 import dtrain
 import dtrain.nn.functional as F
 from dtrain import optim
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
     for name, d, t, ratio in rows:
         lines.append(f"| {name} | {d * 1e3:.3f} | {t * 1e3 if t else float('nan'):.3f} | "
                      f"{f'**{ratio:.2f}**' if ratio else 'n/a'} |")
-    lines += ["", "Command:", "", "```", shlex.join([sys.executable, *sys.argv]), "```"]
+    lines += ["", *command_section(shlex.join([sys.executable, *sys.argv]))]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_step.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -30,7 +30,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import cpu_model  # noqa: E402
+from _common import command_section, cpu_model  # noqa: E402
 
 from dtrain.train.config import resolve_config  # noqa: E402
 from dtrain.train.job import build_job, model_defaults, run  # noqa: E402
@@ -84,8 +84,7 @@ def main(argv=None) -> int:
     lines += ["", "Goal: the same accuracy as float32 within 0.5 points. Half-precision products are computed as "
               "GPU tensor cores do them (half inputs, float32 accumulation, rounded once); on a CPU that means "
               "converting to float32 for BLAS and back, so the half types cost time here; the memory column shows "
-              "what they save.", "",
-              "Command:", "", "```", shlex.join([sys.executable, *sys.argv]), "```"]
+              "what they save.", "", *command_section(shlex.join([sys.executable, *sys.argv]))]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "mixed_precision.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

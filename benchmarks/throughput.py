@@ -80,7 +80,17 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import blas_info, busy_cpu_s, command_section, cpu_model, find_mpiexec, fmt_load, own_cpu_s, under_mpiexec  # noqa: E402
+from _common import (  # noqa: E402
+    CycledStep,
+    blas_info,
+    busy_cpu_s,
+    command_section,
+    cpu_model,
+    find_mpiexec,
+    fmt_load,
+    own_cpu_s,
+    under_mpiexec,
+)
 
 WIDTHS = (784, 1024, 1024, 10)
 BATCH = 128  # per rank
@@ -155,12 +165,13 @@ def make_batches(rank: int, seed: int, count: int) -> list[tuple[np.ndarray, np.
              rng.integers(0, WIDTHS[-1], BATCH).astype(np.int64)) for _ in range(count)]
 
 
-class DtrainStepper:
+class DtrainStepper(CycledStep):
     """dtrain DDP: ``F.cross_entropy(ddp(x), y)``, zero_grad, backward (averaged gradients), step."""
 
     def __init__(self, var: Variant, state: dict, batches):
         import dtrain as dt
         import dtrain.dist as dist
+        import dtrain.nn.functional as F
         from dtrain import optim
 
         self.model = make_mlp()
@@ -172,19 +183,7 @@ class DtrainStepper:
                                                     algorithm="ring")
         self.opt = optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
         self.batches = [(dt.tensor(x), y) for x, y in batches]
-
-    def step(self, i: int):
-        import dtrain.nn.functional as F
-
-        x, y = self.batches[i % len(self.batches)]
-        loss = F.cross_entropy(self.ddp(x), y)
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        return loss
-
-    def loss_value(self, i: int) -> float:
-        return float(self.step(i).item())
+        self.net, self.loss_fn = self.ddp, F.cross_entropy
 
     def params(self) -> list[np.ndarray]:
         return [np.asarray(p.data) for p in self.model.parameters()]
@@ -193,7 +192,7 @@ class DtrainStepper:
         return len(getattr(self.ddp, "buckets", ()))
 
 
-class TorchStepper:
+class TorchStepper(CycledStep):
     """PyTorch DDP twin: same module tree and parameter names, dtrain's initial weights."""
 
     def __init__(self, torch, state: dict, batches):
@@ -208,17 +207,7 @@ class TorchStepper:
         self.ddp = torch.nn.parallel.DistributedDataParallel(self.model)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
         self.batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
-
-    def step(self, i: int):
-        x, y = self.batches[i % len(self.batches)]
-        loss = self.torch.nn.functional.cross_entropy(self.ddp(x), y)
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        return loss
-
-    def loss_value(self, i: int) -> float:
-        return float(self.step(i).item())
+        self.net, self.loss_fn = self.ddp, torch.nn.functional.cross_entropy
 
     def params(self) -> list[np.ndarray]:
         return [p.detach().numpy() for p in self.model.parameters()]

@@ -65,7 +65,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-from _common import blas_info, command_section, cpu_model, fmt_load  # noqa: E402
+from _common import CycledStep, blas_info, command_section, cpu_model, fmt_load  # noqa: E402
 
 import dtrain as dt  # noqa: E402
 import dtrain.nn.functional as F  # noqa: E402
@@ -200,24 +200,14 @@ def make_batches(x: np.ndarray, y: np.ndarray, batch: int, seed: int) -> list[tu
              np.ascontiguousarray(y[order[i * batch:(i + 1) * batch]])) for i in range(n)]
 
 
-class DtrainRaw:
+class DtrainRaw(CycledStep):
     """The plain dtrain loop: forward, loss, zero_grad, backward, optimizer step."""
 
     def __init__(self, model, batches):
-        self.model = model
+        self.model = self.net = model
+        self.loss_fn = F.cross_entropy
         self.opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
         self.batches = [(dt.tensor(x), y) for x, y in batches]
-
-    def step(self, i: int):
-        x, y = self.batches[i % len(self.batches)]
-        loss = F.cross_entropy(self.model(x), y)
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        return loss
-
-    def loss_value(self, i: int) -> float:
-        return float(self.step(i).item())
 
     def eval_logits(self, i: int) -> np.ndarray:
         self.model.eval()
@@ -243,24 +233,14 @@ class DtrainTrainer:
         return self.trainer.train_step(x, y)
 
 
-class TorchRaw:
+class TorchRaw(CycledStep):
     """The PyTorch eager twin of DtrainRaw."""
 
     def __init__(self, model, batches):
-        self.model = model
+        self.model = self.net = model
+        self.loss_fn = TF.cross_entropy
         self.opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
         self.batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
-
-    def step(self, i: int):
-        x, y = self.batches[i % len(self.batches)]
-        loss = TF.cross_entropy(self.model(x), y)
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        return loss
-
-    def loss_value(self, i: int) -> float:
-        return float(self.step(i).item())
 
     def eval_logits(self, i: int) -> np.ndarray:
         self.model.eval()
