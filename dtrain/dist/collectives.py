@@ -256,7 +256,7 @@ class HierarchicalAllreduce(AllreduceAlgorithm):
         if leaders is not None:
             if leaders.Get_size() > 1:
                 leader = _leader_view(comm, leaders)
-                RingAllreduce().run(leader, work, False)
+                ALGORITHMS["ring"].run(leader, work, False)
             if mean:
                 xp.divide(work, comm.size, out=work)
             if half:

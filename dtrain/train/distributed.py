@@ -88,10 +88,6 @@ class DDPSync(LocalSync):
         out = np.ascontiguousarray(values, dtype=np.float64).copy()
         return allreduce(out, op="sum", algorithm="ring", comm=self.comm)
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank if ``flag`` is true on any rank."""
-        return bool(self.sum(np.array([1.0 if flag else 0.0]))[0] > 0)
-
     def bytes_sent(self) -> tuple[int, int]:
         if self.ddp is None:
             return 0, 0

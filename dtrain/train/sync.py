@@ -36,10 +36,6 @@ class LocalSync:
         """Return what the Trainer calls for forward (the model itself here; a DDP wrapper in a world > 1)."""
         return model
 
-    def any(self, flag: bool) -> bool:
-        """True if ``flag`` is true on any rank (so every rank takes the same branch)."""
-        return bool(flag)
-
     def agree(self, error: BaseException | None) -> None:
         """Re-raise ``error`` (a world of 1 has nobody else to tell)."""
         if error is not None:

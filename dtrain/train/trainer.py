@@ -233,8 +233,9 @@ class Trainer:
     def train_step(self, x, y, record: bool = False) -> tuple[float, float]:
         """One optimizer step on batch (x, y). Returns (summed loss over the batch, correct count).
 
-        A non-finite loss raises FloatingPointError naming the step (NumPy's overflow warnings are
-        silenced inside the step: that check reports divergence once, clearly).
+        Non-finite gradients after the all-reduce (or a non-finite loss on any rank) follow the
+        ``nonfinite`` policy: FloatingPointError naming the step and ranks, or the step skipped on every
+        rank (NumPy's overflow warnings are silenced inside the step: that check reports it once, clearly).
         """
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return self._train_step(x, y, record)
