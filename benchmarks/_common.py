@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: dtrain importable when run in place
 from dtrain.bench.machine import busy_cpu_s, own_cpu_s
+from dtrain.launch import local_launch_flags as launcher_flags
+from dtrain.launch import local_mpiexec as find_mpiexec
 
-__all__ = ["LAUNCHER_VARS", "blas_info", "busy_cpu_s", "command_section", "cpu_model", "find_mpiexec", "fmt_load",
-           "own_cpu_s", "under_mpiexec", "CycledStep"]
+__all__ = ["LAUNCHER_VARS", "CycledStep", "blas_info", "busy_cpu_s", "command_section", "cpu_model", "find_mpiexec",
+           "fmt_load", "launcher_flags", "own_cpu_s", "under_mpiexec"]
 
 LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 
@@ -36,12 +37,6 @@ def fmt_load(load) -> str:
 def command_section(command: str) -> list[str]:
     """Markdown lines recording the exact command that produced a result file."""
     return ["## Command", "", "```", command, "```", ""]
-
-
-def find_mpiexec() -> str | None:
-    """mpiexec next to the running Python (the venv's MPI), else the first on PATH."""
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.is_file() else shutil.which("mpiexec")
 
 
 def under_mpiexec() -> bool:

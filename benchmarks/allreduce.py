@@ -49,7 +49,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_section, cpu_model, find_mpiexec, fmt_load, under_mpiexec  # noqa: E402
+from _common import command_section, cpu_model, find_mpiexec, fmt_load, launcher_flags, under_mpiexec  # noqa: E402
 
 KB, MB = 1 << 10, 1 << 20
 DEFAULT_SIZES = [4 * KB * 4**k for k in range(9)]  # 4 KB .. 256 MB
@@ -190,8 +190,7 @@ def launch(n: int, args, json_path: Path) -> None:
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise SystemExit("allreduce benchmark: no mpiexec found (pip install mpich)")
-    version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True).stdout
-    flags = ["--oversubscribe"] if "Open MPI" in version or "OpenRTE" in version else []
+    flags = list(launcher_flags(mpiexec))
     cmd = [mpiexec, *flags, "-n", str(n), sys.executable, str(Path(__file__).resolve()), "--worker", str(json_path),
            "--sizes", ",".join(map(str, args.sizes)), "--algorithms", ",".join(args.algorithms),
            "--warmup", str(args.warmup), "--repeats", str(args.repeats or 0)]

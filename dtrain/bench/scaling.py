@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import os
 
+from ..launch import local_launch_flags, local_mpiexec
 from .machine import busy_cpu_s, own_cpu_s
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
@@ -58,7 +59,6 @@ import csv  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
-import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -310,12 +310,6 @@ def worker(args) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def find_mpiexec() -> str | None:
-    """mpiexec next to the running Python (the venv's MPI), else the first on PATH."""
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.is_file() else shutil.which("mpiexec")
-
-
 def _worker_flags(args) -> list[str]:
     flags = ["--model", args.model, "--batch", str(args.batch), "--global-batch", str(args.global_batch),
              "--bucket-mb", str(args.bucket_mb), "--algorithm", args.algorithm, "--steps", str(args.steps),
@@ -329,11 +323,10 @@ def _worker_flags(args) -> list[str]:
 
 
 def launch(n: int, args, json_path: Path) -> dict:
-    mpiexec = find_mpiexec()
+    mpiexec = local_mpiexec()
     if mpiexec is None:
         raise OSError("scaling benchmark: no mpiexec found next to Python or on PATH (pip install mpich)")
-    version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True).stdout
-    over = ["--oversubscribe"] if ("Open MPI" in version or "OpenRTE" in version) else []
+    over = list(local_launch_flags(mpiexec))
     env = dict(os.environ, **dict.fromkeys(_THREAD_VARS, "1"))
     cmd = [mpiexec, *over, "-n", str(n), sys.executable, "-m", "dtrain.bench.scaling", "--worker", str(json_path),
            *_worker_flags(args)]

@@ -22,31 +22,15 @@ from pathlib import Path
 
 import pytest
 
+from dtrain.launch import local_launch_flags, local_mpiexec
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-@functools.lru_cache(maxsize=1)
-def find_mpiexec() -> str | None:
-    """The mpiexec to use: next to sys.executable, else on PATH, else None."""
-    beside = Path(sys.executable).parent / "mpiexec"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    return shutil.which("mpiexec")
-
-
-@functools.lru_cache(maxsize=1)
-def _launcher_flags(mpiexec: str) -> tuple[str, ...]:
-    try:
-        out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=30)
-        version = out.stdout + out.stderr
-    except (OSError, subprocess.SubprocessError):
-        version = ""
-    if "Open MPI" in version or "OpenRTE" in version or "open-mpi" in version.lower():
-        flags = ["--oversubscribe"]
-        if hasattr(os, "geteuid") and os.geteuid() == 0:
-            flags.append("--allow-run-as-root")
-        return tuple(flags)
-    return ()
+# mpiexec next to sys.executable (the venv's MPICH/Open MPI wheel) else on PATH, and the flags Open MPI
+# needs to run many ranks on one machine as MPICH does: the same helpers dtrain launch uses.
+find_mpiexec = local_mpiexec
+_launcher_flags = local_launch_flags
 
 
 def mpi_env() -> dict[str, str]:
