@@ -36,6 +36,7 @@ import numpy as np
 __all__ = ["ABORT_EXIT_CODE", "DEFAULT_TIMEOUT", "Watchdog", "default_timeout"]
 
 ABORT_EXIT_CODE = 3  # the status mpiexec reports when a deadline aborts the job
+ABORT_GRACE_S = 0.5  # time for the launcher to forward the error line before MPI_Abort
 DEFAULT_TIMEOUT = 300.0
 _TAG_QUERY, _TAG_REPLY = 7101, 7102
 _REPLY_BYTES = 4096
@@ -233,8 +234,12 @@ class Watchdog:
         self.abort(ABORT_EXIT_CODE)
 
     def abort(self, code: int) -> None:
-        """End the whole job now: MPI_Abort (and, should that not return or not exit, os._exit)."""
+        """End the whole job now: MPI_Abort (and, should that not return or not exit, os._exit).
+
+        Waits ABORT_GRACE_S first: the launcher forwards a rank's output through a pipe, and a line
+        written just before MPI_Abort is otherwise sometimes lost when the job is torn down."""
         threading.Timer(10.0, os._exit, (code,)).start()  # fallback if MPI_Abort hangs
+        time.sleep(ABORT_GRACE_S)
         if self._abort_fn is not None:
             self._abort_fn(code)
             return
