@@ -2,10 +2,10 @@
 
 What is measured
     For message sizes 4 KB .. 256 MB (x4 steps), float32, op "sum", at each world size: the time of one
-    ``dtrain.dist.allreduce`` with ``algorithm="ring"`` (dtrain's ring: reduce-scatter + all-gather over
+    ``dtrain.distributed.allreduce`` with ``algorithm="ring"`` (dtrain's ring: reduce-scatter + all-gather over
     mpi4py Isend/Irecv/Sendrecv, reduce steps pipelined in pieces of ``PIPELINE_BYTES``) and with
     ``algorithm="mpi"`` (MPI_Allreduce of the MPI library, the reference). The measuring loop is
-    ``dtrain.dist.collectives.measure_allreduce``: per size, warm-up rounds, then repeats in which the
+    ``dtrain.distributed.collectives.measure_allreduce``: per size, warm-up rounds, then repeats in which the
     two algorithms alternate; before each timed call the array is refilled (untimed) and all ranks
     meet at a barrier; a repeat's time is the slowest rank's; the table reports the median over the
     repeats (the CSV also has the best). As in nccl-tests, algbw = bytes / time and
@@ -77,7 +77,7 @@ def fmt_size(nbytes: int) -> str:
 
 def phase_breakdown(world, sizes, repeats: int = 15) -> list[dict]:
     """Median times of the ring's two phases and of the local additions its reduce-scatter performs."""
-    from dtrain.dist import collectives as C
+    from dtrain.distributed import collectives as C
 
     n, out = world.size, []
     for nbytes in sizes:
@@ -122,7 +122,7 @@ def _slowest(world, times) -> np.ndarray:
 
 def pipeline_sweep(world, sizes, pieces, repeats: int = 12) -> list[dict]:
     """Ring all-reduce time per pipeline piece size (interleaved within each repeat)."""
-    from dtrain.dist import collectives as C
+    from dtrain.distributed import collectives as C
 
     saved = C.PIPELINE_BYTES
     out = []
@@ -153,8 +153,8 @@ def measure_world(args) -> dict:
     """Run every measurement in this process's MPI world; the result is the same dict on every rank."""
     from mpi4py import MPI
 
-    import dtrain.dist.comm as dcomm
-    from dtrain.dist import collectives as C
+    import dtrain.distributed.comm as dcomm
+    from dtrain.distributed import collectives as C
 
     world = dcomm.init()
     # Warm the whole path (connections between every pair of neighbours, MPI's internal buffers, caches)
@@ -334,7 +334,7 @@ def write_outputs(out: Path, results: list[dict], command: str, meta: dict) -> N
     over = [r["world_size"] for r in results if cores and r["world_size"] > cores]
     md = ["# All-reduce bandwidth: dtrain ring vs MPI_Allreduce", "",
           f"nccl-tests style, float32, op sum, {ranks} ranks on one machine with {cores} logical cores. "
-          "`ring` is `dtrain.dist.allreduce(a, op=\"sum\", algorithm=\"ring\")`: reduce-scatter then all-gather "
+          "`ring` is `dtrain.distributed.allreduce(a, op=\"sum\", algorithm=\"ring\")`: reduce-scatter then all-gather "
           "around the ring over mpi4py's buffer interface, each reduce step pipelined in pieces of "
           f"{fmt_size(first['pipeline_bytes'])} ({first['pipeline_depth']} in flight); `mpi` is "
           "`algorithm=\"mpi\"`, MPI_Allreduce of the same MPI library, in the same run.", "",

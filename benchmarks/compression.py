@@ -277,7 +277,7 @@ def param_counts(models: list[str]) -> dict[str, int]:
 def expected_plain_bytes(params: int, ranks: int) -> int | None:
     """What rank 0 sends per step in a plain ring all-reduce of one float32 bucket plus the sample count."""
     try:
-        from dtrain.dist.collectives import ring_allreduce_bytes
+        from dtrain.distributed.collectives import ring_allreduce_bytes
     except Exception:
         return None
     return ring_allreduce_bytes(params, 4, ranks, 0) + ring_allreduce_bytes(1, 8, ranks, 0)
@@ -415,7 +415,7 @@ def finding_lines(rows: list[dict], agg: dict, models: list[str], ranks_list: li
                      "uncompressed, next to the P factors, so on these small models its ratio is bounded well below "
                      "100x whatever the rank (see the last-epoch bytes of `powersgd:1`).")
     if notes:
-        out += ["Notes on the methods (from `dtrain/dist/compression.py`'s documented behaviour):", "",
+        out += ["Notes on the methods (from `dtrain/distributed/compression.py`'s documented behaviour):", "",
                 *[f"- {n}" for n in notes], ""]
     return out
 

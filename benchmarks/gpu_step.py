@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args(argv)
-    from dtrain.dist.gpu import gpu_count
+    from dtrain.distributed.gpu import gpu_count
 
     if gpu_count() == 0:
         print("gpu_step: no CuPy/CUDA device here; nothing measured (run it on a GPU machine)")

@@ -1,5 +1,5 @@
 """Strong and weak scaling of DDP training over world sizes, with the step split into compute, exposed and
-overlapped communication and optimizer, and a check of the cost model (dtrain.dist.costmodel).
+overlapped communication and optimizer, and a check of the cost model (dtrain.distributed.costmodel).
 
 The sweep lives in the package (``dtrain.bench.scaling``) so that ``dtrain bench scaling`` works from an
 installed dtrain; this script is the same entry point from a checkout:

@@ -1,4 +1,4 @@
-"""The cost model (dtrain.dist.costmodel): validated against this host's measurements, then extrapolated.
+"""The cost model (dtrain.distributed.costmodel): validated against this host's measurements, then extrapolated.
 
 What it does
     1. Reads the scaling sweep's ``scaling.json`` (``dtrain bench scaling``; ``--run`` runs it first) and
@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dtrain.bench.scaling import calibration_lines, validate, validation_table
-from dtrain.dist.costmodel import LINKS, MODELS, Link, StepModel, step_time
+from dtrain.distributed.costmodel import LINKS, MODELS, Link, StepModel, step_time
 
 MB = 2**20
 BUCKET = 25 * MB
@@ -144,7 +144,7 @@ def write_plot(out: Path, rows: list[dict], max_workers: int) -> None:
         ax.legend(fontsize=6, loc="lower left")
     for ax in axes[::2]:
         ax.set_ylabel("weak-scaling efficiency (predicted)")
-    fig.suptitle("dtrain.dist.costmodel: ring all-reduce, 25 MB buckets overlapped with backward "
+    fig.suptitle("dtrain.distributed.costmodel: ring all-reduce, 25 MB buckets overlapped with backward "
                  "(alpha-beta-gamma)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "prediction.png", dpi=120)
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     over = [v for v in vrows if v["oversubscribed"]]
     cores = result["machine"]["cores"]
     lines = ["# Cost model: validation on this host and predictions to 4096 workers", "",
-             "Model: `dtrain.dist.costmodel` (alpha-beta-gamma all-reduce: ring, recursive doubling / "
+             "Model: `dtrain.distributed.costmodel` (alpha-beta-gamma all-reduce: ring, recursive doubling / "
              "Rabenseifner, hierarchical, compressed; buckets overlapped with backward). Measurements: "
              f"`{src}` ({result['machine']['cpu_model']}, {cores} cores; model `{r['model']}`, "
              f"{r['params']:,} parameters, all-reduce `{result['args']['algorithm']}`).", "",

@@ -171,7 +171,7 @@ class DtrainStepper(CycledStep):
 
     def __init__(self, var: Variant, state: dict, batches):
         import dtrain as dt
-        import dtrain.dist as dist
+        import dtrain.distributed as dist
         import dtrain.nn.functional as F
         from dtrain import optim
 
@@ -307,7 +307,7 @@ def time_split(stepper: DtrainStepper, cw, steps: int, warmup: int = 5) -> dict[
     the rank arriving last (about the all-reduce itself) and first (the all-reduce plus the skew).
     """
     import dtrain.nn.functional as F
-    from dtrain.dist.comm import Handle
+    from dtrain.distributed.comm import Handle
 
     ddp, opt = stepper.ddp, stepper.opt
     pc = time.perf_counter
@@ -389,7 +389,7 @@ def time_split(stepper: DtrainStepper, cw, steps: int, warmup: int = 5) -> dict[
 
 def allreduce_alone(world, cw, count: int, repeats: int = 15, warmup: int = 3) -> dict[str, float]:
     """Median ms (slowest rank) of one all-reduce of ``count`` float32, three ways, interleaved."""
-    from dtrain.dist import allreduce
+    from dtrain.distributed import allreduce
 
     a = np.ones(count, np.float32)
     modes = {
@@ -419,9 +419,9 @@ def _area(filename: str, funcname: str) -> str:
         rel = f.split("/dtrain/", 1)[1]
         if rel.startswith("autograd/ops/linalg"):
             return "GEMMs: Linear forward/backward (BLAS sgemm via inline `@`)"
-        if rel.startswith("dist/comm") and funcname == "wait":
+        if rel.startswith("distributed/comm") and funcname == "wait":
             return "waiting for all-reduces (Handle.wait)"
-        if rel.startswith("dist/"):
+        if rel.startswith("distributed/"):
             return "DDP: hooks, bucket packing and unpacking (inline NumPy multiplies over the gradient)"
         if rel.startswith("autograd/engine"):
             return "autograd engine (graph walk, accumulation)"
@@ -478,7 +478,7 @@ def worker(args) -> list[dict]:
     from mpi4py import MPI
 
     import dtrain as dt
-    import dtrain.dist as dist
+    import dtrain.distributed as dist
 
     world = dist.init()
     cw = MPI.COMM_WORLD

@@ -54,7 +54,7 @@ def build():
 
 def worker(out_path: str) -> None:
     import dtrain as dt
-    import dtrain.dist as dist
+    import dtrain.distributed as dist
     import dtrain.nn.functional as F
     from dtrain import optim
 

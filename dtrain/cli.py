@@ -25,7 +25,7 @@ def _info(_args) -> int:
         vendor, ver = MPI.get_vendor()
         lines.append(f"mpi4py {__import__('mpi4py').__version__}; MPI library {vendor} "
                      f"{'.'.join(map(str, ver))}; {MPI.Get_library_version().splitlines()[0].strip()}")
-        from .dist import init
+        from .distributed import init
 
         world = init()
         lines.append(f"MPI world: {world.size} rank(s) on {world.node_count} node(s), {world.local_size} per node "
@@ -40,7 +40,7 @@ def _info(_args) -> int:
     else:
         lines.append(f"cupy/CUDA: unavailable ({dtrain.backend._cupy_error})")
     try:
-        from .dist.gpu import transport
+        from .distributed.gpu import transport
 
         lines.append(f"collectives on GPU arrays: {transport()}")
     except Exception as exc:  # no MPI
@@ -88,8 +88,8 @@ def _parse_size(text: str) -> int:
 
 
 def _bench(args) -> int:
-    from .dist import init
-    from .dist.collectives import measure_allreduce
+    from .distributed import init
+    from .distributed.collectives import measure_allreduce
 
     world = init()
     sizes, s = [], args.min_bytes
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Launch mpiexec -n K for each K of --ranks (do not run this under mpiexec), train the model "
                     "with DDP in weak (fixed batch per rank) and strong (fixed global batch) scaling, split each "
                     "step into compute, exposed/overlapped communication and optimizer, and check the "
-                    "alpha-beta-gamma cost model (dtrain.dist.costmodel) against the measured step times.",
+                    "alpha-beta-gamma cost model (dtrain.distributed.costmodel) against the measured step times.",
         epilog="Writes scaling.csv, scaling.json, scaling.md, efficiency.png and breakdown.png to --out. World "
                "sizes above the host's core count are flagged as oversubscribed.")
     scaling_arguments(sc)
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _distributed_errors() -> tuple:
     """Job-level errors raised on every rank (another rank failed; the ranks hold different models).
     Importing them loads no MPI."""
-    from .dist import ModelMismatchError
+    from .distributed import ModelMismatchError
     from .train.distributed import DistributedRunError
 
     return DistributedRunError, ModelMismatchError
@@ -245,7 +245,7 @@ def _write_error(line: str) -> None:
 def _abort_if_alone(exc: BaseException, status: int) -> int:
     """An error raised on this rank only, in a world > 1, would leave the other ranks waiting in their
     next collective: end the whole job (MPI_Abort). Errors every rank raised together just exit."""
-    from .dist import comm as dist_comm
+    from .distributed import comm as dist_comm
 
     world = dist_comm._world
     if world is not None and not world._closed and world.size > 1 and not getattr(exc, "collective", False):

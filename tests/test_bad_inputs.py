@@ -19,9 +19,9 @@ import pytest
 
 
 def _load_mpi_launch_helpers():
-    # tests/dist/conftest.py owns mpiexec discovery, the Open MPI/MPICH flags and the ranks' environment;
+    # tests/distributed/conftest.py owns mpiexec discovery, the Open MPI/MPICH flags and the ranks' environment;
     # load it by path so this works however pytest is invoked (tests/ is not a package).
-    path = Path(__file__).resolve().parent / "dist" / "conftest.py"
+    path = Path(__file__).resolve().parent / "distributed" / "conftest.py"
     spec = importlib.util.spec_from_file_location("_dtrain_tests_mpi_launch", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

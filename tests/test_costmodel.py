@@ -1,4 +1,4 @@
-"""The alpha-beta-gamma cost model (dtrain.dist.costmodel) against its closed forms and invariants."""
+"""The alpha-beta-gamma cost model (dtrain.distributed.costmodel) against its closed forms and invariants."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from dtrain.dist.costmodel import (
+from dtrain.distributed.costmodel import (
     LINKS,
     MODELS,
     Compression,

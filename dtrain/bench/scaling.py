@@ -27,7 +27,7 @@ What is measured
     model (no DDP) and every rank training at once: how much sharing the machine slows the arithmetic
     itself (memory bandwidth, oversubscription) before any communication.
 
-    Probes for the cost model (``dtrain.dist.costmodel``), in each world of >= 2 ranks: all-reduce
+    Probes for the cost model (``dtrain.distributed.costmodel``), in each world of >= 2 ranks: all-reduce
     times at a few sizes (``measure_allreduce``, ring and the chosen algorithm) and the rate of the
     local addition (``np.add`` of 4 MB, all ranks at once) for gamma.
 
@@ -134,7 +134,7 @@ def measure_mode(world, args, mode: str) -> dict:
     """Train ``args.steps`` timed steps in this world; return the phase times (identical on every rank)."""
     import dtrain.nn.functional as F
     from dtrain import optim
-    from dtrain.dist import DistributedDataParallel
+    from dtrain.distributed import DistributedDataParallel
 
     cw, n, rank = world.comm, world.size, world.rank
     batch = args.batch if mode == "weak" else _shard(args.global_batch, n, rank)
@@ -239,7 +239,7 @@ def measure_mode(world, args, mode: str) -> dict:
 
 def probe(world, args) -> dict:
     """All-reduce times at a few sizes and the local addition rate (for calibrating the cost model)."""
-    from dtrain.dist.collectives import measure_allreduce
+    from dtrain.distributed.collectives import measure_allreduce
 
     cw = world.comm
     a, b = np.ones(1 << 20, np.float32), np.ones(1 << 20, np.float32)
@@ -268,7 +268,7 @@ def probe(world, args) -> dict:
 def _probe_worker_thread(world, algs, repeats: int) -> list[dict]:
     """Like measure_allreduce, but through the communicator's worker thread (``async_op=True``), the
     path DDP's buckets take; rows of ``size_bytes``, ``world_size``, ``algorithm``, ``time_s`` (median)."""
-    from dtrain.dist import allreduce
+    from dtrain.distributed import allreduce
 
     cw, rows = world.comm, []
     for nbytes in PROBE_SIZES:
@@ -289,7 +289,7 @@ def _probe_worker_thread(world, algs, repeats: int) -> list[dict]:
 
 
 def worker(args) -> None:
-    from dtrain.dist import init
+    from dtrain.distributed import init
 
     world = init()
     records = [measure_mode(world, args, mode) for mode in args.modes]
@@ -474,7 +474,7 @@ def calibration(result: dict, calib_world: int = 2) -> dict:
     smallest world > 1): alpha and beta fitted to the all-reduce times through the worker thread (the
     path DDP's buckets take), gamma from the timed additions. Returns ``link``, ``copy_s_per_byte``,
     ``calib_world``, ``fit_algorithm``."""
-    from dtrain.dist.costmodel import Link, calibrate_link
+    from dtrain.distributed.costmodel import Link, calibrate_link
 
     worlds = {w["world_size"]: w for w in result["worlds"]}
     multi = sorted(k for k in worlds if k > 1)
@@ -517,7 +517,7 @@ def _model_algorithm(alg: str) -> str:
 
 def predict_record(r: dict, cal: dict, cores: int, compute_s: float, optimizer_s: float, fixed_s: float):
     """The cost model's StepBreakdown for one measured record, with the given local phase times."""
-    from dtrain.dist.costmodel import Compression, StepModel, step_time
+    from dtrain.distributed.costmodel import Compression, StepModel, step_time
 
     n, b = r["world_size"], r["per_rank_batch"]
     model = StepModel(params=r["params"], compute_s_per_sample=compute_s / b,
@@ -645,7 +645,7 @@ def write_report(out: Path, result: dict, rows: list[dict], command: str) -> lis
               f"- speedup and efficiency are against {rows[0]['baseline_ranks']} rank(s) of the same mode.", ""]
     try:
         vrows, cal = validate(result)
-        lines += ["## Cost model check (dtrain.dist.costmodel)", "", *calibration_lines(cal), "",
+        lines += ["## Cost model check (dtrain.distributed.costmodel)", "", *calibration_lines(cal), "",
                   *validation_table(vrows), "",
                   "The last column feeds the model the 1-rank compute time instead (pure extrapolation, "
                   "blind to contention). `python benchmarks/simulate.py` extrapolates the calibrated model to "
@@ -728,7 +728,7 @@ def run(args, command: str) -> int:
 
         _as_widths(args.hidden)  # validate before launching anything
     if args.compression:
-        from dtrain.dist.compression import get
+        from dtrain.distributed.compression import get
 
         get(args.compression)
     t0 = time.perf_counter()

@@ -393,7 +393,7 @@ class DistributedSampler(Sampler):
     the data set; ``set_epoch`` reshuffles.
 
     Args:
-        n_samples: size of the data set; num_replicas, rank: the world (dtrain.dist fills them in).
+        n_samples: size of the data set; num_replicas, rank: the world (dtrain.distributed fills them in).
         shuffle: permute per epoch (else 0..n-1); seed: the shared seed.
     """
 

@@ -249,8 +249,8 @@ def resolve_config(flags: dict, toml_path: str | None = None, model_defaults=Non
     config["loss_scale"] = parse_loss_scale(config["loss_scale"])
     if str(config["compression"]).strip().lower() == "auto":  # gradients travel in the compute precision
         config["compression"] = {"fp32": "none", "fp16": "fp16", "bf16": "bf16"}[config["precision"]]
-    from ..dist.compression import CompressionError
-    from ..dist.compression import get as get_compressor
+    from ..distributed.compression import CompressionError
+    from ..distributed.compression import get as get_compressor
 
     try:  # a bad spec is an error before anything is loaded or launched
         config["compression"] = get_compressor(config["compression"]).spec

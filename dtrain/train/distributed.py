@@ -1,4 +1,4 @@
-"""DDPSync: the Trainer's synchronisation seam backed by dtrain.dist (DDP + collectives).
+"""DDPSync: the Trainer's synchronisation seam backed by dtrain.distributed (DDP + collectives).
 
 The Trainer calls ``prepare(model)`` once (wrapping the model in DistributedDataParallel, which
 broadcasts rank 0's weights), runs forward through the wrapper, and calls ``after_backward(n)``
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dist import DistributedDataParallel, allreduce
-from ..dist.comm import Communicator
-from ..dist.compression import get as get_compressor
+from ..distributed import DistributedDataParallel, allreduce
+from ..distributed.comm import Communicator
+from ..distributed.compression import get as get_compressor
 from .sync import LocalSync
 
 _PER_RANK_OPTIONS = ("progress",)  # options that may differ between ranks

@@ -91,7 +91,7 @@ def init_world():
     configuration fails cannot leave the others waiting."""
     if not launched_by_mpi():
         return None
-    from ..dist import init
+    from ..distributed import init
 
     comm = init()
     return comm if comm.size > 1 else None
@@ -103,7 +103,7 @@ def make_sync(cfg: dict, comm=None):
     comm = comm if comm is not None else init_world()
     if comm is None:
         return LocalSync()
-    from ..dist import set_timeout
+    from ..distributed import set_timeout
     from .distributed import DDPSync
 
     set_timeout(cfg["timeout"], cfg["stall_warning"])
@@ -149,7 +149,7 @@ def _build_parts(cfg: dict, sync):
     model = build_model(cfg["model"], splits.input_shape, splits.output_size, splits.task, **model_options)
     model.to(device)
     if cfg["sync_batchnorm"] and world > 1:
-        from ..dist import convert_sync_batchnorm
+        from ..distributed import convert_sync_batchnorm
 
         model = convert_sync_batchnorm(model, sync.comm)
     if rank > 0:  # dropout: an independent stream per rank (rank 0 keeps the single-process stream)
@@ -185,7 +185,7 @@ def _rank_device(spec: str, sync) -> str:
     device explicitly and wins). The chosen GPU becomes this process's current device."""
     if spec != "cuda" or getattr(sync, "comm", None) is None:
         return spec
-    from ..dist.gpu import gpu_count
+    from ..distributed.gpu import gpu_count
 
     n = gpu_count()
     if n == 0:

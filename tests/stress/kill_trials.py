@@ -3,7 +3,7 @@ the job ends non-zero within --timeout + 10 s with a report naming the missing r
 
     OMP_NUM_THREADS=1 python tests/stress/kill_trials.py [--trials 20] [--seed S] [--timeout 3]
 
-Each trial is tests/dist/faults.py's kill_trial (test_faults.py runs 5 of them in the suite): a tiny MLP
+Each trial is tests/distributed/faults.py's kill_trial (test_faults.py runs 5 of them in the suite): a tiny MLP
 trains with --timeout T; the victim is SIGKILLed while the launcher is not told (as when a node
 vanishes), so the ranks' collective deadline must end the job. Prints a markdown table and exits 1
 if any trial failed.
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dist"))  # tests/dist: faults.py, conftest.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "distributed"))  # faults.py, conftest.py
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: dtrain
 
 from faults import find_mpiexec, kill_trial

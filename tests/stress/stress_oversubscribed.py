@@ -37,7 +37,7 @@ def _load(path: Path, name: str):
 
 def worker(steps: int) -> None:
     """One rank: train the tiny job for ``steps`` optimizer steps and print its checksum."""
-    from dtrain import dist
+    import dtrain.distributed as dist
     from dtrain.train.config import resolve_config
     from dtrain.train.job import model_defaults, run
 
@@ -57,7 +57,7 @@ def _cores() -> int:
 
 
 def launch(ranks: int, steps: int, timeout: float) -> int:
-    launch_helpers = _load(HERE.parent / "dist" / "conftest.py", "_dtrain_tests_mpi_launch")
+    launch_helpers = _load(HERE.parent / "distributed" / "conftest.py", "_dtrain_tests_mpi_launch")
     mpiexec = launch_helpers.find_mpiexec()
     if mpiexec is None:
         print("stress: no mpiexec found (pip install mpich, or put an MPI launcher on PATH)", file=sys.stderr)
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        harness = _load(HERE.parent / "dist" / "mpi_harness.py", "_dtrain_tests_mpi_harness")
+        harness = _load(HERE.parent / "distributed" / "mpi_harness.py", "_dtrain_tests_mpi_harness")
         harness.run_or_abort(lambda: worker(args.steps))  # one failing rank aborts the job, never a hang
         return 0
     return launch(args.ranks, args.steps, args.timeout)

@@ -1,6 +1,7 @@
 """Mixed precision: autocast puts matmul/linear/conv2d in half precision on float32 master weights; the
 training job's --precision fp16|bf16 (dynamic loss scaling with fp16, gradients communicated in the
-half type by default) reaches float32's accuracy on digits. Multi-rank: tests/dist/test_mixed_precision_mpi.py."""
+half type by default) reaches float32's accuracy on digits.
+Multi-rank: tests/distributed/test_mixed_precision_mpi.py."""
 
 from __future__ import annotations
 

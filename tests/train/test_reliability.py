@@ -1,5 +1,5 @@
 """Non-finite gradients (raise / skip / dynamic loss scaling), the loss scaler, and SIGINT/SIGTERM ending a run
-with a final checkpoint, in one process. (Multi-rank versions: tests/dist/test_faults.py, test_watchdog.py.)"""
+with a final checkpoint, in one process. (Multi-rank versions: tests/distributed/test_faults.py, test_watchdog.py.)"""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Rank-side checks for the collective watchdog and the divergence guard (run by test_watchdog.py).
 
-    mpiexec -n 3 python tests/dist/mpi_watchdog.py stall        # rank 2 is late: others warn, then finish
-    mpiexec -n 3 python tests/dist/mpi_watchdog.py hang         # rank 1 never arrives: the job is aborted
-    mpiexec -n 3 python tests/dist/mpi_watchdog.py divergence   # rank 1's weights differ: every rank raises
+    mpiexec -n 3 python tests/distributed/mpi_watchdog.py stall        # rank 2 is late: others warn, then finish
+    mpiexec -n 3 python tests/distributed/mpi_watchdog.py hang         # rank 1 never arrives: the job is aborted
+    mpiexec -n 3 python tests/distributed/mpi_watchdog.py divergence   # rank 1's weights differ: every rank raises
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 from mpi_harness import run_or_abort
 
 import dtrain
-import dtrain.dist as dist
+import dtrain.distributed as dist
 from dtrain import nn
 from dtrain.train.distributed import DDPSync, DistributedRunError
 from dtrain.train.trainer import param_digests

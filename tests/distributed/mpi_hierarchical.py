@@ -7,7 +7,7 @@ import numpy as np
 from mpi_harness import run_or_abort
 
 import dtrain
-import dtrain.dist as dist
+import dtrain.distributed as dist
 from dtrain import nn
 
 

@@ -1,4 +1,4 @@
-"""dtrain.dist.comm and dtrain.dist.collectives: multi-rank checks under mpiexec (mpi_collectives.py holds
+"""dtrain.distributed.comm and dtrain.distributed.collectives: multi-rank checks under mpiexec (mpi_collectives.py holds
 the rank-side assertions, the same at every world size) and in-process checks on a world of 1."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dtrain.dist import collectives as C
-from dtrain.dist import comm as dcomm
+from dtrain.distributed import collectives as C
+from dtrain.distributed import comm as dcomm
 
 SCRIPT = str(Path(__file__).with_name("mpi_collectives.py"))
 
@@ -31,7 +31,7 @@ def test_a_failing_rank_aborts_the_job_instead_of_hanging(run_mpi, tmp_path):
     script.write_text(
         "import numpy as np\n"
         "from mpi4py import MPI\n"
-        "import dtrain.dist.collectives as C, dtrain.dist.comm as D\n"
+        "import dtrain.distributed.collectives as C, dtrain.distributed.comm as D\n"
         "w = D.init()\n"
         "try:\n"
         "    C.allreduce(np.ones(3), op='max' if w.rank == 1 else 'sum')\n"  # rank 1 fails before sending
@@ -146,8 +146,8 @@ def test_handle_reraises_with_the_operation_named():
 def test_import_does_not_load_mpi_and_missing_mpi4py_is_explained():
     code = (
         "import sys\n"
-        "import dtrain.dist.comm as D, dtrain.dist.collectives\n"
-        "assert 'mpi4py.MPI' not in sys.modules, 'importing dtrain.dist loaded MPI'\n"
+        "import dtrain.distributed.comm as D, dtrain.distributed.collectives\n"
+        "assert 'mpi4py.MPI' not in sys.modules, 'importing dtrain.distributed loaded MPI'\n"
         "sys.modules['mpi4py'] = None\n"  # as if mpi4py were not installed
         "try:\n"
         "    D.init()\n"

@@ -1,4 +1,4 @@
-"""Shared by the scripts tests/dist runs under mpiexec: a failure on any rank prints that rank's
+"""Shared by the scripts tests/distributed runs under mpiexec: a failure on any rank prints that rank's
 traceback and aborts the whole job (MPI_Abort), so no rank is left waiting in a collective."""
 
 from __future__ import annotations

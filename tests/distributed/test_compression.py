@@ -1,4 +1,4 @@
-"""dtrain.dist.compression: one-process checks of every compressor (round trips, error bounds, unbiasedness,
+"""dtrain.distributed.compression: one-process checks of every compressor (round trips, error bounds, unbiasedness,
 the error-feedback identity, payload sizes, state round trips, spec errors) and the multi-rank checks of
 mpi_compression.py under mpiexec (bitwise identical results on every rank, sums against references)."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import dtrain.dist as dist
+import dtrain.distributed as dist
 from dtrain.backend import bfloat16, finfo_eps
-from dtrain.dist import compression as C
+from dtrain.distributed import compression as C
 
 SCRIPT = str(Path(__file__).with_name("mpi_compression.py"))
 SPECS = ["none", "fp16", "bf16", "powersgd:2", "topk:0.01", "randomk:0.01", "qsgd:127", "signsgd"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import dtrain as dt
-import dtrain.dist as dist
+import dtrain.distributed as dist
 import dtrain.nn.functional as F
 from dtrain import nn, optim
 

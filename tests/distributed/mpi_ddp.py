@@ -1,6 +1,6 @@
-"""Run under mpiexec by tests/dist/test_ddp.py: DistributedDataParallel against one process.
+"""Run under mpiexec by tests/distributed/test_ddp.py: DistributedDataParallel against one process.
 
-    mpiexec -n N python tests/dist/mpi_ddp.py equivalence|mismatch|empty-shard
+    mpiexec -n N python tests/distributed/mpi_ddp.py equivalence|mismatch|empty-shard
 
 Every rank computes the single-process reference itself (same seed, full batch) and compares its
 DDP-trained parameters with it. Any failure prints the rank and aborts the whole job, so a failing
@@ -14,14 +14,14 @@ import sys
 import time
 
 import numpy as np
+from mpi_harness import run_or_abort
 
 import dtrain as dt
-import dtrain.dist as dist
+import dtrain.distributed as dist
 import dtrain.nn.functional as F
 from dtrain import nn, optim
 from dtrain.data import shard_slice
 from dtrain.train import param_checksum
-from mpi_harness import run_or_abort  # noqa: E402  (tests/dist is on sys.path when run as a script)
 
 TOL = 1e-12
 

@@ -80,11 +80,11 @@ class DistributedDataParallel(Module):
         module: the model (identical on every rank up to parameter values).
         bucket_cap_mb: bucket size in MiB (default 25).
         compression: a spec ("none", "fp16", "bf16", "powersgd:R", "topk:RATIO", "randomk:RATIO", "qsgd:LEVELS",
-            "signsgd") or a Compressor; buckets are summed through it (see dtrain.dist.compression).
+            "signsgd") or a Compressor; buckets are summed through it (see dtrain.distributed.compression).
         overlap: start each bucket's all-reduce during backward (True) or all at the end (False).
         algorithm: "ring" (ours), "hierarchical" (per node, then a ring over node leaders) or "mpi"
             (MPI_Allreduce). With compression the compressor's own exchange is used.
-        comm: the Communicator (default: the world from dtrain.dist.init()).
+        comm: the Communicator (default: the world from dtrain.distributed.init()).
         broadcast_buffers: also broadcast rank 0's buffers (e.g. BatchNorm running stats) at construction.
 
     ``ddp.control`` holds CONTROL_SLOTS float64 values (flags, votes) that travel with the sample counts

@@ -27,8 +27,10 @@ def test_a_hung_rank_gets_the_job_aborted_past_the_deadline(run_mpi):
     assert "completed without rank 1" not in res.stdout
     errors = [line for line in res.stderr.splitlines() if "dtrain: error:" in line]
     assert errors, res.stderr
-    assert any("collective 'allreduce ring' (step 3) timed out after" in e and "(--timeout 2)" in e for e in errors), errors
-    assert any("late: rank 1 is not in a collective; it last finished 'allreduce ring' (step 3)" in e for e in errors), errors
+    assert any("collective 'allreduce ring' (step 3) timed out after" in e and "(--timeout 2)" in e
+               for e in errors), errors
+    assert any("late: rank 1 is not in a collective; it last finished 'allreduce ring' (step 3)" in e
+               for e in errors), errors
     assert any("aborting the job (MPI_Abort, exit status 3)" in e for e in errors), errors
 
 

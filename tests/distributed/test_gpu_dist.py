@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dtrain.dist.gpu import gpu_count
+from dtrain.distributed.gpu import gpu_count
 
 pytestmark = pytest.mark.skipif(gpu_count() == 0, reason="needs CuPy and a CUDA GPU")
 SCRIPT = str(Path(__file__).with_name("mpi_gpu.py"))

@@ -20,7 +20,7 @@ from dtrain.train import CheckpointManager, load_checkpoint
 
 def _run_mpi_script():
     # The module-scoped fixture below cannot use the function-scoped run_mpi fixture; load the helper
-    # from tests/dist/conftest.py by path (`import conftest` could find tests/conftest.py instead).
+    # from tests/distributed/conftest.py by path (`import conftest` could find tests/conftest.py instead).
     spec = importlib.util.spec_from_file_location("_dtrain_dist_conftest", Path(__file__).with_name("conftest.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,6 +1,6 @@
 """ZeRO stage 1: optimizer state sharded across ranks (Rajbhandari et al. 2020, "ZeRO").
 
-    import dtrain.dist as dist
+    import dtrain.distributed as dist
     opt = dist.ZeroRedundancyOptimizer(model.parameters(), optim.Adam, lr=1e-3)   # bare model, no DDP
     loss = F.cross_entropy(model(x_shard), y_shard); loss.backward()
     opt.step()          # reduce-scatter grads, update this rank's shard, all-gather parameters
@@ -27,7 +27,7 @@ be wrong here; every optimizer in :mod:`dtrain.optim` is elementwise.
 ``state_dict()`` gathers the shards into exactly the dict the unsharded optimizer would return (torch
 format: per original parameter index, its ``step`` and full-shape arrays), on every rank;
 ``load_state_dict(full)`` keeps this rank's slice. So a checkpoint written at one world size resumes
-at any other. Every collective goes through :mod:`dtrain.dist.collectives` (the watchdog deadline
+at any other. Every collective goes through :mod:`dtrain.distributed.collectives` (the watchdog deadline
 applies) and every rank calls them in the same order.
 """
 

@@ -1,7 +1,7 @@
 """Collectives on arrays: ring all-reduce (and MPI_Allreduce as the reference), reduce-scatter,
 all-gather and broadcast.
 
-    import dtrain.dist as dist
+    import dtrain.distributed as dist
     dist.allreduce(grad, op="mean")                 # in place, ring; returns grad
     h = dist.allreduce(bucket, op="sum", async_op=True); ...; h.wait()
     mine = dist.reduce_scatter(flat, op="sum")      # this rank's chunk chunk_bounds(flat.size, size)[rank]
@@ -46,8 +46,8 @@ import numpy as np
 
 from ..backend import bfloat16, get_array_module
 from . import comm as _comm
-from .gpu import on_host
 from .comm import Communicator, Handle
+from .gpu import on_host
 
 __all__ = [
     "ALGORITHMS",
@@ -115,7 +115,7 @@ def _resolve_comm(comm, what: str) -> Communicator:
     if comm is None:
         return _comm.get_world()
     if not isinstance(comm, Communicator):
-        raise TypeError(f"{what}: comm must be a dtrain.dist.Communicator (e.g. dist.get_world()) or None, "
+        raise TypeError(f"{what}: comm must be a dtrain.distributed.Communicator (e.g. dist.get_world()) or None, "
                         f"got {type(comm).__name__}")
     if comm._closed:
         raise RuntimeError(f"{what}: this Communicator (rank {comm.rank}) was closed")
@@ -452,7 +452,7 @@ def allreduce(array, op: str = "mean", algorithm: str = "ring", comm: Communicat
         comm: the Communicator (default: the world).
         async_op: queue it on the Communicator's background thread and return a Handle whose
             ``wait()`` returns ``array``; do not touch ``array`` before then.
-        compression: None, a spec such as "topk:0.01" or a ``dtrain.dist.compression.Compressor``. The
+        compression: None, a spec such as "topk:0.01" or a ``dtrain.distributed.compression.Compressor``. The
             sum then goes through the compressor (its own collectives; ``algorithm`` is not used). Pass
             the same Compressor object on every call to keep its error-feedback memory across calls;
             a spec builds a fresh one each time. float32/float64 only.

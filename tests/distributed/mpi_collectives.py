@@ -1,6 +1,8 @@
-"""Rank-side checks of dtrain.dist's communicator and collectives; run as ``mpiexec -n N python mpi_collectives.py``.
+"""Rank-side checks of dtrain.distributed's communicator and collectives.
 
-The same assertions hold at every world size N >= 1 (tests/dist/test_collectives.py runs N = 1..5):
+Run as ``mpiexec -n N python mpi_collectives.py``.
+
+The same assertions hold at every world size N >= 1 (tests/distributed/test_collectives.py runs N = 1..5):
 
 * closed forms: rank r contributes ``r + (i % 3)``, so the sum is ``N(N-1)/2 + N (i % 3)`` and the mean
   ``(N-1)/2 + (i % 3)``, exact in every dtype, for both algorithms;
@@ -26,10 +28,9 @@ failing rank never leaves the others waiting.
 from __future__ import annotations
 
 import hashlib
-import sys
 
 import numpy as np
-from mpi_harness import run_or_abort  # noqa: E402  (tests/dist is on sys.path when run as a script)
+from mpi_harness import run_or_abort
 
 COUNTS_BASE = (0, 1, 1000, 2**20 + 3)
 
@@ -69,7 +70,7 @@ def exact_sum(comm, x) -> np.ndarray:
 def check_world(world, C) -> None:
     from mpi4py import MPI
 
-    import dtrain.dist.comm as dcomm
+    import dtrain.distributed.comm as dcomm
 
     assert dcomm.init() is world and dcomm.get_world() is world and dcomm.is_initialized()
     assert dcomm.init(MPI.COMM_WORLD) is world
@@ -345,8 +346,8 @@ def check_measure(world, C) -> None:
 
 
 def main() -> None:
-    import dtrain.dist.collectives as C
-    import dtrain.dist.comm as dcomm
+    import dtrain.distributed.collectives as C
+    import dtrain.distributed.comm as dcomm
 
     world = dcomm.init()
     checks = (check_world, check_closed_forms, check_integer_valued_exact, check_random_within_tolerance,
