@@ -3,9 +3,10 @@
 ``-n auto`` starts one rank per visible GPU with ``--device cuda`` (each rank then takes
 ``cuda:{local_rank % n_gpus}``) and one rank per usable CPU core otherwise. The mpiexec command is
 built the way ``launch/mpirun.sh`` builds it: the MPI flavour (MPICH/Hydra or Open MPI) is read from
-``mpiexec --version``; every rank gets one BLAS/OpenMP thread and the ``DTRAIN_*`` variables (and
-``CUDA_VISIBLE_DEVICES`` when set); Open MPI also gets ``--oversubscribe`` and, as root,
-``--allow-run-as-root``. ``--dry-run`` prints the command (shell-quoted, one line) instead of running it.
+``mpiexec --version``; every rank gets one BLAS/OpenMP thread (``dtrain.env.THREAD_VARIABLES``) and
+the ``DTRAIN_*`` variables (and ``CUDA_VISIBLE_DEVICES`` when set); Open MPI also gets
+``--oversubscribe`` and, as root, ``--allow-run-as-root``. ``--dry-run`` prints the command
+(shell-quoted, one line) instead of running it.
 
 Example::
 
@@ -27,9 +28,10 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
+from .env import THREAD_VARIABLES, launch_info, usable_cores
+
 DEVICES = ("cpu", "cuda")
 BIND_CHOICES = ("none", "core", "socket", "numa")
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def ranks_arg(text: str) -> int | str:
@@ -46,13 +48,6 @@ def positive_int_arg(text: str) -> int:
     if text.isdigit() and int(text) > 0:
         return int(text)
     raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-
-
-def cpu_count() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. a container's cpuset), at least 1."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 def _count_cuda_visible(value: str) -> int:
@@ -101,7 +96,7 @@ def visible_gpus(environ: Mapping[str, str] | None = None) -> tuple[int, str]:
 def resolve_ranks(n: int | str, device: str, threads: int = 1, dry_run: bool = False) -> int:
     """The number of ranks to start.
 
-    ``auto``: one per visible GPU with ``device="cuda"``, else ``cpu_count() // threads`` (at least 1).
+    ``auto``: one per visible GPU with ``device="cuda"``, else ``usable_cores() // threads`` (at least 1).
     An explicit count is taken as given; with CUDA it is checked against the GPUs unless ``dry_run``
     (a dry run may print a command for another machine). Raises ValueError when CUDA finds no GPU.
     """
@@ -119,7 +114,7 @@ def resolve_ranks(n: int | str, device: str, threads: int = 1, dry_run: bool = F
                              f"cuda:{{local_rank % {gpus}}}\n")
         return n
     if n == "auto":
-        return max(1, cpu_count() // threads)
+        return max(1, usable_cores() // threads)
     return n
 
 
@@ -194,8 +189,8 @@ def build_command(n: int, *, mpiexec: str, version_text: str, python: str, devic
     ``version_text`` is what ``mpiexec --version`` printed (it picks MPICH or Open MPI flags);
     ``environ`` (default os.environ) supplies the ``DTRAIN_*`` and ``CUDA_VISIBLE_DEVICES`` to forward.
     E.g. ``build_command(2, mpiexec="mpiexec", version_text="HYDRA", python="python3", environ={})`` is
-    ``mpiexec -n 2 -genv OMP_NUM_THREADS 1 -genv OPENBLAS_NUM_THREADS 1 -genv MKL_NUM_THREADS 1 python3 -m
-    dtrain train`` as a list.
+    ``mpiexec -n 2 -genv OMP_NUM_THREADS 1 ... -genv BLIS_NUM_THREADS 1 python3 -m dtrain train`` as a list
+    (every variable of ``dtrain.env.THREAD_VARIABLES``).
     """
     environ = os.environ if environ is None else environ
     if bind is not None and bind not in BIND_CHOICES:
@@ -265,11 +260,10 @@ def launch(n: int | str, *, device: str = "cpu", mpiexec: str | None = None, pyt
     Returns the exit status (mpiexec's when it ran). Raises ValueError on bad input: no GPU with
     ``--device cuda``, no mpiexec, already running under an MPI launcher.
     """
-    from .train.job import launcher_rank
-
-    if launcher_rank() is not None:
-        raise ValueError("dtrain launch is itself running under an MPI launcher (PMI_RANK/OMPI_COMM_WORLD_RANK "
-                         "is set): run dtrain train there directly")
+    launcher = launch_info().launcher
+    if launcher is not None:
+        raise ValueError(f"dtrain launch is itself running under an MPI launcher ({launcher}: its rank variables are "
+                         "set): run dtrain train there directly")
     python = python or sys.executable
     ranks = resolve_ranks(n, device, threads, dry_run)
     exe = find_mpiexec(mpiexec, python)

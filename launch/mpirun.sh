@@ -25,12 +25,15 @@ usage: launch/mpirun.sh -n N [--hostfile FILE] [--ppn K] [--bind none|core|socke
   --dry-run          dry run: print the exact command (shell-quoted, one line) and exit
   -h, --help         this help
 
-Environment forwarded to every rank: OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS (set to
---threads), every DTRAIN_* variable (e.g. DTRAIN_TIMEOUT) and CUDA_VISIBLE_DEVICES when it is set.
+Environment forwarded to every rank: OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS,
+VECLIB_MAXIMUM_THREADS, NUMEXPR_NUM_THREADS, BLIS_NUM_THREADS (set to --threads), every DTRAIN_* variable (e.g. DTRAIN_TIMEOUT) and CUDA_VISIBLE_DEVICES when it is set.
 Open MPI additionally gets --oversubscribe (more ranks than cores is allowed, as with MPICH) and
 --allow-run-as-root when run as root. The MPI flavour is read from `mpiexec --version`.
 TXT
 }
+
+# The same list as dtrain.env.THREAD_VARIABLES (tests/test_launch.py checks that they agree).
+thread_variables=(OMP_NUM_THREADS OPENBLAS_NUM_THREADS MKL_NUM_THREADS VECLIB_MAXIMUM_THREADS NUMEXPR_NUM_THREADS BLIS_NUM_THREADS)
 
 np_=""; hostfile=""; ppn=""; bind=""; threads=1; mpiexec=""; python="${PYTHON:-python3}"; dry=0
 while [ $# -gt 0 ]; do
@@ -100,13 +103,13 @@ if [ "$flavor" = openmpi ]; then
     if [ "$bind" = socket ] && ! printf '%s\n' "$version_text" | grep -qi openrte; then bind=package; fi
     cmd+=(--bind-to "$bind")
   fi
-  for v in OMP_NUM_THREADS OPENBLAS_NUM_THREADS MKL_NUM_THREADS; do cmd+=(-x "$v=$threads"); done
+  for v in "${thread_variables[@]}"; do cmd+=(-x "$v=$threads"); done
   for v in ${forward[@]+"${forward[@]}"}; do cmd+=(-x "$v"); done
 else
   [ -n "$hostfile" ] && cmd+=(-f "$hostfile")
   [ -n "$ppn" ] && cmd+=(-ppn "$ppn")
   [ -n "$bind" ] && cmd+=(-bind-to "$bind")
-  for v in OMP_NUM_THREADS OPENBLAS_NUM_THREADS MKL_NUM_THREADS; do cmd+=(-genv "$v" "$threads"); done
+  for v in "${thread_variables[@]}"; do cmd+=(-genv "$v" "$threads"); done
   for v in ${forward[@]+"${forward[@]}"}; do cmd+=(-genv "$v" "${!v}"); done
 fi
 cmd+=("$python" -m dtrain train "$@")

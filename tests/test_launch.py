@@ -18,18 +18,23 @@ from pathlib import Path
 import pytest
 
 import dtrain.launch as dl
+from dtrain import env
 from dtrain.cli import main
 
 LAUNCH = Path(__file__).resolve().parents[1] / "launch"
 SCRIPT = str(LAUNCH / "mpirun.sh")
 SBATCH = str(LAUNCH / "slurm.sbatch")
 LOCAL = str(LAUNCH / "local.sh")
-THREADS_MPICH = ["-genv", "OMP_NUM_THREADS", "1", "-genv", "OPENBLAS_NUM_THREADS", "1", "-genv", "MKL_NUM_THREADS", "1"]
-THREADS_OPENMPI = ["-x", "OMP_NUM_THREADS=1", "-x", "OPENBLAS_NUM_THREADS=1", "-x", "MKL_NUM_THREADS=1"]
+# Written out (not imported) so that a change to dtrain.env.THREAD_VARIABLES shows up here.
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+               "NUMEXPR_NUM_THREADS", "BLIS_NUM_THREADS")
+THREADS_MPICH = [item for var in THREAD_VARS for item in ("-genv", var, "1")]
+THREADS_OPENMPI = [item for var in THREAD_VARS for item in ("-x", f"{var}=1")]
+THREADS_SRUN_1 = " ".join(f"{var}=1" for var in THREAD_VARS)
 ROOT = ["--allow-run-as-root"] if os.geteuid() == 0 else []
 # Variables the launchers read or forward: tests start without them so the expected commands are exact.
 LAUNCH_VARIABLES = ("CUDA_VISIBLE_DEVICES", "SLURM_CPUS_PER_TASK", "DTRAIN_SRUN_MPI", "DTRAIN_DRY_RUN", "PYTHON",
-                    "PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+                    *env.LAUNCHER_VARIABLES)
 
 
 def clean_env(**extra):
@@ -77,8 +82,7 @@ def test_mpich_command(fake_mpiexec):
     res = launch("-n", "4", "--mpiexec", exe, "--python", "python3", "--dry-run", "--", "--model", "cnn",
                  env={"DTRAIN_TIMEOUT": "30"})
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == [exe, "-n", "4", "-genv", "OMP_NUM_THREADS", "1", "-genv", "OPENBLAS_NUM_THREADS",
-                                  "1", "-genv", "MKL_NUM_THREADS", "1", "-genv", "DTRAIN_TIMEOUT", "30", "python3",
+    assert res.stdout.split() == [exe, "-n", "4", *THREADS_MPICH, "-genv", "DTRAIN_TIMEOUT", "30", "python3",
                                   "-m", "dtrain", "train", "--model", "cnn"]
 
 
@@ -171,7 +175,7 @@ def test_mpirun_forwards_cuda_visible_devices_and_dtrain_variables(fake_mpiexec,
                                                 "-genv", "CUDA_VISIBLE_DEVICES", "0,1", "python3", "-m", "dtrain",
                                                 "train", "--device", "cuda"]
     else:
-        tail = out[out.index("MKL_NUM_THREADS=1") + 1:]
+        tail = out[out.index("BLIS_NUM_THREADS=1") + 1:]
         assert tail == ["-x", "DTRAIN_TIMEOUT", "-x", "DTRAIN_X", "-x", "CUDA_VISIBLE_DEVICES",
                         "python3", "-m", "dtrain", "train", "--device", "cuda"]
 
@@ -182,7 +186,7 @@ def test_mpirun_forwards_cuda_visible_devices_and_dtrain_variables(fake_mpiexec,
 def test_slurm_dry_run_pmix_default():
     res = sbatch("--dry-run", "--", "--model", "cnn", "--out", "runs/a b")
     assert res.returncode == 0, res.stderr
-    assert res.stdout == ("OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 "
+    assert res.stdout == (f"{THREADS_SRUN_1} "
                           "srun --mpi=pmix python3 -m dtrain train --model cnn --out runs/a\\ b\n")
 
 
@@ -196,7 +200,7 @@ def test_slurm_dry_run_pmi2_and_cpus_per_task(select):
     res = sbatch(*select["args"], "--", "--model", "cnn",
                  DTRAIN_DRY_RUN="1", SLURM_CPUS_PER_TASK="4", PYTHON="/opt/venv/bin/python", **select["env"])
     assert res.returncode == 0, res.stderr
-    assert res.stdout == ("OMP_NUM_THREADS=4 OPENBLAS_NUM_THREADS=4 MKL_NUM_THREADS=4 srun --mpi=pmi2 "
+    assert res.stdout == (" ".join(f"{var}=4" for var in THREAD_VARS) + " srun --mpi=pmi2 "
                           "--cpus-per-task=4 /opt/venv/bin/python -m dtrain train --model cnn\n")
 
 
@@ -241,7 +245,7 @@ def test_dtrain_launch_dry_run_exact_command(fake_mpiexec):
     res = dtrain_launch("--dry-run", "-n", "3", "--mpiexec", exe, "--python", "python3", "--", "--model", "cnn",
                         "--out", "runs/a b", DTRAIN_TIMEOUT="30")
     assert res.returncode == 0, res.stderr
-    assert res.stdout == (f"{exe} -n 3 -genv OMP_NUM_THREADS 1 -genv OPENBLAS_NUM_THREADS 1 -genv MKL_NUM_THREADS 1 "
+    assert res.stdout == (f"{exe} -n 3 {' '.join(THREADS_MPICH)} "
                           "-genv DTRAIN_TIMEOUT 30 python3 -m dtrain train --model cnn --out 'runs/a b'\n")
 
 
@@ -252,8 +256,8 @@ def test_dtrain_launch_open_mpi(fake_mpiexec, version, bind):
                         "--threads", "2", DTRAIN_TIMEOUT="30")
     assert res.returncode == 0, res.stderr
     assert shlex.split(res.stdout) == [
-        exe, "-n", "2", "--oversubscribe", *ROOT, "--bind-to", bind, "-x", "OMP_NUM_THREADS=2",
-        "-x", "OPENBLAS_NUM_THREADS=2", "-x", "MKL_NUM_THREADS=2", "-x", "DTRAIN_TIMEOUT",
+        exe, "-n", "2", "--oversubscribe", *ROOT, "--bind-to", bind,
+        *(item for var in THREAD_VARS for item in ("-x", f"{var}=2")), "-x", "DTRAIN_TIMEOUT",
         "python3", "-m", "dtrain", "train"]
 
 
@@ -268,7 +272,7 @@ def test_dtrain_launch_default_python_and_mpiexec():
 
 @pytest.mark.parametrize("threads, ranks", [(1, 5), (2, 2), (8, 1)])
 def test_dtrain_launch_auto_cpu(monkeypatch, capsys, fake_mpiexec, threads, ranks):
-    monkeypatch.setattr(dl, "cpu_count", lambda: 5)
+    monkeypatch.setattr(dl, "usable_cores", lambda: 5)
     exe = fake_mpiexec(MPICH)
     assert main(["launch", "-n", "auto", "--threads", str(threads), "--dry-run", "--mpiexec", exe,
                  "--python", "python3"]) == 0
@@ -276,9 +280,19 @@ def test_dtrain_launch_auto_cpu(monkeypatch, capsys, fake_mpiexec, threads, rank
     assert out[:3] == [exe, "-n", str(ranks)] and ["-genv", "OMP_NUM_THREADS", str(threads)] == out[3:6]
 
 
-def test_cpu_count_is_the_affinity_mask():
-    expected = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    assert dl.cpu_count() == expected >= 1
+def test_thread_variables_are_the_one_list():
+    """dtrain launch, launch/mpirun.sh and launch/slurm.sbatch set the same variables: dtrain.env's list."""
+    assert env.THREAD_VARIABLES == dl.THREAD_VARIABLES == THREAD_VARS
+    for script in (SCRIPT, SBATCH):
+        lines = [line for line in Path(script).read_text().splitlines() if line.startswith("thread_variables=(")]
+        assert len(lines) == 1, script
+        assert tuple(lines[0][len("thread_variables=("):-1].split()) == THREAD_VARS, script
+
+
+def test_dtrain_launch_auto_counts_usable_cores():
+    """-n auto counts dtrain.env.usable_cores(): the affinity mask (capped by a cgroup CPU quota)."""
+    assert dl.usable_cores is env.usable_cores
+    assert dl.resolve_ranks("auto", "cpu", threads=1) == env.usable_cores() >= 1
 
 
 def test_dtrain_launch_auto_cuda_one_rank_per_visible_gpu(fake_mpiexec):

@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import env
+from ..spec import check_int, is_int
+
 __all__ = [
     "ArrayDataset",
     "DataLoader",
@@ -34,17 +37,6 @@ __all__ = [
     "shard_slice",
     "TensorDataset",
 ]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _check_count(name: str, value: Any, minimum: int) -> int:
-    if not _is_int(value) or value < minimum:
-        expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-    return int(value)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -170,7 +162,7 @@ class Sampler(abc.ABC):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch that the next pass yields (a non-negative integer)."""
-        self.epoch = _check_count("epoch", epoch, 0)
+        self.epoch = check_int("epoch", epoch, 0)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())
@@ -184,7 +176,7 @@ class SequentialSampler(Sampler):
     """
 
     def __init__(self, n: int):
-        self.n = _check_count("n", n, 0)
+        self.n = check_int("n", n, 0)
 
     def __len__(self) -> int:
         return self.n
@@ -215,8 +207,8 @@ class RandomSampler(Sampler):
     """
 
     def __init__(self, n: int, seed: int = 0):
-        self.n = _check_count("n", n, 0)
-        self.seed = _check_count("seed", seed, 0)
+        self.n = check_int("n", n, 0)
+        self.seed = check_int("seed", seed, 0)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -260,12 +252,12 @@ class DataLoader:
 
     def __init__(self, dataset: Any, batch_size: int = 1, shuffle: bool = False, drop_last: bool = False,
                  seed: int = 0, sampler: Any = None, shard: tuple[int, int] | None = None):
-        batch_size = _check_count("batch_size", batch_size, 1)
-        seed = _check_count("seed", seed, 0)
+        batch_size = check_int("batch_size", batch_size, 1)
+        seed = check_int("seed", seed, 0)
         if shard is not None:
             rank, world = shard
-            world = _check_count("shard world size", world, 1)
-            if not isinstance(rank, (int, np.integer)) or not 0 <= rank < world:
+            world = check_int("shard world size", world, 1)
+            if not is_int(rank) or not 0 <= rank < world:
                 raise ValueError(f"DataLoader: shard rank must be in [0, {world}), got {rank!r}")
             shard = (int(rank), world)
         n_samples = len(dataset)
@@ -309,7 +301,7 @@ class DataLoader:
         Call it at the top of each epoch, as with PyTorch's DistributedSampler. Once it has been
         called the loader no longer advances the epoch on its own.
         """
-        self._epoch = _check_count("epoch", epoch, 0)
+        self._epoch = check_int("epoch", epoch, 0)
         self._epoch_fixed = True
         self._sampler_set_epoch(self._epoch)
 
@@ -336,8 +328,8 @@ class DataLoader:
             epoch: non-negative epoch number.
             start_batch: first batch to yield, 0 <= start_batch <= len(loader).
         """
-        epoch = _check_count("epoch", epoch, 0)
-        start_batch = _check_count("start_batch", start_batch, 0)
+        epoch = check_int("epoch", epoch, 0)
+        start_batch = check_int("start_batch", start_batch, 0)
         if start_batch > len(self):
             raise ValueError(f"start_batch {start_batch} is past the end of the epoch ({len(self)} batches)")
         indices = self._epoch_indices(epoch)
@@ -393,18 +385,25 @@ class DistributedSampler(Sampler):
     the data set; ``set_epoch`` reshuffles.
 
     Args:
-        n_samples: size of the data set; num_replicas, rank: the world (dtrain.distributed fills them in).
+        n_samples: size of the data set.
+        num_replicas, rank: the world's size and this process's rank; by default what the launcher
+            (mpiexec, srun) announced in the environment (:func:`dtrain.env.launch_info`), a world of
+            1 without a launcher.
         shuffle: permute per epoch (else 0..n-1); seed: the shared seed.
     """
 
-    def __init__(self, n_samples: int, num_replicas: int, rank: int, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False):
-        self.n = _check_count("n_samples", n_samples, 1)
-        self.num_replicas = _check_count("num_replicas", num_replicas, 1)
-        if not isinstance(rank, (int, np.integer)) or not 0 <= rank < self.num_replicas:
+    def __init__(self, n_samples: int, num_replicas: int | None = None, rank: int | None = None,
+                 shuffle: bool = True, seed: int = 0, drop_last: bool = False):
+        self.n = check_int("n_samples", n_samples, 1)
+        if num_replicas is None:
+            num_replicas = env.world_size()
+        if rank is None:
+            rank = env.world_rank()
+        self.num_replicas = check_int("num_replicas", num_replicas, 1)
+        if not is_int(rank) or not 0 <= rank < self.num_replicas:
             raise ValueError(f"DistributedSampler: rank must be in [0, {self.num_replicas}), got {rank!r}")
         self.rank, self.shuffle, self.drop_last = int(rank), bool(shuffle), bool(drop_last)
-        self.seed = _check_count("seed", seed, 0)
+        self.seed = check_int("seed", seed, 0)
         self.epoch = 0
         if self.drop_last and self.n < self.num_replicas:
             raise ValueError(f"DistributedSampler: drop_last with {self.n} samples over {self.num_replicas} ranks "
@@ -413,7 +412,7 @@ class DistributedSampler(Sampler):
         self.total_size = self.num_samples * self.num_replicas
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = _check_count("epoch", epoch, 0)
+        self.epoch = check_int("epoch", epoch, 0)
 
     def indices(self) -> np.ndarray:
         order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle

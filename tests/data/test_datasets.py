@@ -54,15 +54,15 @@ def test_digits_image_option():
 def test_digits_without_scikit_learn(monkeypatch):
     import sys
 
-    from dtrain.data import datasets
+    from dtrain.data.datasets import builtin
 
-    datasets._digits_arrays.cache_clear()
+    builtin._digits_arrays.cache_clear()
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     try:
         with pytest.raises(DatasetError, match="the digits data set needs scikit-learn: pip install scikit-learn"):
             load_dataset("digits")
     finally:
-        datasets._digits_arrays.cache_clear()
+        builtin._digits_arrays.cache_clear()
 
 
 def test_digits_loads_through_a_loader():
@@ -439,21 +439,22 @@ def test_validate_empty_and_shape_and_nonfinite_test_split():
 def test_zen_fallback_imports_this_silently(monkeypatch, capsys):
     import sys
 
-    from dtrain.data import datasets
+    from dtrain.data.datasets import text as text_module
 
     monkeypatch.delitem(sys.modules, "this", raising=False)
-    monkeypatch.setattr(datasets.importlib.util, "find_spec", lambda name: None)
-    text = datasets._zen_of_python()
+    monkeypatch.setattr(text_module.importlib.util, "find_spec", lambda name: None)
+    text = text_module._zen_of_python()
     assert text.startswith("The Zen of Python, by Tim Peters") and "Namespaces are one honking great idea" in text
     assert capsys.readouterr().out == ""
 
 
 def test_register_a_new_data_set_is_one_function(monkeypatch):
-    from dtrain.data import datasets
+    from dtrain import spec
+    from dtrain.data.datasets import registry
 
-    monkeypatch.setattr(datasets, "_REGISTRY", dict(datasets._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
-    @datasets.register_dataset("ones", usage="ones", arg="options", options={"n": datasets._positive_int})
+    @registry.register_dataset("ones", usage="ones", arg="options", options={"n": spec.integer(minimum=1)})
     def _ones(path, seed, *, n=4):
         x = np.ones((n, 2), np.float32)
         return Splits(ArrayDataset(x, np.zeros(n, np.int64)), ArrayDataset(x, np.zeros(n, np.int64)),
@@ -462,4 +463,4 @@ def test_register_a_new_data_set_is_one_function(monkeypatch):
     assert len(load_dataset("ones:n=6").train) == 6
     assert "ones" in dataset_names()
     with pytest.raises(TypeError, match=r"options \['m'\] do not match the keyword-only parameters"):
-        datasets.register_dataset("bad", usage="bad", arg="options", options={"m": int})(_ones)
+        registry.register_dataset("bad", usage="bad", arg="options", options={"m": int})(_ones)

@@ -61,6 +61,29 @@ def test_bad_arguments(bad, message):
         DistributedSampler(10, **bad)
 
 
+def test_world_defaults_to_the_launchers_environment(monkeypatch):
+    """num_replicas/rank default to what the launcher announced (dtrain.env), a world of 1 without one;
+    dtrain.distributed re-exports this very class."""
+    import dtrain.distributed as dist
+    from dtrain import env
+
+    assert dist.DistributedSampler is DistributedSampler
+    for var in env.LAUNCHER_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    alone = DistributedSampler(10, shuffle=False)
+    assert (alone.num_replicas, alone.rank, alone.indices().tolist()) == (1, 0, list(range(10)))
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "2")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "3")
+    s = DistributedSampler(10, shuffle=False)
+    assert (s.num_replicas, s.rank, s.indices().tolist()) == (3, 2, [2, 5, 8, 1])  # padded from the start
+    assert DistributedSampler(10, rank=0).rank == 0 and DistributedSampler(10, num_replicas=4).rank == 2
+    with pytest.raises(ValueError, match=r"rank must be in \[0, 2\), got 2"):
+        DistributedSampler(10, num_replicas=2)
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "x")
+    with pytest.raises(ValueError, match="environment variable OMPI_COMM_WORLD_SIZE must be an integer >= 1, got 'x'"):
+        DistributedSampler(10)
+
+
 def test_shard_slice_and_sharded_loader_reassemble_the_global_batches():
     assert [shard_slice(10, r, 4) for r in range(4)] == [slice(0, 3), slice(3, 6), slice(6, 8), slice(8, 10)]
     assert [shard_slice(2, r, 3) for r in range(3)] == [slice(0, 1), slice(1, 2), slice(2, 2)]

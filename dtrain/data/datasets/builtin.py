@@ -1,0 +1,100 @@
+"""The built-in generated and bundled data sets: ``digits`` (scikit-learn's 8x8 digits) and ``synthetic``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from ...spec import boolean, choice, integer, real
+from ..dataset import ArrayDataset
+from .registry import DatasetError, Splits, fixed_split, register_dataset, standardise
+
+# ------------------------------------------------------------------------------------------------
+# digits
+# ------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DatasetError("the digits data set needs scikit-learn: pip install scikit-learn") from None
+    bunch = load_digits()
+    x, y = bunch.data.astype(np.float64), bunch.target.astype(np.int64)
+    x.flags.writeable = False
+    y.flags.writeable = False
+    return x, y
+
+
+@register_dataset("digits", usage="digits", arg="options", options={"image": boolean})
+def _load_digits(path: str | None, seed: int, *, image: bool = False) -> Splits:
+    """scikit-learn's 1797 handwritten 8x8 digits; a fixed 1437/360 split, standardised on the training split."""
+    x, y = _digits_arrays()
+    train_idx, test_idx = fixed_split(len(x))
+    x_train, x_test = standardise(x[train_idx], x[test_idx])
+    if image:
+        x_train, x_test = x_train.reshape(-1, 1, 8, 8), x_test.reshape(-1, 1, 8, 8)
+    return Splits(ArrayDataset(x_train, y[train_idx]), ArrayDataset(x_test, y[test_idx]), "classification",
+                  10, tuple(x_train.shape[1:]), "digits")
+
+
+# ------------------------------------------------------------------------------------------------
+# synthetic
+# ------------------------------------------------------------------------------------------------
+
+
+@register_dataset("synthetic", usage="synthetic", arg="options", options={
+    "n": integer(minimum=1), "features": integer(minimum=1), "classes": integer(minimum=1),
+    "outputs": integer(minimum=1), "task": choice("classification", "regression"), "noise": real(minimum=0),
+    "image": integer(minimum=1)})
+def _load_synthetic(path: str | None, seed: int, *, n: int = 10000, features: int | None = None,
+                    classes: int | None = None, outputs: int | None = None, task: str = "classification",
+                    noise: float | None = None, image: int | None = None) -> Splits:
+    """Generated data of any size, deterministic from the seed; the last 20% of the samples are the test split.
+
+    classification: balanced classes, x = (centre[y] + noise * N(0, I)) / sqrt(1 + noise^2) with class
+    centres drawn from N(0, I) (default noise 1.0: learnable, not trivial in few dimensions).
+    regression: x ~ N(0, I), y = x @ W / sqrt(features) + noise * N(0, I), W ~ N(0, 1), shape
+    (n, outputs) (default noise 0.1). image=H makes features H*H and x of shape (n, 1, H, H).
+    """
+    name = "synthetic"
+    if image is not None:
+        if features is not None and features != image * image:
+            raise DatasetError(f"data set '{name}': features={features} contradicts image={image} "
+                               f"(an image has {image * image} features); give one of them")
+        features = image * image
+    features = 64 if features is None else features
+    if n < 2:
+        raise DatasetError(f"data set '{name}': n={n} is too small; need at least 2 samples (train and test)")
+    rng = np.random.default_rng(seed)
+    if task == "classification":
+        if outputs is not None:
+            raise DatasetError(f"data set '{name}': outputs={outputs} applies to task=regression; "
+                               "use classes= for classification")
+        classes = 10 if classes is None else classes
+        if classes < 2:
+            raise DatasetError(f"data set '{name}': classes={classes}; classification needs at least 2")
+        noise = 1.0 if noise is None else noise
+        centres = rng.standard_normal((classes, features))
+        y = rng.permutation(np.arange(n) % classes).astype(np.int64)
+        x = (centres[y] + noise * rng.standard_normal((n, features))) / np.sqrt(1.0 + noise * noise)
+        n_classes: int | None = classes
+    else:
+        if classes is not None:
+            raise DatasetError(f"data set '{name}': classes={classes} applies to task=classification; "
+                               "use outputs= for regression")
+        outputs = 1 if outputs is None else outputs
+        noise = 0.1 if noise is None else noise
+        weight = rng.standard_normal((features, outputs)) / np.sqrt(features)
+        x = rng.standard_normal((n, features))
+        y = (x @ weight + noise * rng.standard_normal((n, outputs))).astype(np.float32)
+        n_classes = None
+    x = x.astype(np.float32)
+    if image is not None:
+        x = x.reshape(n, 1, image, image)
+    n_test = max(1, n // 5)
+    n_train = n - n_test
+    return Splits(ArrayDataset(x[:n_train], y[:n_train]), ArrayDataset(x[n_train:], y[n_train:]), task,
+                  n_classes, tuple(x.shape[1:]), name)
