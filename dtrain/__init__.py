@@ -4,7 +4,7 @@
     x = dt.tensor([[1.0, 2.0]], requires_grad=True)
     (x * x).sum().backward()        # x.grad == [[2., 4.]]
 
-The public API is described in DESIGN.md; dtrain never imports torch.
+The public API is summarised in docs/architecture.md; dtrain never imports torch.
 """
 
 from __future__ import annotations

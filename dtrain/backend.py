@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "accumulation_dtype",
     "Device",
     "as_device",
     "bfloat16",
@@ -253,6 +254,11 @@ def set_default_dtype(dtype) -> None:
 def get_default_dtype() -> np.dtype:
     """The dtype of new floating tensors (float32 unless changed with set_default_dtype)."""
     return _default_dtype
+
+
+def accumulation_dtype(dtype):
+    """The dtype to accumulate sums of ``dtype`` in: float32 for half types, else ``dtype`` itself."""
+    return np.float32 if np.dtype(dtype).itemsize < 4 else dtype
 
 
 def finfo_eps(dtype) -> float:

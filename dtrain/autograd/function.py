@@ -1,4 +1,4 @@
-"""Function: one differentiable primitive, its forward, backward and forward-mode rule side by side.
+"""Function: one differentiable op, its forward, backward and forward-mode rule side by side.
 
 A Function instance *is* the graph node created when the primitive runs on tensors that require
 gradients. It keeps only what its backward needs (``self.saved`` and attributes set in forward), the
@@ -36,7 +36,7 @@ import numpy as np
 
 from ..backend import get_array_module
 
-__all__ = ["Function", "no_grad", "enable_grad", "is_grad_enabled", "set_grad_enabled", "unbroadcast"]
+__all__ = ["Function", "FusedFunction", "no_grad", "enable_grad", "is_grad_enabled", "set_grad_enabled", "unbroadcast"]
 
 
 class _GradMode(threading.local):
@@ -123,7 +123,7 @@ def unbroadcast(g, shape: tuple):
 
 
 class Function:
-    """Base class of every differentiable primitive (see the module docstring for the recipe).
+    """Base class of every differentiable op (see the module docstring for the recipe).
 
     Subclasses define ``forward(self, *arrays, **params) -> array`` and
     ``backward(self, grad) -> array | tuple`` (one entry per tensor input, None where an input gets
@@ -131,7 +131,9 @@ class Function:
     ``Cls.apply(*tensors, **params)``, which records the node when a gradient is needed.
     """
 
-    __slots__ = ("__dict__", "hooks", "in_meta", "needs_grad", "next", "retain", "saved", "seq")
+    # Subclasses have an instance __dict__ for what forward keeps (masks, shapes); the slots are
+    # the attributes every node has, read by the engine on each backward step.
+    __slots__ = ("hooks", "in_meta", "needs_grad", "next", "retain", "saved", "seq")
 
     def __init__(self):
         self.saved = ()
@@ -150,64 +152,104 @@ class Function:
         )
 
     def release(self) -> None:
-        """Drop saved activations and graph edges (called by the engine after this node's backward)."""
+        """Drop saved activations and graph edges (called by the engine after this node's backward).
+
+        Attributes forward set beyond ``saved`` (masks, indices, statistics) go too, so a node kept
+        alive by a tensor the user still holds does not keep its activations.
+        """
         self.saved = None
         self.next = None
-        self.__dict__.clear()
+        vars(self).clear()
 
     @classmethod
     def apply(cls, *inputs, **params):
         """Run the primitive on tensors (or raw arrays, treated as constants); return a Tensor."""
         fn = cls()
-        arrays = []
-        needs_grad = False
-        has_tangent = False
-        first_type = None
-        for t in inputs:
-            if isinstance(t, Tensor):
-                a = t.data
-                needs_grad = needs_grad or t.requires_grad
-                has_tangent = has_tangent or t._tangent is not None
-            else:
-                a = t
-            ta = type(a)
-            if first_type is None:
-                first_type = ta
-            elif ta is not first_type:
-                _check_same_device(cls.__name__, inputs)
-            arrays.append(a)
-        try:
-            if first_type is not np.ndarray and first_type is not None and first_type.__module__.startswith("cupy"):
-                _check_same_device(cls.__name__, inputs)
-                with arrays[0].device:
-                    out = fn.forward(*arrays, **params)
-            else:
-                out = fn.forward(*arrays, **params)
-        except ValueError as exc:  # e.g. shapes that do not broadcast: say which op and which shapes
-            shapes = ", ".join(str(tuple(a.shape)) for a in arrays if hasattr(a, "shape"))
-            raise ValueError(f"op {cls.__name__} on inputs of shapes {shapes}: {exc}") from None
-        if isinstance(out, np.generic):
-            out = np.asarray(out)
-        record = needs_grad and _grad_mode.enabled
-        if record:
-            edges, needs, meta = [], [], []
-            for t, a in zip(inputs, arrays):
-                e = (t._node if t._node is not None else t) if getattr(t, "_requires_grad", False) else None
-                edges.append(e)
-                needs.append(e is not None)
-                meta.append((a.shape, a.dtype) if e is not None else None)
-            fn.next, fn.needs_grad, fn.in_meta = tuple(edges), tuple(needs), tuple(meta)
-            fn.seq = next(_seq)
-            result = Tensor._make(out, True, fn)
+        arrays, needs_grad, has_tangent, array_type = _unpack(cls.__name__, inputs)
+        out = _run_forward(fn, arrays, params, array_type, inputs)
+        if needs_grad and _grad_mode.enabled:
+            result = _record(fn, inputs, arrays, out)
         else:
             result = Tensor._make(out, False, None)
         if has_tangent:
-            tangents = [t._tangent if isinstance(t, Tensor) else None for t in inputs]
-            tan = fn.jvp(*tangents)
-            if tan is not None:
-                tan = _fit_tangent(tan, out)
-            result._tangent = tan
+            result._tangent = _push_tangents(fn, inputs, out)
         return result
+
+
+class FusedFunction(Function):
+    """A Function that computes, as one graph node, what a composition of primitives computes in several.
+
+    Fused ops exist only where one node is measurably faster or more stable than the composition
+    (one backward formula instead of a chain, fewer saved activations). ``composition`` names the
+    primitives it stands for; docs/autograd.md lists every fused op, and tests/autograd/test_fused.py
+    checks each one's values and gradients against its composition. Class names start with
+    ``Fused`` so a fused op can never be mistaken for the nn Module of the same name.
+    """
+
+    __slots__ = ()
+    composition: str = ""
+
+
+def _unpack(op: str, inputs) -> tuple:
+    """Arrays of the inputs, whether any requires grad, whether any carries a tangent, and their array type.
+
+    Inputs of different array types (NumPy and CuPy) raise a clear device error.
+    """
+    arrays = []
+    needs_grad = False
+    has_tangent = False
+    first_type = None
+    for t in inputs:
+        if isinstance(t, Tensor):
+            a = t.data
+            needs_grad = needs_grad or t._requires_grad
+            has_tangent = has_tangent or t._tangent is not None
+        else:
+            a = t
+        ta = type(a)
+        if first_type is None:
+            first_type = ta
+        elif ta is not first_type:
+            _check_same_device(op, inputs)
+        arrays.append(a)
+    return arrays, needs_grad, has_tangent, first_type
+
+
+def _run_forward(fn: Function, arrays: list, params: dict, array_type, inputs):
+    """``fn.forward`` on the arrays (on their GPU when they live on one); errors name the op and shapes."""
+    try:
+        if array_type is not np.ndarray and array_type is not None and array_type.__module__.startswith("cupy"):
+            _check_same_device(fn.name, inputs)
+            with arrays[0].device:
+                out = fn.forward(*arrays, **params)
+        else:
+            out = fn.forward(*arrays, **params)
+    except ValueError as exc:  # e.g. shapes that do not broadcast: say which op and which shapes
+        shapes = ", ".join(str(tuple(a.shape)) for a in arrays if hasattr(a, "shape"))
+        raise ValueError(f"op {fn.name} on inputs of shapes {shapes}: {exc}") from None
+    if isinstance(out, np.generic):
+        out = np.asarray(out)
+    return out
+
+
+def _record(fn: Function, inputs, arrays: list, out):
+    """Make ``fn`` the graph node of the result: its edges, which inputs need a gradient, their meta."""
+    edges, needs, meta = [], [], []
+    for t, a in zip(inputs, arrays):
+        e = (t._node if t._node is not None else t) if getattr(t, "_requires_grad", False) else None
+        edges.append(e)
+        needs.append(e is not None)
+        meta.append((a.shape, a.dtype) if e is not None else None)
+    fn.next, fn.needs_grad, fn.in_meta = tuple(edges), tuple(needs), tuple(meta)
+    fn.seq = next(_seq)
+    return Tensor._make(out, True, fn)
+
+
+def _push_tangents(fn: Function, inputs, out):
+    """Forward mode: the output's tangent from the inputs' (None where an input has none)."""
+    tangents = [t._tangent if isinstance(t, Tensor) else None for t in inputs]
+    tan = fn.jvp(*tangents)
+    return None if tan is None else _fit_tangent(tan, out)
 
 
 def _fit_tangent(tan, out):

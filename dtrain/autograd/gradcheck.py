@@ -50,19 +50,40 @@ def gradcheck(fn: Callable, inputs: Sequence[Tensor] | Tensor, eps: float = 1e-6
 
     Returns True, or raises GradcheckError naming the input, the worst index, and both values.
     """
+    inputs, checked = _checked_inputs(inputs)
+    rng = np.random.default_rng(seed)
+    outs = _outputs(fn(*inputs))
+    xp = get_array_module(inputs[checked[0]].data)
+    vs = [xp.asarray(rng.standard_normal(o.shape)) if o.requires_grad else None for o in outs]
+    analytic = _analytic_grads(inputs, checked, outs, vs)
+    numeric = {}
+    for i in checked:
+        x = inputs[i]
+        numeric[i] = _numeric_grad(fn, inputs, x, vs, eps)
+        a = _host(analytic[i])
+        if a.shape != x.shape:
+            raise GradcheckError(f"gradcheck: gradient of input {i} has shape {a.shape}, input has {x.shape}")
+        _compare(a, numeric[i], atol, rtol, f"input {i}")
+    if check_forward:
+        _check_forward_mode(fn, inputs, checked, vs, numeric, rng, atol, rtol)
+    return True
+
+
+def _checked_inputs(inputs) -> tuple[tuple[Tensor, ...], list[int]]:
+    """The inputs as a tuple of Tensors and the positions of those to check (float64, requires_grad)."""
     inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
     inputs = tuple(x if isinstance(x, Tensor) else Tensor(x) for x in inputs)
-    checked = [i for i, x in enumerate(inputs) if isinstance(x, Tensor) and x.requires_grad]
+    checked = [i for i, x in enumerate(inputs) if x.requires_grad]
     if not checked:
         raise ValueError("gradcheck: no input has requires_grad=True, so there is nothing to check")
     for i in checked:
         if inputs[i].dtype != np.float64:
             raise ValueError(f"gradcheck: input {i} has dtype {inputs[i].dtype}; use float64 inputs")
-    rng = np.random.default_rng(seed)
-    outs = _outputs(fn(*inputs))
-    xp = get_array_module(inputs[checked[0]].data)
-    vs = [xp.asarray(rng.standard_normal(o.shape)) if o.requires_grad else None for o in outs]
+    return inputs, checked
 
+
+def _analytic_grads(inputs, checked: list[int], outs: tuple, vs: list) -> dict:
+    """d sum(v * out) / d input for each checked input, by one backward; the inputs' .grad is left as it was."""
     saved_grads = {i: inputs[i].grad for i in checked}
     for i in checked:
         inputs[i].grad = None
@@ -74,39 +95,37 @@ def gradcheck(fn: Callable, inputs: Sequence[Tensor] | Tensor, eps: float = 1e-6
                 total = term if total is None else total + term
         if total is not None:
             total.backward()
-        analytic = {i: (inputs[i].grad if inputs[i].grad is not None else xp.zeros_like(inputs[i].data))
-                    for i in checked}
+        return {i: (inputs[i].grad if inputs[i].grad is not None else inputs[i].xp.zeros_like(inputs[i].data))
+                for i in checked}
     finally:
         for i in checked:
             inputs[i].grad = saved_grads[i]
 
-    numeric = {}
-    for i in checked:
-        x = inputs[i]
-        num = np.zeros(x.size)
-        for j in range(x.size):
-            idx = np.unravel_index(j, x.shape)  # perturb the input in place, whatever its layout
-            orig = float(x.data[idx])
-            x.data[idx] = orig + eps
-            f_plus = _projected(fn, inputs, vs)
-            x.data[idx] = orig - eps
-            f_minus = _projected(fn, inputs, vs)
-            x.data[idx] = orig
-            num[j] = (f_plus - f_minus) / (2 * eps)
-        numeric[i] = num.reshape(x.shape)
-        a = _host(analytic[i])
-        if a.shape != x.shape:
-            raise GradcheckError(f"gradcheck: gradient of input {i} has shape {a.shape}, input has {x.shape}")
-        _compare(a, numeric[i], atol, rtol, f"input {i}")
 
-    if check_forward:
-        tangents = [xp.asarray(rng.standard_normal(x.shape)) if k in checked else xp.zeros_like(x.data)
-                    for k, x in enumerate(inputs)]
-        _, tans = jvp(fn, list(inputs), tangents)
-        fwd = sum(float((_host(t.data) * _host(v)).sum()) for t, v in zip(_outputs(tans), vs) if v is not None)
-        num_dir = sum(float((numeric[i] * _host(tangents[i])).sum()) for i in checked)
-        _compare(np.array([fwd]), np.array([num_dir]), atol, rtol, "forward-mode (jvp) directional derivative")
-    return True
+def _numeric_grad(fn, inputs, x: Tensor, vs: list, eps: float) -> np.ndarray:
+    """Central differences of sum(v * fn(inputs)) with respect to each entry of ``x`` (one of the inputs)."""
+    num = np.zeros(x.size)
+    for j in range(x.size):
+        idx = np.unravel_index(j, x.shape)  # perturb the input in place, whatever its layout
+        orig = float(x.data[idx])
+        x.data[idx] = orig + eps
+        f_plus = _projected(fn, inputs, vs)
+        x.data[idx] = orig - eps
+        f_minus = _projected(fn, inputs, vs)
+        x.data[idx] = orig
+        num[j] = (f_plus - f_minus) / (2 * eps)
+    return num.reshape(x.shape)
+
+
+def _check_forward_mode(fn, inputs, checked, vs, numeric, rng, atol, rtol) -> None:
+    """sum(v * jvp(fn, inputs, u)) against the numeric directional derivative along random u."""
+    xp = get_array_module(inputs[checked[0]].data)
+    tangents = [xp.asarray(rng.standard_normal(x.shape)) if k in checked else xp.zeros_like(x.data)
+                for k, x in enumerate(inputs)]
+    _, tans = jvp(fn, list(inputs), tangents)
+    fwd = sum(float((_host(t.data) * _host(v)).sum()) for t, v in zip(_outputs(tans), vs) if v is not None)
+    num_dir = sum(float((numeric[i] * _host(tangents[i])).sum()) for i in checked)
+    _compare(np.array([fwd]), np.array([num_dir]), atol, rtol, "forward-mode (jvp) directional derivative")
 
 
 def _host(a) -> np.ndarray:

@@ -2,21 +2,20 @@
 
 ``Tensor.data`` is the NumPy/CuPy array; ``.grad`` is accumulated by backward; ``._node`` is the
 Function that produced it (None for leaves and constants); ``._tangent`` carries the forward-mode
-tangent inside ``jvp``. Operators and methods are thin front ends over the primitives in ``ops``.
+tangent inside ``jvp``. Operators and methods are thin front ends over the ops in ``ops``. The
+factories (``tensor``, ``zeros``, ``randn``, ...) are in ``factories.py``.
 """
 
 from __future__ import annotations
 
-import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
-from .. import backend
 from ..backend import Device, as_device, device_of, get_array_module, is_float_dtype, resolve_dtype
 from . import engine
 
-__all__ = ["Tensor", "tensor", "zeros", "ones", "full", "zeros_like", "ones_like", "randn", "rand", "arange"]
+__all__ = ["Tensor", "shape_args"]
 
 
 class _HookHandle:
@@ -33,7 +32,7 @@ class _HookHandle:
 class Tensor:
     """An n-dimensional array that records the operations applied to it for differentiation.
 
-    Create tensors with :func:`dtrain.tensor`; see DESIGN.md for the full public API.
+    Create tensors with :func:`dtrain.tensor`; see docs/architecture.md for the full public API.
     """
 
     __slots__ = ("__weakref__", "_hooks", "_node", "_post_hooks", "_requires_grad", "_tangent", "data", "grad")
@@ -343,10 +342,10 @@ class Tensor:
         return ops.log_softmax(self, _axis(axis, dim))
 
     def reshape(self, *shape):
-        return ops.reshape(self, _shape_args(shape))
+        return ops.reshape(self, shape_args(shape))
 
     def view(self, *shape):
-        return ops.reshape(self, _shape_args(shape))
+        return ops.reshape(self, shape_args(shape))
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1):
         return ops.flatten(self, start_dim, end_dim)
@@ -358,7 +357,7 @@ class Tensor:
         return ops.unsqueeze(self, axis)
 
     def expand(self, *shape):
-        return ops.broadcast_to(self, _shape_args(shape))
+        return ops.broadcast_to(self, shape_args(shape))
 
     def broadcast_to(self, shape):
         return ops.broadcast_to(self, tuple(shape))
@@ -375,7 +374,7 @@ class Tensor:
         raise TypeError(f"transpose takes no or two dimensions (got {dims}); use permute(*dims) to reorder")
 
     def permute(self, *dims):
-        return ops.permute(self, _shape_args(dims))
+        return ops.permute(self, shape_args(dims))
 
     @property
     def T(self):
@@ -435,7 +434,8 @@ def _keep(keepdims, keepdim):
     return bool(keepdim) if keepdim is not None else bool(keepdims)
 
 
-def _shape_args(shape) -> tuple:
+def shape_args(shape) -> tuple:
+    """A shape given as ``f(2, 3)`` or ``f((2, 3))`` as a tuple of ints."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = shape[0]
     return tuple(int(s) for s in shape)
@@ -445,127 +445,6 @@ def _norm_axis(axis: int, ndim: int) -> int:
     if not -ndim <= axis < max(ndim, 1):
         raise IndexError(f"dimension {axis} out of range for a tensor with {ndim} dimensions")
     return axis % max(ndim, 1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Creating tensors
-# ---------------------------------------------------------------------------------------------
-
-
-def _infer_dtype(data):
-    """torch's rule: Python floats -> the default dtype, ints -> int64, bools -> bool."""
-    arr = np.asarray(data)
-    if arr.dtype.kind == "f":
-        return backend.get_default_dtype()
-    if arr.dtype.kind in "iu":
-        return np.dtype(np.int64)
-    if arr.dtype.kind == "b":
-        return np.dtype(bool)
-    raise ValueError(f"cannot make a tensor from data of dtype {arr.dtype}: expected numbers or bools")
-
-
-def tensor(data, requires_grad: bool = False, dtype=None, device=None) -> Tensor:
-    """Create a leaf tensor from a list, scalar, NumPy/CuPy array or Tensor (data is copied).
-
-    Args:
-        data: the values. NumPy/CuPy arrays keep their dtype; Python floats get the default dtype
-            (float32 unless ``set_default_dtype`` changed it), Python ints int64.
-        requires_grad: record operations on it so backward fills ``.grad`` (floating dtypes only).
-        dtype: optional dtype (name, NumPy dtype, or ``dtrain.bfloat16``).
-        device: "cpu" (default: where the data already is), "cuda" or "cuda:i".
-
-    >>> tensor([1.0, 2.0], requires_grad=True).shape
-    (2,)
-    """
-    if isinstance(data, Tensor):
-        data = data.data
-    if dtype is not None:
-        dt = resolve_dtype(dtype)
-    elif hasattr(data, "dtype") and hasattr(data, "shape"):
-        dt = resolve_dtype(data.dtype)
-    else:
-        dt = _infer_dtype(data)
-    if device is None:
-        dev = device_of(data) if hasattr(data, "shape") else backend.CPU
-    else:
-        dev = as_device(device)
-    if dev.type == "cpu":
-        if hasattr(data, "__cuda_array_interface__"):
-            data = data.get()
-        arr = np.array(data, dtype=dt, copy=True)
-    else:
-        with dev.context():
-            arr = dev.xp.array(data, dtype=dt, copy=True)
-    return Tensor(arr, requires_grad=requires_grad)
-
-
-def _filled(shape: tuple, value, dtype, device, requires_grad):
-    dev = as_device(device)
-    dt = resolve_dtype(dtype) if dtype is not None else backend.get_default_dtype()
-    with dev.context():
-        arr = dev.xp.full(shape, value, dtype=dt)
-    return Tensor(arr, requires_grad=requires_grad)
-
-
-def zeros(*shape, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
-    """A tensor of zeros (default dtype unless given)."""
-    return _filled(_shape_args(shape), 0, dtype, device, requires_grad)
-
-
-def ones(*shape, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
-    """A tensor of ones (default dtype unless given)."""
-    return _filled(_shape_args(shape), 1, dtype, device, requires_grad)
-
-
-def full(shape, fill_value, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
-    """A tensor of ``shape`` filled with ``fill_value``."""
-    return _filled((int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(n) for n in shape),
-                   fill_value, dtype, device, requires_grad)
-
-
-def zeros_like(t: Tensor, dtype=None, requires_grad: bool = False) -> Tensor:
-    return zeros(t.shape, dtype=dtype or t.dtype, device=t.device, requires_grad=requires_grad)
-
-
-def ones_like(t: Tensor, dtype=None, requires_grad: bool = False) -> Tensor:
-    return ones(t.shape, dtype=dtype or t.dtype, device=t.device, requires_grad=requires_grad)
-
-
-def randn(*shape, dtype=None, device=None, requires_grad: bool = False, generator=None) -> Tensor:
-    """Standard-normal samples from ``generator`` (default: ``dtrain.manual_seed``'s)."""
-    gen = generator or backend.default_generator
-    dt = resolve_dtype(dtype) if dtype is not None else backend.get_default_dtype()
-    arr = gen.normal(_shape_args(shape), dt, device).astype(dt)
-    return Tensor(arr, requires_grad=requires_grad)
-
-
-def rand(*shape, dtype=None, device=None, requires_grad: bool = False, generator=None) -> Tensor:
-    """Uniform [0, 1) samples from ``generator`` (default: ``dtrain.manual_seed``'s)."""
-    gen = generator or backend.default_generator
-    dt = resolve_dtype(dtype) if dtype is not None else backend.get_default_dtype()
-    arr = gen.uniform(_shape_args(shape), dt, device).astype(dt)
-    return Tensor(arr, requires_grad=requires_grad)
-
-
-def arange(start, stop=None, step=1, dtype=None, device=None) -> Tensor:
-    """Evenly spaced values, like numpy.arange (int64 for integer arguments)."""
-    if stop is None:
-        start, stop = 0, start
-    ints = all(isinstance(v, numbers.Integral) for v in (start, stop, step))
-    dt = resolve_dtype(dtype) if dtype is not None else (np.dtype(np.int64) if ints else backend.get_default_dtype())
-    dev = as_device(device)
-    with dev.context():
-        return Tensor(dev.xp.arange(start, stop, step, dtype=dt))
-
-
-def as_tensor_args(values: Sequence) -> list:
-    """Helper for ops taking lists of tensors: validate that each entry is a Tensor."""
-    out = []
-    for i, v in enumerate(values):
-        if not isinstance(v, Tensor):
-            raise TypeError(f"expected a sequence of Tensors, entry {i} is {type(v).__name__}")
-        out.append(v)
-    return out
 
 
 from . import ops  # noqa: E402  (ops need Tensor defined first)

@@ -75,6 +75,9 @@ class Module:
     # Registered values are also kept in the instance __dict__, so reading ``self.weight`` on the
     # hot path is a plain attribute lookup; the ordered registries remember names and order.
     def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(getattr(type(self), name, None), property):  # a subclass's settable property
+            object.__setattr__(self, name, value)
+            return
         d = self.__dict__
         if "_parameters" not in d:
             raise AttributeError(f"call super().__init__() in {type(self).__name__}.__init__ before assigning "

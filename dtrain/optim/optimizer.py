@@ -29,6 +29,7 @@ import numpy as np
 from ..autograd.function import enable_grad
 from ..autograd.tensor import Tensor
 from ..backend import device_of, get_array_module, to_device
+from ..spec import is_real
 
 __all__ = ["Optimizer", "check_bool", "check_number", "zero_grads"]
 
@@ -55,7 +56,7 @@ def check_number(name: str, value, *, positive: bool = False, low=0.0, high=None
         expected = f"a number in [{low:g}, {high:g}{')' if high_open else ']'}"
     else:
         expected = f"a finite number >= {low:g}"
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not is_real(value):
         raise ValueError(f"{name} must be {expected}, got {value!r}")
     v = float(value)
     ok = math.isfinite(v) and (v > low if positive else v >= low)
@@ -88,7 +89,6 @@ def _is_array(v) -> bool:
     return hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, np.generic)
 
 
-
 def zero_grads(params, set_to_none: bool = True) -> None:
     """Drop (``set_to_none``) or zero in place the gradients of ``params`` (what ``zero_grad`` does)."""
     for p in params:
@@ -98,6 +98,7 @@ def zero_grads(params, set_to_none: bool = True) -> None:
             p.grad = None
         else:
             p.grad.fill(0)
+
 
 class Optimizer:
     """Base class for optimizers; subclasses implement ``_update`` and ``_check_hyperparameters``.
@@ -349,8 +350,20 @@ class Optimizer:
             raise ValueError(f"loaded state_dict has {len(saved_groups)} param group(s), "
                              f"but the optimizer has {len(self.param_groups)}")
 
+        new_groups, by_index = self._loaded_groups(saved_groups)
+        new_state = self._loaded_state(state_dict["state"], by_index)
+        for group, new in zip(self.param_groups, new_groups):
+            params = group["params"]
+            group.clear()  # keep the dict objects: schedulers and wrappers may hold them
+            group.update(new)
+            group["params"] = params
+        self.state = defaultdict(dict, new_state)
+
+    def _loaded_groups(self, saved_groups: list) -> tuple[list[dict[str, Any]], dict[int, tuple]]:
+        """Validated hyperparameters of each saved group, and saved parameter index -> (param, group
+        number, position in the group, new group dict). Changes nothing."""
         new_groups: list[dict[str, Any]] = []
-        by_index: dict[int, tuple[Tensor, int, int, dict]] = {}  # saved index -> (param, group, position, group)
+        by_index: dict[int, tuple[Tensor, int, int, dict]] = {}
         for g, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
             if not isinstance(saved, dict) or "params" not in saved:
                 raise ValueError(f"loaded param group {g} has no 'params' key")
@@ -376,9 +389,12 @@ class Optimizer:
                     raise ValueError(f"loaded param group {g} repeats parameter index {key}")
                 by_index[key] = (p, g, pos, new)
             new_groups.append(new)
+        return new_groups, by_index
 
+    def _loaded_state(self, saved_state: dict, by_index: dict[int, tuple]) -> dict[Tensor, dict[str, Any]]:
+        """The per-parameter state of a saved ``"state"`` dict, keyed by this optimizer's Tensors."""
         new_state: dict[Tensor, dict[str, Any]] = {}
-        for raw_key, entry in state_dict["state"].items():
+        for raw_key, entry in saved_state.items():
             try:
                 key = int(raw_key)
             except (TypeError, ValueError):
@@ -394,13 +410,7 @@ class Optimizer:
             if absent:
                 raise ValueError(f"{where} is missing key(s) {absent}")
             new_state[p] = {k: self._load_state_value(p, k, v, where) for k, v in entry.items()}
-
-        for group, new in zip(self.param_groups, new_groups):
-            params = group["params"]
-            group.clear()  # keep the dict objects: schedulers and wrappers may hold them
-            group.update(new)
-            group["params"] = params
-        self.state = defaultdict(dict, new_state)
+        return new_state
 
     def _load_state_value(self, p: Tensor, key: str, value, where: str):
         if key in self._scalar_state_keys:

@@ -352,6 +352,7 @@ UNARY = [
     case("sqrt", dt.sqrt, torch.sqrt, pos(3, 4)),
     case("sqrt-method", lambda x: x.sqrt(), None, pos(4)),
     case("abs", dt.abs, torch.abs, _U),
+    case("erf", dt.autograd.ops.erf, torch.erf, _U),
     case("abs-operator", abs, None, _U),
     case("clip-both", lambda x: x.clip(-0.5, 0.5), lambda x: torch.clamp(x, -0.5, 0.5), _U),
     case("clip-min-only", lambda x: x.clip(min=0.0), lambda x: torch.clamp(x, min=0.0), _U),

@@ -221,7 +221,7 @@ def test_matches_torch(cls, ref, torch_name, kwargs):
 def test_param_groups_with_different_hyperparameters(cls, torch_name, group_kwargs):
     p0, grads = _initial(), _grads()
     params = _params(p0)
-    # lr is required by SGD's constructor (as DESIGN.md spells it); both groups override it.
+    # lr is required by SGD's constructor (as docs/architecture.md spells it); both groups override it.
     opt = cls([{"params": [params[0]], **group_kwargs[0]}, {"params": [params[1]], **group_kwargs[1]}], lr=1.0)
     assert [g["lr"] for g in opt.param_groups] == [kw["lr"] for kw in group_kwargs]
     ours = _run(opt, params, grads)

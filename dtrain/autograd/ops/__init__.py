@@ -1,34 +1,15 @@
-"""The differentiable primitives and their functional front ends.
+"""The differentiable ops and their functional front ends.
 
-Each module groups primitives by concept; every primitive is one Function subclass with forward,
-backward and jvp side by side. The functions exported here are what Tensor methods, ``dtrain.*`` and
-``dtrain.nn.functional`` call.
+Each module groups ops by concept; every op is one Function subclass with forward, backward and jvp
+side by side. Primitives are the small basis (arithmetic, exp/log/sqrt/abs/erf/pow, clip/where,
+sum/mean/max, matmul, shape, casts); ops named ``Fused*`` (``FusedFunction``) compute a composition
+of primitives in one node because that is faster or more stable (docs/autograd.md has the table).
+The functions exported here are what Tensor methods, ``dtrain.*`` and ``dtrain.nn.functional`` call.
 """
 
+from .activation import elu, gelu, leaky_relu, relu, sigmoid, silu, tanh
 from .conv import avg_pool2d, conv2d, max_pool2d
-from .elementwise import (
-    abs,
-    add,
-    cast,
-    clip,
-    compare,
-    div,
-    elu,
-    exp,
-    gelu,
-    leaky_relu,
-    log,
-    mul,
-    neg,
-    pow,
-    relu,
-    sigmoid,
-    silu,
-    sqrt,
-    sub,
-    tanh,
-    where,
-)
+from .elementwise import abs, add, cast, clip, compare, div, erf, exp, log, mul, neg, pow, sqrt, sub, where
 from .elementwise import to_device_op as to_device
 from .linalg import linear, matmul
 from .nn import (
@@ -47,7 +28,7 @@ from .shape import broadcast_to, concat, flatten, getitem, pad, permute, reshape
 __all__ = [
     "abs", "add", "amax", "amin", "avg_pool2d", "batch_norm", "binary_cross_entropy_with_logits",
     "broadcast_to", "cast", "clip", "compare", "concat", "conv2d", "cross_entropy", "div", "dropout",
-    "elu", "embedding", "exp", "flatten", "gelu", "getitem", "layer_norm", "leaky_relu", "linear",
+    "elu", "embedding", "erf", "exp", "flatten", "gelu", "getitem", "layer_norm", "leaky_relu", "linear",
     "log", "log_softmax", "logsumexp", "matmul", "max_pool2d", "mean", "mse_loss", "mul", "neg",
     "nll_loss", "pad", "permute", "pow", "relu", "reshape", "scaled_dot_product_attention", "sigmoid",
     "silu", "softmax", "sqrt", "squeeze", "stack", "sub", "sum", "tanh", "to_device", "unsqueeze",

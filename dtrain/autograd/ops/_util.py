@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from ...backend import get_array_module, get_default_dtype, is_float_dtype
+from ...backend import accumulation_dtype, get_array_module, get_default_dtype, is_float_dtype
 from ..tensor import Tensor
 
 
@@ -43,6 +43,16 @@ def as_tensor(x, like: Tensor | None = None) -> Tensor:
             arr = like.xp.asarray(arr)
         return Tensor._make(arr, False, None)
     raise TypeError(f"unsupported operand of type {type(x).__name__}: expected a Tensor, array or number")
+
+
+def as_tensor_args(values) -> list:
+    """The entries of a sequence of Tensors (for concat, stack), or TypeError naming the first that is not one."""
+    out = []
+    for i, v in enumerate(values):
+        if not isinstance(v, Tensor):
+            raise TypeError(f"expected a sequence of Tensors, entry {i} is {type(v).__name__}")
+        out.append(v)
+    return out
 
 
 def pair(a, b) -> tuple[Tensor, Tensor]:
@@ -103,6 +113,4 @@ def tsum(*terms):
     return out
 
 
-def acc_dtype(dtype):
-    """dtype to accumulate reductions of ``dtype`` in: float32 for half types."""
-    return np.float32 if np.dtype(dtype).itemsize < 4 else dtype
+acc_dtype = accumulation_dtype  # the ops' short name for dtrain.backend.accumulation_dtype

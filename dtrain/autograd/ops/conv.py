@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..autocast import cast_inputs
-from ..function import Function
+from ..function import FusedFunction
 from ..tensor import Tensor
 from ._util import tsum, xp_of
 from .linalg import mm
@@ -62,7 +62,9 @@ def _unpad(gx, p, shape):
     return gx[:, :, p[0] : p[0] + shape[2], p[1] : p[1] + shape[3]]
 
 
-class Conv2d(Function):
+class FusedConv2d(FusedFunction):
+    composition = "pad, strided getitem per kernel offset, stack, reshape, matmul with the weight (per group), + b"
+
     def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
         self.cfg = (stride, padding, dilation, groups)
         self.x_shape = x.shape
@@ -162,10 +164,10 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
     args = (x, weight) if bias is None else (x, weight, bias)
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"conv2d: bias shape {bias.shape} != ({weight.shape[0]},)")
-    return Conv2d.apply(*args, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return FusedConv2d.apply(*args, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
-class _Pool(Function):
+class _FusedPool(FusedFunction):
     def _setup(self, x, kernel, stride, padding, dilation):
         self.x_shape, self.k, self.s, self.p, self.d = x.shape, kernel, stride, padding, dilation
         self.out_hw = tuple(_out_size(x.shape[2 + a], kernel[a], stride[a], padding[a], dilation[a]) for a in (0, 1))
@@ -176,7 +178,9 @@ class _Pool(Function):
         return _unpad(gxp, self.p, self.x_shape)
 
 
-class MaxPool2d(_Pool):
+class FusedMaxPool2d(_FusedPool):
+    composition = "pad with -inf, strided getitem per window offset, stack, amax over the window"
+
     def forward(self, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0), dilation=(1, 1)):
         self._setup(x, kernel, stride, padding, dilation)
         xp = xp_of(x)
@@ -201,7 +205,9 @@ class MaxPool2d(_Pool):
         return xp.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
 
 
-class AvgPool2d(_Pool):
+class FusedAvgPool2d(_FusedPool):
+    composition = "pad, strided getitem per window offset, sum, / window size (or the count of real pixels)"
+
     def forward(self, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0), count_include_pad=True):
         self._setup(x, kernel, stride, padding, (1, 1))
         xp = xp_of(x)
@@ -244,10 +250,10 @@ def _pool_args(x: Tensor, kernel_size, stride, padding, name: str):
 def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1) -> Tensor:
     """Max over windows (torch's F.max_pool2d; stride defaults to kernel_size)."""
     k, s, p = _pool_args(x, kernel_size, stride, padding, "max_pool2d")
-    return MaxPool2d.apply(x, kernel=k, stride=s, padding=p, dilation=_pair(dilation, "dilation"))
+    return FusedMaxPool2d.apply(x, kernel=k, stride=s, padding=p, dilation=_pair(dilation, "dilation"))
 
 
 def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0, count_include_pad: bool = True) -> Tensor:
     """Mean over windows (torch's F.avg_pool2d; stride defaults to kernel_size)."""
     k, s, p = _pool_args(x, kernel_size, stride, padding, "avg_pool2d")
-    return AvgPool2d.apply(x, kernel=k, stride=s, padding=p, count_include_pad=count_include_pad)
+    return FusedAvgPool2d.apply(x, kernel=k, stride=s, padding=p, count_include_pad=count_include_pad)

@@ -1,17 +1,18 @@
-"""Elementwise primitives: arithmetic, math functions, activations, where, casts.
+"""Elementwise primitives: arithmetic, math functions (exp, log, sqrt, abs, erf), clip, where, casts.
 
 Binary ops compute their gradients at the broadcast shape; the engine reduces them to each input's
-shape. Each class holds forward, backward and the forward-mode rule (jvp) together.
+shape. Each class holds forward, backward and the forward-mode rule (jvp) together. The fused
+activations built from these (relu, sigmoid, gelu, ...) are in ``activation.py``.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
 from ...backend import Device, device_of, get_array_module, to_device
+from ...spec import is_real
 from ..function import Function
 from ..tensor import Tensor
 from ._util import as_tensor, pair, tsum, xp_of
@@ -161,13 +162,13 @@ def neg(a) -> Tensor:
 
 def pow(a, b) -> Tensor:
     """a ** b: a constant number exponent uses a cheaper primitive than a tensor exponent."""
-    if isinstance(a, Tensor) and isinstance(b, numbers.Real) and not isinstance(b, bool):
+    if isinstance(a, Tensor) and is_real(b):
         return PowConst.apply(a, p=b)
     return Pow.apply(*pair(a, b))
 
 
 # ---------------------------------------------------------------------------------------------
-# Math functions and activations (one input)
+# Math functions (one input)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -242,140 +243,39 @@ class Clip(Function):
     jvp = backward
 
 
-class Tanh(Function):
-    def forward(self, x):
-        y = xp_of(x).tanh(x)
-        self.saved = (y,)
-        return y
-
-    def backward(self, g):
-        y = self.saved[0]
-        return g * (1 - y * y)
-
-    jvp = backward
-
-
-def _sigmoid(xp, x):
-    """Overflow-free logistic function (exact in both tails)."""
-    e = xp.exp(-xp.abs(x))
-    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
-
-
-class Sigmoid(Function):
-    def forward(self, x):
-        y = _sigmoid(xp_of(x), x)
-        self.saved = (y,)
-        return y
-
-    def backward(self, g):
-        y = self.saved[0]
-        return g * (y * (1 - y))
-
-    jvp = backward
-
-
-class ReLU(Function):
-    def forward(self, x):
-        y = xp_of(x).maximum(x, 0)
-        self.saved = (y,)
-        return y
-
-    def backward(self, g):
-        return g * (self.saved[0] > 0)
-
-    jvp = backward
-
-
-class LeakyReLU(Function):
-    def forward(self, x, negative_slope=0.01):
-        xp = xp_of(x)
-        pos = x > 0
-        self.slope = negative_slope
-        self.saved = (pos,)
-        return xp.where(pos, x, x * negative_slope)
-
-    def backward(self, g):
-        return xp_of(g).where(self.saved[0], g, g * self.slope)
-
-    jvp = backward
-
-
-class ELU(Function):
-    def forward(self, x, alpha=1.0):
-        xp = xp_of(x)
-        pos = x > 0
-        neg = alpha * xp.expm1(xp.minimum(x, 0))  # minimum: no overflow in the unused branch
-        self.saved = (pos, neg)
-        self.alpha = alpha
-        return xp.where(pos, x, neg).astype(x.dtype, copy=False)
-
-    def backward(self, g):
-        pos, neg = self.saved
-        return xp_of(g).where(pos, g, g * (neg + self.alpha))
-
-    jvp = backward
-
-
-def _erf(xp, x):
-    """Vectorised error function: SciPy/CuPy's where available, else math.erf elementwise."""
+def erf_array(xp, x):
+    """Vectorised error function of an array: SciPy/CuPy's where available, else math.erf elementwise."""
     if xp is not np:
         import cupyx.scipy.special
 
         return cupyx.scipy.special.erf(x)
     try:
-        from scipy.special import erf
+        from scipy.special import erf as scipy_erf
 
-        return erf(x)
+        return scipy_erf(x)
     except ImportError:
         return np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype, copy=False)
 
 
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 
 
-class GELU(Function):
-    """x·Φ(x) (approximate="none") or its tanh approximation (approximate="tanh")."""
+class Erf(Function):
+    """The error function; d erf(x)/dx = 2/sqrt(pi) * exp(-x**2). GELU is built on it."""
 
-    def forward(self, x, approximate="none"):
-        xp = xp_of(x)
+    def forward(self, x):
         self.saved = (x,)
-        self.approximate = approximate
-        if approximate == "tanh":
-            t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
-            self.t = t
-            return (0.5 * x * (1 + t)).astype(x.dtype, copy=False)
-        cdf = 0.5 * (1 + _erf(xp, x * _INV_SQRT_2))
-        self.cdf = cdf
-        return (x * cdf).astype(x.dtype, copy=False)
+        return erf_array(xp_of(x), x).astype(x.dtype, copy=False)
 
     def _dydx(self):
         (x,) = self.saved
-        xp = xp_of(x)
-        if self.approximate == "tanh":
-            t = self.t
-            return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
-        return self.cdf + x * (_INV_SQRT_2PI * xp.exp(-0.5 * x * x))
+        return _TWO_OVER_SQRT_PI * xp_of(x).exp(-x * x)
 
     def backward(self, g):
         return g * self._dydx()
 
     def jvp(self, t):
         return t * self._dydx()
-
-
-class SiLU(Function):
-    def forward(self, x):
-        s = _sigmoid(xp_of(x), x)
-        self.saved = (x, s)
-        return x * s
-
-    def backward(self, g):
-        x, s = self.saved
-        return g * (s * (1 + x * (1 - s)))
-
-    jvp = backward
 
 
 def exp(x) -> Tensor:
@@ -403,34 +303,9 @@ def clip(x, min=None, max=None) -> Tensor:
     return Clip.apply(as_tensor(x), lo=lo, hi=hi)
 
 
-def tanh(x) -> Tensor:
-    return Tanh.apply(as_tensor(x))
-
-
-def sigmoid(x) -> Tensor:
-    return Sigmoid.apply(as_tensor(x))
-
-
-def relu(x) -> Tensor:
-    return ReLU.apply(as_tensor(x))
-
-
-def leaky_relu(x, negative_slope: float = 0.01) -> Tensor:
-    return LeakyReLU.apply(as_tensor(x), negative_slope=negative_slope)
-
-
-def elu(x, alpha: float = 1.0) -> Tensor:
-    return ELU.apply(as_tensor(x), alpha=alpha)
-
-
-def gelu(x, approximate: str = "none") -> Tensor:
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    return GELU.apply(as_tensor(x), approximate=approximate)
-
-
-def silu(x) -> Tensor:
-    return SiLU.apply(as_tensor(x))
+def erf(x) -> Tensor:
+    """The error function, elementwise."""
+    return Erf.apply(as_tensor(x))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..autocast import cast_inputs
-from ..function import Function
+from ..function import Function, FusedFunction
 from ..tensor import Tensor
 from ._util import pair, tsum
 
@@ -70,8 +70,10 @@ def matmul(a, b) -> Tensor:
     return Matmul.apply(a, b)
 
 
-class Linear(Function):
+class FusedLinear(FusedFunction):
     """y = x @ w.T + b, fused: the weight gradient comes out C-contiguous in w's own layout."""
+
+    composition = "matmul(x, permute(w)) + b"
 
     def forward(self, x, w, b=None):
         self.saved = (x, w)
@@ -109,5 +111,5 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if bias is not None:
         if bias.shape != (weight.shape[0],):
             raise ValueError(f"linear: bias shape {bias.shape} != ({weight.shape[0]},)")
-        return Linear.apply(x, weight, bias)
-    return Linear.apply(x, weight)
+        return FusedLinear.apply(x, weight, bias)
+    return FusedLinear.apply(x, weight)

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from ... import backend
-from ..function import Function
+from ..function import FusedFunction
 from ..tensor import Tensor
 from ._util import acc_dtype, as_tensor, scatter_add, xp_of
 from .elementwise import mul, where
@@ -27,7 +27,9 @@ _REDUCTIONS = ("mean", "sum", "none")
 # ---------------------------------------------------------------------------------------------
 
 
-class Dropout(Function):
+class FusedDropout(FusedFunction):
+    composition = "x * mask (mask: 0 or 1/(1-p), a constant); fused so that only the mask is saved, not x"
+
     def forward(self, x, p=0.5, generator=None):
         keep = generator.uniform(x.shape, x.dtype, backend.device_of(x)) >= p
         scale = xp_of(x).asarray(1.0 / (1.0 - p), dtype=x.dtype)
@@ -53,10 +55,12 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, generator=None) ->
         return x
     if p == 1.0:
         return x * 0.0
-    return Dropout.apply(x, p=p, generator=generator or backend.default_generator)
+    return FusedDropout.apply(x, p=p, generator=generator or backend.default_generator)
 
 
-class Embedding(Function):
+class FusedEmbedding(FusedFunction):
+    composition = "weight[indices] (getitem), with no gradient into the padding_idx row"
+
     def forward(self, w, indices=None, padding_idx=None):
         self.w_shape, self.indices, self.padding_idx = w.shape, indices, padding_idx
         return w[indices]
@@ -90,7 +94,7 @@ def embedding(indices, weight: Tensor, padding_idx: int | None = None) -> Tensor
         raise IndexError(f"embedding index {bad} is out of range for {n} embeddings")
     if padding_idx is not None and padding_idx < 0:
         padding_idx += n
-    return Embedding.apply(weight, indices=idx, padding_idx=padding_idx)
+    return FusedEmbedding.apply(weight, indices=idx, padding_idx=padding_idx)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +158,7 @@ def _grad_scale(xp, g, reduction, denom, shape):
     return g / denom if denom else g * np.nan
 
 
-class _ClassLoss(Function):
+class _FusedClassLoss(FusedFunction):
     """Shared part of nll_loss and cross_entropy over (M, C) log-probabilities.
 
     The per-sample loss is ``-(1-eps) w[t] lp[t] - eps/C * sum_c w_c lp_c`` (eps = label
@@ -214,7 +218,9 @@ def _sample_shape(shape):
     return (shape[0],) + tuple(shape[2:])
 
 
-class CrossEntropy(_ClassLoss):
+class FusedCrossEntropy(_FusedClassLoss):
+    composition = "nll_loss(log_softmax(x, dim=1)) (label smoothing, class weights, ignore_index)"
+
     def forward(self, x, target=None, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
         xp = xp_of(x)
         self.shape, self.dtype = x.shape, x.dtype
@@ -248,7 +254,9 @@ class CrossEntropy(_ClassLoss):
         return out.reshape(_sample_shape(self.shape)) if self.reduction == "none" else out
 
 
-class NLLLoss(_ClassLoss):
+class FusedNLLLoss(_FusedClassLoss):
+    composition = "-sum(w[t] * lp[i, t]) / sum(w[t]): a gather (getitem), products and sums"
+
     def forward(self, lp, target=None, weight=None, ignore_index=-100, reduction="mean"):
         xp = xp_of(lp)
         self.shape = lp.shape
@@ -306,7 +314,7 @@ def cross_entropy(input: Tensor, target, weight=None, ignore_index: int = -100, 
     c = input.shape[0] if input.ndim == 1 else input.shape[1]
     _check_class_range(t, c, ignore_index, "cross_entropy")
     w = _weight_array(weight, c, input, "cross_entropy")
-    return CrossEntropy.apply(input, target=t, weight=w, ignore_index=ignore_index, reduction=reduction,
+    return FusedCrossEntropy.apply(input, target=t, weight=w, ignore_index=ignore_index, reduction=reduction,
                               label_smoothing=label_smoothing)
 
 
@@ -319,7 +327,7 @@ def nll_loss(input: Tensor, target, weight=None, ignore_index: int = -100, reduc
     c = input.shape[0] if input.ndim == 1 else input.shape[1]
     _check_class_range(t, c, ignore_index, "nll_loss")
     w = _weight_array(weight, c, input, "nll_loss")
-    return NLLLoss.apply(input, target=t, weight=w, ignore_index=ignore_index, reduction=reduction)
+    return FusedNLLLoss.apply(input, target=t, weight=w, ignore_index=ignore_index, reduction=reduction)
 
 
 def _weight_array(weight, c: int, like: Tensor, name: str):
@@ -344,8 +352,10 @@ def mse_loss(input: Tensor, target, reduction: str = "mean") -> Tensor:
     return sq.sum() if reduction == "sum" else sq.mean()
 
 
-class BCEWithLogits(Function):
+class FusedBCEWithLogits(FusedFunction):
     """(1-y)·x + lw·softplus(-x), lw = 1 + (pos_weight-1)·y, computed without overflow."""
+
+    composition = "(1 - y) * x + lw * (log(1 + exp(-abs(x))) + clip(-x, min=0)), lw = 1 + (pos_weight - 1) * y"
 
     def forward(self, x, y, weight=None, pos_weight=None, reduction="mean"):
         xp = xp_of(x)
@@ -398,4 +408,4 @@ def binary_cross_entropy_with_logits(input: Tensor, target, weight=None, reducti
     w = weight.data if isinstance(weight, Tensor) else (None if weight is None else input.xp.asarray(weight))
     pw = pos_weight.data if isinstance(pos_weight, Tensor) else (
         None if pos_weight is None else input.xp.asarray(pos_weight))
-    return BCEWithLogits.apply(input, target, weight=w, pos_weight=pw, reduction=reduction)
+    return FusedBCEWithLogits.apply(input, target, weight=w, pos_weight=pw, reduction=reduction)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..function import Function
+from ..function import FusedFunction
 from ..tensor import Tensor
 from ._util import acc_dtype, tsum, xp_of
 
@@ -29,7 +29,7 @@ def _normalize_backward(gxhat, xhat, invstd, axes):
                      - xhat * (gxhat * xhat).mean(axis=axes, keepdims=True))
 
 
-class _Norm(Function):
+class _FusedNorm(FusedFunction):
     """Shared affine/backward/jvp of batch and layer norm; subclasses say how stats are taken."""
 
     def _affine(self, xhat, w, b, dtype):
@@ -73,8 +73,10 @@ class _Norm(Function):
                     None if tb is None else self._param_view(tb))
 
 
-class BatchNorm(_Norm):
+class FusedBatchNorm(_FusedNorm):
     """Normalise over every axis but the channel axis 1; running statistics updated in place."""
+
+    composition = "(x - mean(x)) / sqrt(var(x) + eps) * w + b over (N, H, W), or the running statistics in eval"
 
     def forward(self, x, *wb, has_w=False, has_b=False, running_mean=None, running_var=None,
                 training=False, momentum=0.1, eps=1e-5):
@@ -107,8 +109,10 @@ class BatchNorm(_Norm):
         return full.sum(axis=self.axes)
 
 
-class LayerNorm(_Norm):
+class FusedLayerNorm(_FusedNorm):
     """Normalise over the trailing ``len(normalized_shape)`` axes."""
+
+    composition = "(x - mean(x)) / sqrt(var(x) + eps) * w + b over the trailing axes"
 
     batch_stats = True
 
@@ -148,7 +152,7 @@ def batch_norm(x: Tensor, running_mean=None, running_var=None, weight: Tensor | 
     if training and x.size // c <= 1:
         raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input {x.shape}")
     inputs = [x] + [t for t in (weight, bias) if t is not None]
-    return BatchNorm.apply(*inputs, has_w=weight is not None, has_b=bias is not None,
+    return FusedBatchNorm.apply(*inputs, has_w=weight is not None, has_b=bias is not None,
                            running_mean=_array(running_mean), running_var=_array(running_var),
                            training=training, momentum=momentum, eps=eps)
 
@@ -163,4 +167,4 @@ def layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None, bias: 
         if v is not None and v.shape != shape:
             raise ValueError(f"layer_norm: {name} has shape {v.shape}, expected {shape}")
     inputs = [x] + [t for t in (weight, bias) if t is not None]
-    return LayerNorm.apply(*inputs, has_w=weight is not None, has_b=bias is not None, n_axes=len(shape), eps=eps)
+    return FusedLayerNorm.apply(*inputs, has_w=weight is not None, has_b=bias is not None, n_axes=len(shape), eps=eps)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..function import Function
+from ..function import Function, FusedFunction
 from ..tensor import Tensor
 from ._util import acc_dtype, as_tensor, expand_grad, keep_shape, norm_axes, xp_of
 
@@ -63,7 +63,9 @@ class Extremum(Function):
         return (t * self._weights()).sum(axis=self.axes, keepdims=self.keepdims)
 
 
-class LogSumExp(Function):
+class FusedLogSumExp(FusedFunction):
+    composition = "m = amax(x); log(sum(exp(x - m))) + m"
+
     def forward(self, x, axes=(), keepdims=False):
         xp = xp_of(x)
         m = x.max(axis=axes, keepdims=True) if x.size else xp.zeros(keep_shape(x.shape, axes), x.dtype)
@@ -89,7 +91,9 @@ def _stable_softmax(xp, x, axis):
     return e / e.sum(axis=axis, keepdims=True)
 
 
-class Softmax(Function):
+class FusedSoftmax(FusedFunction):
+    composition = "e = exp(x - amax(x)); e / sum(e)"
+
     def forward(self, x, axis=-1):
         y = _stable_softmax(xp_of(x), x, axis)
         self.saved, self.axis = (y,), axis
@@ -103,7 +107,9 @@ class Softmax(Function):
     jvp = backward
 
 
-class LogSoftmax(Function):
+class FusedLogSoftmax(FusedFunction):
+    composition = "s = x - amax(x); s - log(sum(exp(s)))"
+
     def forward(self, x, axis=-1):
         xp = xp_of(x)
         shifted = x - x.max(axis=axis, keepdims=True)
@@ -158,7 +164,7 @@ def amin(x, axis=None, keepdims: bool = False) -> Tensor:
 
 def logsumexp(x, axis=None, keepdims: bool = False) -> Tensor:
     """log(sum(exp(x))) computed without overflow."""
-    return _reduce(LogSumExp, x, axis, keepdims)
+    return _reduce(FusedLogSumExp, x, axis, keepdims)
 
 
 def _one_axis(x: Tensor, axis: int) -> int:
@@ -170,10 +176,10 @@ def _one_axis(x: Tensor, axis: int) -> int:
 def softmax(x, axis: int = -1) -> Tensor:
     """exp(x) / sum(exp(x)) along ``axis``, numerically stable."""
     x = as_tensor(x)
-    return Softmax.apply(x, axis=_one_axis(x, axis))
+    return FusedSoftmax.apply(x, axis=_one_axis(x, axis))
 
 
 def log_softmax(x, axis: int = -1) -> Tensor:
     """log(softmax(x)) along ``axis``, numerically stable."""
     x = as_tensor(x)
-    return LogSoftmax.apply(x, axis=_one_axis(x, axis))
+    return FusedLogSoftmax.apply(x, axis=_one_axis(x, axis))

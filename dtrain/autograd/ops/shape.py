@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..function import Function
-from ..tensor import Tensor, as_tensor_args
-from ._util import norm_axes, scatter_add, xp_of
+from ..tensor import Tensor
+from ._util import as_tensor_args, norm_axes, scatter_add, xp_of
 
 
 class Reshape(Function):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ...backend import as_device, get_default_dtype, resolve_dtype
+from ...spec import check_int
 from ..parameter import Parameter
 
 
@@ -15,7 +16,6 @@ def new_parameter(shape, device=None, dtype=None) -> Parameter:
 
 
 def check_positive_int(owner: str, **values) -> None:
-    """Raise ValueError naming the argument unless every value is an int >= 1."""
+    """Raise ValueError naming the argument unless every value is an int >= 1 (bools are not ints)."""
     for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{owner}: {name} must be a positive integer, got {v!r}")
+        check_int(f"{owner}: {name}", v, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ...autograd import ops
 from ...autograd.tensor import Tensor
+from ...spec import is_int
 from .. import init
 from ..module import Module
 from ._util import check_positive_int, new_parameter
@@ -35,10 +36,13 @@ class Linear(Module):
 
 
 def _pair(v, owner: str, name: str) -> tuple[int, int]:
-    pair = (v, v) if isinstance(v, int) else tuple(v)
-    if len(pair) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in pair):
+    try:
+        pair = (v, v) if is_int(v) else tuple(v)
+    except TypeError:  # not iterable (a bool, a float): reported below
+        pair = (v,)
+    if len(pair) != 2 or not all(is_int(i) for i in pair):
         raise ValueError(f"{owner}: {name} must be an int or a pair of ints, got {v!r}")
-    return pair
+    return (int(pair[0]), int(pair[1]))
 
 
 class Conv2d(Module):

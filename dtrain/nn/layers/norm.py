@@ -11,8 +11,13 @@ from .. import init
 from ..module import Module
 from ._util import check_positive_int, new_parameter
 
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNormBase", "LayerNorm"]
 
-class _BatchNorm(Module):
+
+class BatchNormBase(Module):
+    """What BatchNorm1d/2d (and distributed.SyncBatchNorm) share: parameters, running statistics as
+    buffers, and the forward over ``F.batch_norm``; subclasses set the input ranks they accept."""
+
     _expected_ndims: tuple[int, ...] = ()
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
@@ -73,13 +78,13 @@ class _BatchNorm(Module):
                 f"track_running_stats={self.track_running_stats}")
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(BatchNormBase):
     """Batch normalisation over (N, C) or (N, C, L) input; running stats in buffers running_mean/var."""
 
     _expected_ndims = (2, 3)
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(BatchNormBase):
     """Batch normalisation over (N, C, H, W) input; running stats in buffers running_mean/var."""
 
     _expected_ndims = (4,)

@@ -18,6 +18,7 @@ import warnings
 
 from ...autograd import ops
 from ...autograd.tensor import Tensor
+from ...spec import is_real
 from .. import init
 from ..module import Module
 from ._util import check_positive_int, new_parameter
@@ -33,7 +34,7 @@ class _RNNBase(Module):
         super().__init__()
         name = type(self).__name__
         check_positive_int(name, input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
+        if not is_real(dropout) or not 0.0 <= dropout <= 1.0:
             raise ValueError(f"{name}: dropout must be a number in [0, 1], got {dropout!r}")
         if bidirectional:
             raise NotImplementedError(f"{name}: bidirectional=True is not supported (unidirectional only)")
@@ -60,8 +61,8 @@ class _RNNBase(Module):
             init.uniform_(p, -bound, bound, generator)
 
     def _layer_params(self, k: int) -> tuple:
-        d = self.__dict__
-        return (d[f"weight_ih_l{k}"], d[f"weight_hh_l{k}"], d.get(f"bias_ih_l{k}"), d.get(f"bias_hh_l{k}"))
+        return (getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}"),
+                getattr(self, f"bias_ih_l{k}", None), getattr(self, f"bias_hh_l{k}", None))
 
     # -- shapes ----------------------------------------------------------------------------------
     def _check_input(self, x) -> bool:

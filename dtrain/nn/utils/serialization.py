@@ -24,7 +24,7 @@ import numpy as np
 from ...autograd.tensor import Tensor
 from ...backend import bfloat16
 
-__all__ = ["SerializationError", "load_npz", "load_safetensors", "save_npz", "save_safetensors"]
+__all__ = ["SerializationError", "atomic_write", "load_npz", "load_safetensors", "save_npz", "save_safetensors"]
 
 _METADATA_KEY = "__metadata__"
 _NPZ_METADATA_KEY = "__metadata__.json"
@@ -96,7 +96,7 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write) -> None:
     """Write ``path`` all or nothing: ``write(f)`` fills a temporary file in the same folder, which is
     fsynced and renamed over ``path``, then the folder is fsynced so the rename survives a power cut.
     On any failure the temporary file is removed and ``path`` is left as it was."""
@@ -141,7 +141,7 @@ def save_safetensors(tensors: Mapping, path: str, metadata: Mapping[str, str] | 
         for a in arrays.values():
             f.write(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def load_safetensors(path: str, with_metadata: bool = False):
@@ -205,7 +205,7 @@ def save_npz(tensors: Mapping, path: str, metadata: Mapping | None = None) -> No
                 with zf.open(name + ".npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, a, allow_pickle=False)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def load_npz(path: str, with_metadata: bool = False):
