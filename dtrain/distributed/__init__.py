@@ -1,25 +1,38 @@
-"""dtrain.distributed: data-parallel training over MPI.
+"""dtrain.distributed: data-parallel training over MPI (``import dtrain.distributed as dist``, as with torch).
 
     import dtrain.distributed as dist
     dist.init()                                    # idempotent; a world of 1 without mpiexec
     ddp = dist.DistributedDataParallel(model)      # same model on every rank, rank 0's weights broadcast
     loss = F.cross_entropy(ddp(x_shard), y_shard)
-    loss.backward()                                # buckets all-reduced during backward, averaged at its end
+    loss.backward()                                # buckets summed during backward, averaged at its end
     optimizer.step()                               # identical on every rank
 
-``comm`` owns the MPI communicator, ``collectives`` the ring (and MPI reference) all-reduce,
-reduce-scatter, all-gather and broadcast, ``ddp`` DistributedDataParallel. dist knows nothing of
-layers: it sees parameters, arrays and gradient hooks.
+Read bottom-up; each layer imports only the ones above it in this list:
+
+* ``comm``: the Communicator (rank, size, node layout, scratch buffers, async worker, ``abort()``);
+* ``algorithms/``: the all-reduce strategies, one file each (ring, hierarchical, mpi, nccl) and a registry;
+* ``collectives``: allreduce / reduce_scatter / allgather / broadcast — argument checks and dispatch;
+* ``compression/``: compressors (pure transforms) and the exchange that moves their payloads over any
+  algorithm;
+* ``hooks``: the comm-hook contract and the built-in hook every compressor runs through;
+* ``reducer``: buckets, ready order, launch/finish, sample weighting, byte accounting;
+* ``ddp``: DistributedDataParallel, the Module wrapper (``register_comm_hook``);
+* beside them: ``zero`` (ZeroRedundancyOptimizer), ``sync_batchnorm``, ``watchdog`` (collective deadlines),
+  ``gpu`` (device arrays in MPI), ``measure`` (timing the algorithms), ``costmodel`` (alpha-beta-gamma).
+
+dtrain.distributed knows nothing of layers: it sees parameters, arrays and gradient hooks. It never
+imports dtrain.train, dtrain.cli or dtrain.bench.
 """
 
 from __future__ import annotations
 
-from ..data.dataset import DistributedSampler as _DistributedSampler
-from . import compression
-from .collectives import Handle, allgather, allreduce, broadcast, chunk_bounds, reduce_scatter
+from ..data import DistributedSampler  # defaults num_replicas/rank from the launcher (dtrain.env)
+from . import algorithms, compression, hooks
+from .collectives import Handle, allgather, broadcast, chunk_bounds, reduce_scatter
 from .comm import (
     Communicator,
     barrier,
+    current_world,
     get_local_rank,
     get_node_count,
     get_rank,
@@ -29,26 +42,16 @@ from .comm import (
     is_initialized,
     set_timeout,
 )
+from .compression import allreduce  # collectives.allreduce, plus compression=
 from .ddp import DistributedDataParallel, ModelMismatchError
+from .hooks import HookState, compression_hook
 from .sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 from .zero import ZeroRedundancyOptimizer
 
 __all__ = [
-    "Communicator", "DistributedDataParallel", "DistributedSampler", "Handle", "ModelMismatchError", "allgather",
-    "compression",
-    "allreduce", "barrier", "broadcast", "chunk_bounds", "get_local_rank", "get_node_count", "get_rank",
-    "SyncBatchNorm", "convert_sync_batchnorm", "get_world", "get_world_size", "init", "is_initialized",
-    "reduce_scatter", "set_timeout", "ZeroRedundancyOptimizer",
+    "Communicator", "DistributedDataParallel", "DistributedSampler", "Handle", "HookState", "ModelMismatchError",
+    "SyncBatchNorm", "ZeroRedundancyOptimizer", "algorithms", "allgather", "allreduce", "barrier", "broadcast",
+    "chunk_bounds", "compression", "compression_hook", "convert_sync_batchnorm", "current_world", "get_local_rank",
+    "get_node_count", "get_rank", "get_world", "get_world_size", "hooks", "init", "is_initialized",
+    "reduce_scatter", "set_timeout",
 ]
-
-
-class DistributedSampler(_DistributedSampler):
-    """dtrain.data.DistributedSampler with num_replicas and rank taken from the world when not given."""
-
-    def __init__(self, n_samples: int, num_replicas: int | None = None, rank: int | None = None,
-                 shuffle: bool = True, seed: int = 0, drop_last: bool = False):
-        if num_replicas is None or rank is None:
-            world = get_world()
-            num_replicas = world.size if num_replicas is None else num_replicas
-            rank = world.rank if rank is None else rank
-        super().__init__(n_samples, num_replicas, rank, shuffle=shuffle, seed=seed, drop_last=drop_last)

@@ -17,17 +17,19 @@ its own, so it never interleaves with the collectives the main thread runs at th
 from __future__ import annotations
 
 import atexit
-import os
-import queue
 import threading
 from typing import Any
 
 import numpy as np
 
+from ..env import ranks_per_node_override  # DTRAIN_RANKS_PER_NODE
+from .worker import Handle, Worker
+
 __all__ = [
     "Communicator",
     "Handle",
     "barrier",
+    "current_world",
     "get_local_rank",
     "get_node_count",
     "get_rank",
@@ -76,21 +78,6 @@ def _load_mpi():
     return MPI
 
 
-def ranks_per_node_override() -> int | None:
-    """DTRAIN_RANKS_PER_NODE=K: treat each block of K consecutive ranks as one node (to exercise the
-    hierarchical all-reduce and per-node logic on one machine); None when unset."""
-    text = os.environ.get("DTRAIN_RANKS_PER_NODE", "").strip()
-    if not text:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"environment variable DTRAIN_RANKS_PER_NODE must be a positive integer, got {text!r}")
-    return value
-
-
 def _thread_level_name(MPI) -> str:
     names = {MPI.THREAD_SINGLE: "single", MPI.THREAD_FUNNELED: "funneled",
              MPI.THREAD_SERIALIZED: "serialized", MPI.THREAD_MULTIPLE: "multiple"}
@@ -106,6 +93,13 @@ class Communicator:
         local_rank, local_size: rank and count within this node (``Split_type(COMM_TYPE_SHARED)``, or
             blocks of ``DTRAIN_RANKS_PER_NODE`` consecutive ranks when that variable is set).
         node_count: the number of nodes (ranks with ``local_rank == 0``).
+        node_of: for every rank of ``comm``, the rank of its node's leader (equal entries: same node).
+        bytes_sent, bytes_inter_node: bytes this rank handed to MPI send calls on this communicator, and
+            the part addressed to other nodes (:meth:`record_send`).
+        cache: objects derived from this communicator and kept for its life (the leaders' view, the NCCL
+            communicator, pinned staging memory); cleared by :meth:`close`.
+        force_staging: stage NumPy arrays through host scratch buffers as if they were device arrays
+            (tests of the staging path on machines without a GPU).
         node_comm: an mpi4py communicator over this node's ranks; leader_comm: one over the node
             leaders (local rank 0; None on the other ranks). The hierarchical all-reduce runs on them.
         thread_level: the MPI thread support provided ("single" | "funneled" | "serialized" | "multiple").
@@ -131,20 +125,36 @@ class Communicator:
                 local = comm.Split(self.rank // ppn, self.rank)
             self.local_rank = local.Get_rank()
             self.local_size = local.Get_size()
-            self.node_count = int(comm.allreduce(1 if self.local_rank == 0 else 0))  # tiny control message
             # The node communicator and the one joining the node leaders (local rank 0): what the
             # hierarchical all-reduce runs on. Non-leaders hold None for the latter.
             leaders = comm.Split(0 if self.local_rank == 0 else MPI.UNDEFINED, self.rank)
+            # Which node each rank is on, named by the rank of its leader: the ring uses it to count the
+            # bytes that cross nodes.
+            self.node_of = tuple(int(x) for x in comm.allgather(local.bcast(self.rank, root=0)))  # tiny messages
+            self.node_count = len(set(self.node_of))
         self.node_comm = local
         self.leader_comm = None if leaders == MPI.COMM_NULL else leaders
         self.thread_level = _thread_level_name(MPI)
         self._owns_comm = owns_comm
         self.bytes_sent = 0  # payload bytes this rank handed to MPI send calls on this communicator
+        self.bytes_inter_node = 0  # ... of which to a rank on another node (see record_send)
+        self.force_staging = False  # stage host arrays like device ones (tests of the staging path)
+        self.cache: dict[Any, Any] = {}  # objects derived from this communicator (views, NCCL, pinned memory)
         self._buffers: dict[Any, Any] = {}
-        self._worker: _Worker | None = None
+        self._worker: Worker | None = None
         self._worker_lock = threading.Lock()
         self._closed = False
         self._dups = 0
+
+    def record_send(self, nbytes: int, inter_node: bool) -> None:
+        """Count ``nbytes`` handed to an MPI send call; ``inter_node``: the receiver is on another node."""
+        self.bytes_sent += nbytes
+        if inter_node:
+            self.bytes_inter_node += nbytes
+
+    def crosses_nodes(self, peer: int) -> bool:
+        """Whether rank ``peer`` of this communicator is on another node than this rank."""
+        return self.node_of[peer] != self.node_of[self.rank]
 
     def watch(self, name: str, bucket: int | None = None):
         """Context manager around one collective on this communicator: it gets the watchdog's deadline
@@ -221,7 +231,7 @@ class Communicator:
             return handle
         with self._worker_lock:
             if self._worker is None:
-                self._worker = _Worker(self.dup(), f"dtrain-comm-{id(self):x}")
+                self._worker = Worker(self.dup(), f"dtrain-comm-{id(self):x}")
         self._worker.queue.put((handle, fn, args))
         return handle
 
@@ -236,12 +246,29 @@ class Communicator:
         if self.watchdog is not None and self is _world:
             self.watchdog.stop()
         self._buffers.clear()
+        self.cache.clear()
         for sub in (self.node_comm, self.leader_comm):
             if sub is not None:
                 sub.Free()
         if self._owns_comm:
             self.comm.Free()
         self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    def abort(self, status: int = 1) -> None:
+        """End the whole job now (every rank of every communicator): ``MPI_Abort`` with ``status``.
+
+        For an error raised on this rank alone, which would leave the other ranks waiting in their next
+        collective. The watchdog (if any) aborts through its own path, which first gives the launcher a
+        moment to forward the error lines already written.
+        """
+        if self.watchdog is not None:
+            self.watchdog.abort(status)
+        _load_mpi().COMM_WORLD.Abort(status)
 
     def _stop_worker(self, free: bool) -> None:
         with self._worker_lock:
@@ -254,89 +281,6 @@ class Communicator:
     def _check_open(self, what: str) -> None:
         if self._closed:
             raise RuntimeError(f"{what}: this Communicator (rank {self.rank}) was closed")
-
-
-# ----------------------------------------------------------------------------------------------
-# Asynchronous operations: the Handle and the worker thread
-# ----------------------------------------------------------------------------------------------
-
-
-class Handle:
-    """The pending result of an ``async_op=True`` collective.
-
-    ``wait()`` blocks until the operation finished and returns its result (what the synchronous call
-    returns), or re-raises the exception it failed with, its message prefixed with the operation and
-    the rank. ``done()`` says whether it finished, without blocking.
-    """
-
-    __slots__ = ("_error", "_event", "_result", "name", "rank")
-
-    def __init__(self, name: str, rank: int):
-        self.name = name
-        self.rank = rank
-        self._event = threading.Event()
-        self._result: Any = None
-        self._error: BaseException | None = None
-
-    def _run(self, fn, comm, *args) -> None:
-        try:
-            self._result = fn(comm, *args)
-        except BaseException as exc:  # handed to the waiting thread, which re-raises it
-            self._error = exc
-        finally:
-            self._event.set()
-
-    def done(self) -> bool:
-        """True once the operation finished (successfully or not)."""
-        return self._event.is_set()
-
-    def wait(self, timeout: float | None = None):
-        """Block until done and return the result; re-raise the operation's error naming it.
-
-        ``timeout`` (seconds) bounds the wait: TimeoutError when the operation is still running then
-        (it keeps running; waiting again is allowed).
-        """
-        if not self._event.wait(timeout):
-            raise TimeoutError(f"{self.name} (rank {self.rank}) still running after {timeout} s; a rank may "
-                               "have stopped calling collectives or submitted async operations in another order")
-        if self._error is not None:
-            exc = self._error
-            msg = f"async {self.name} failed on rank {self.rank}: {type(exc).__name__}: {exc}"
-            try:
-                new = type(exc)(msg)
-            except Exception:  # an exception type whose constructor wants other arguments
-                new = RuntimeError(msg)
-            raise new from exc
-        return self._result
-
-    def __repr__(self) -> str:
-        state = "failed" if self._error is not None else ("done" if self.done() else "pending")
-        return f"<Handle {self.name} rank {self.rank} {state}>"
-
-
-class _Worker:
-    """The daemon thread that runs a Communicator's async operations in order."""
-
-    _STOP = object()
-
-    def __init__(self, comm: Communicator, name: str):
-        self.comm = comm
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is self._STOP:
-                return
-            handle, fn, args = item
-            handle._run(fn, self.comm, *args)
-
-    def stop(self) -> None:
-        """Let the queued operations finish, then end the thread."""
-        self.queue.put(self._STOP)
-        self.thread.join()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -437,6 +381,11 @@ def _shutdown() -> None:
 def is_initialized() -> bool:
     """True once init() has built the world."""
     return _world is not None
+
+
+def current_world() -> Communicator | None:
+    """The world Communicator if init() built one and it is open, else None (never initialises MPI)."""
+    return _world if _world is not None and not _world._closed else None
 
 
 def get_world() -> Communicator:

@@ -26,7 +26,7 @@ previous one is done (one communication stream, as in DDP). The exposed part is 
 backward ends, so a step never takes less than ``max(compute, communication)``.
 
 Nothing here imports MPI: ``calibrate_link`` fits the numbers from measurements taken elsewhere
-(``dtrain.distributed.collectives.measure_allreduce``, ``dtrain.bench.scaling``).
+(``dtrain.distributed.measure.measure_allreduce``, ``dtrain.bench.scaling``).
 
     link = Link(alpha=20e-6, beta=1 / 12.5e9, gamma=1 / 20e9)        # 100 Gb/s Ethernet
     allreduce_time(100e6, 64, "ring", link)                          # seconds

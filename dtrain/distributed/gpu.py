@@ -82,7 +82,7 @@ def gpu_count() -> int:
 
 def _pinned(comm, key: str, nbytes: int) -> np.ndarray:
     """A page-locked host byte buffer of at least ``nbytes``, owned by ``comm`` and reused."""
-    cache = comm.__dict__.setdefault("_pinned", {})
+    cache = comm.cache.setdefault("pinned", {})
     held = cache.get(key)
     if held is None or held[1].nbytes < nbytes:
         import cupy
@@ -99,10 +99,10 @@ def on_host(comm, array, key: str = "stage", copy_in: bool = True, copy_out: boo
     arrays under CUDA-aware MPI, else a pinned host copy (filled from ``array`` when ``copy_in``),
     copied back into ``array`` on exit when ``copy_out``.
 
-    ``comm._force_staging = True`` stages NumPy arrays too, through plain host buffers (the tests use
+    ``comm.force_staging = True`` stages NumPy arrays too, through plain host buffers (the tests use
     it to run the staging path on machines without a GPU)."""
     xp = get_array_module(array)
-    forced = comm.__dict__.get("_force_staging", False)
+    forced = comm.force_staging
     if xp is np and not forced:
         yield array
         return
@@ -124,56 +124,3 @@ def on_host(comm, array, key: str = "stage", copy_in: bool = True, copy_out: boo
     if copy_out:
         array.set(host)  # pinned host -> device
         xp.cuda.get_current_stream().synchronize()
-
-
-# ----------------------------------------------------------------------------------------------
-# NCCL (optional): the same all-reduce interface over cupy.cuda.nccl, for device arrays
-# ----------------------------------------------------------------------------------------------
-
-
-def _nccl():
-    try:
-        from cupy.cuda import nccl
-    except Exception as exc:
-        raise RuntimeError(f"algorithm 'nccl' needs CuPy with NCCL (cupy.cuda.nccl): {type(exc).__name__}: {exc}") \
-            from None
-    if not getattr(nccl, "available", True):
-        raise RuntimeError("algorithm 'nccl': this CuPy was built without NCCL support")
-    return nccl
-
-
-def nccl_communicator(comm):
-    """The NCCL communicator of a dtrain Communicator, built on first use (collective over ``comm``: rank 0
-    makes the unique id and MPI broadcasts it) and kept for the Communicator's life."""
-    held = comm.__dict__.get("_nccl")
-    if held is not None:
-        return held
-    nccl = _nccl()
-    uid = nccl.get_unique_id() if comm.rank == 0 else None
-    with comm.watch("NCCL set-up (unique id broadcast)"):
-        uid = comm.comm.bcast(uid, root=0)  # a small control message (a tuple of ints)
-    held = comm.__dict__["_nccl"] = nccl.NcclCommunicator(comm.size, uid, comm.rank)
-    return held
-
-
-_NCCL_TYPES = {"float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64",
-               "int32": "NCCL_INT32", "int64": "NCCL_INT64", "bfloat16": "NCCL_BFLOAT16"}
-
-
-def nccl_allreduce(comm, flat, mean: bool) -> None:
-    """Sum (or average) the flat CuPy array ``flat`` over ``comm`` in place with ncclAllReduce."""
-    xp = get_array_module(flat)
-    if xp is np:
-        raise ValueError(f"allreduce (rank {comm.rank}): algorithm 'nccl' needs a CuPy (device) array, got a NumPy "
-                         "array; use 'ring' for host arrays")
-    nccl = _nccl()
-    code = getattr(nccl, _NCCL_TYPES.get(flat.dtype.name, ""), None)
-    if code is None:
-        raise ValueError(f"allreduce (rank {comm.rank}): NCCL cannot reduce {flat.dtype}")
-    nc = nccl_communicator(comm)
-    stream = xp.cuda.get_current_stream()
-    comm.bytes_sent += 2 * (comm.size - 1) * flat.nbytes // comm.size  # what a ring moves per rank
-    nc.allReduce(flat.data.ptr, flat.data.ptr, flat.size, code, nccl.NCCL_SUM, stream.ptr)
-    if mean:
-        xp.divide(flat, comm.size, out=flat)
-    stream.synchronize()

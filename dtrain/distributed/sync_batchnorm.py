@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..autograd.ops._util import acc_dtype, xp_of
-from ..autograd.ops.norm import BatchNorm as _BatchNormFn
+from ..autograd.ops.norm import FusedBatchNorm as _BatchNormFn
 from ..autograd.ops.norm import batch_norm
 from ..autograd.tensor import Tensor
-from ..nn.layers.norm import _BatchNorm
+from ..backend import accumulation_dtype, get_array_module
+from ..nn.layers.norm import BatchNormBase
 from ..nn.module import Module
 from .collectives import allreduce
 from .comm import Communicator, get_world
@@ -40,9 +40,9 @@ class _SyncBatchNormFn(_BatchNormFn):
         self.comm = comm
         w = wb[0] if has_w else None
         b = wb[-1] if has_b else None
-        xp = xp_of(x)
+        xp = get_array_module(x)
         c = x.shape[1]
-        xa = x.astype(acc_dtype(x.dtype), copy=False)
+        xa = x.astype(accumulation_dtype(x.dtype), copy=False)
         self.n_local = x.size // c
         first = np.empty(c + 1, dtype=np.float64)
         first[:c] = xa.sum(axis=self.axes)
@@ -72,7 +72,7 @@ class _SyncBatchNormFn(_BatchNormFn):
         sums[:c] = v.sum(axis=self.axes) * weight
         sums[c:] = (v * xhat).sum(axis=self.axes) * weight
         allreduce(sums, op="sum", comm=self.comm)
-        xp = xp_of(v)
+        xp = get_array_module(v)
         mean_v = self._param_view(xp.asarray(sums[:c] / (self.n_total * weight), dtype=v.dtype))
         mean_vx = self._param_view(xp.asarray(sums[c:] / (self.n_total * weight), dtype=v.dtype))
         return invstd * (v - mean_v - xhat * mean_vx)
@@ -81,7 +81,7 @@ class _SyncBatchNormFn(_BatchNormFn):
         raise NotImplementedError("forward-mode differentiation through SyncBatchNorm is not supported")
 
 
-class SyncBatchNorm(_BatchNorm):
+class SyncBatchNorm(BatchNormBase):
     """Batch norm over (N, C, ...) input with statistics all-reduced over the ranks of ``comm``.
 
     Same parameters, buffers and state_dict keys as BatchNorm1d/2d; in eval mode it uses the running
@@ -93,7 +93,7 @@ class SyncBatchNorm(_BatchNorm):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, comm: Communicator | None = None, device=None, dtype=None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
-        self.__dict__["comm"] = comm
+        self.comm = comm
 
     def forward(self, x: Tensor) -> Tensor:
         comm = self.comm or get_world()
@@ -117,12 +117,12 @@ class SyncBatchNorm(_BatchNorm):
 def convert_sync_batchnorm(module: Module, comm: Communicator | None = None) -> Module:
     """Replace every BatchNorm1d/2d in ``module`` by a SyncBatchNorm holding the same Parameter objects
     and buffers (so optimizers built before stay valid); returns the (possibly new) module."""
-    if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm):
+    if isinstance(module, BatchNormBase) and not isinstance(module, SyncBatchNorm):
         sync = SyncBatchNorm.__new__(SyncBatchNorm)
         Module.__init__(sync)
         for key in ("num_features", "eps", "momentum", "affine", "track_running_stats"):
-            sync.__dict__[key] = module.__dict__[key]
-        sync.__dict__["comm"] = comm
+            setattr(sync, key, getattr(module, key))
+        sync.comm = comm
         for name, p in module._parameters.items():
             sync.register_parameter(name, p)
         for name, b in module._buffers.items():

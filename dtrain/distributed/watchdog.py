@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from ..env import timeout_from_env
+
 __all__ = ["ABORT_EXIT_CODE", "DEFAULT_TIMEOUT", "Watchdog", "default_timeout"]
 
 ABORT_EXIT_CODE = 3  # the status mpiexec reports when a deadline aborts the job
@@ -44,16 +46,7 @@ _REPLY_BYTES = 4096
 
 def default_timeout() -> float:
     """DTRAIN_TIMEOUT from the environment if set (seconds, 0 disables), else 300."""
-    text = os.environ.get("DTRAIN_TIMEOUT", "").strip()
-    if not text:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"environment variable DTRAIN_TIMEOUT must be a number of seconds, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"environment variable DTRAIN_TIMEOUT must be >= 0 seconds, got {text!r}")
-    return value
+    return timeout_from_env(DEFAULT_TIMEOUT)
 
 
 class _Op:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from dtrain.env import thread_env
 from dtrain.launch import local_launch_flags, local_mpiexec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,9 +34,7 @@ _launcher_flags = local_launch_flags
 
 def mpi_env() -> dict[str, str]:
     """The environment for ranks: one compute thread each, the repository importable, tracebacks on crashes."""
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-        env[var] = "1"
+    env = thread_env(1)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env["PYTHONFAULTHANDLER"] = "1"
     # Not PYTHONUNBUFFERED: unbuffered, print() writes the text and its newline in two calls, and lines

@@ -2,7 +2,7 @@
 outside, and collect what every rank said. Used by tests/distributed/test_faults.py and by
 tests/stress/kill_trials.py (the 20-trial version).
 
-Each rank runs tests/distributed/fault_driver.py, which records its PID and, with ``split_output``, writes
+Each rank runs tests/distributed/ranks/fault_driver.py, which records its PID and, with ``split_output``, writes
 its stdout/stderr to per-rank files (as cluster jobs do), so the ranks' last words survive the
 launcher tearing the job down.
 """
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DRIVER = Path(__file__).with_name("fault_driver.py")
+DRIVER = Path(__file__).parent / "ranks" / "fault_driver.py"
 
 
 def _load_conftest():

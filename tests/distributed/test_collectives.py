@@ -13,8 +13,9 @@ import pytest
 
 from dtrain.distributed import collectives as C
 from dtrain.distributed import comm as dcomm
+from dtrain.distributed.algorithms import ALGORITHMS
 
-SCRIPT = str(Path(__file__).with_name("mpi_collectives.py"))
+SCRIPT = str(Path(__file__).parent / "ranks" / "mpi_collectives.py")
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
@@ -94,7 +95,7 @@ def test_collectives_on_a_world_of_one_are_identities():
     world = dcomm.init()
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     for op in C.OPS:
-        for algorithm in C.ALGORITHMS:
+        for algorithm in ALGORITHMS:
             if algorithm == "nccl":  # device arrays only
                 with pytest.raises(ValueError, match="algorithm 'nccl' needs a CuPy \\(device\\) array"):
                     C.allreduce(x, op=op, algorithm=algorithm)

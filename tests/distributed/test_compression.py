@@ -14,7 +14,7 @@ import dtrain.distributed as dist
 from dtrain.backend import bfloat16, finfo_eps
 from dtrain.distributed import compression as C
 
-SCRIPT = str(Path(__file__).with_name("mpi_compression.py"))
+SCRIPT = str(Path(__file__).parent / "ranks" / "mpi_compression.py")
 SPECS = ["none", "fp16", "bf16", "powersgd:2", "topk:0.01", "randomk:0.01", "qsgd:127", "signsgd"]
 SEGMENTS = [("fc.weight", (12, 10)), ("fc.bias", (12,)), ("conv.weight", (6, 2, 3, 3)), ("tiny.weight", (2, 3))]
 SIZE = sum(math.prod(s) for _, s in SEGMENTS)
@@ -141,7 +141,7 @@ def test_bad_constructor_arguments():
 
 
 def test_bf16_without_ml_dtypes_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(C, "bfloat16", None)
+    monkeypatch.setattr(C.cast, "bfloat16", None)
     with pytest.raises(C.CompressionError, match=r"compression 'bf16': bf16 compression needs the ml_dtypes "
                                                  r"package .*pip install ml_dtypes"):
         C.get("bf16")
@@ -252,10 +252,10 @@ def test_qsgd_levels_and_unbiasedness(levels, rng):
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1001])
 def test_bit_packing_matches_packbits(bits, n, rng):
     v = rng.integers(0, 1 << bits, n).astype(np.uint8)
-    packed = C._pack_uint(v, bits)
+    packed = C.quantize.pack_uint(v, bits)
     planes = np.unpackbits(v.reshape(-1, 1), axis=1, bitorder="little")[:, :bits]
     assert np.array_equal(packed, np.packbits(planes.reshape(-1), bitorder="little"))
-    assert packed.size == math.ceil(n * bits / 8) and np.array_equal(C._unpack_uint(packed, bits, n), v)
+    assert packed.size == math.ceil(n * bits / 8) and np.array_equal(C.quantize.unpack_uint(packed, bits, n), v)
 
 
 def test_qsgd_rounding_is_seeded_by_rank_step_and_key(rng):
@@ -313,7 +313,7 @@ def test_powersgd_bucket_memory_identity_through_reduce():
         flat = _bucket(step)
         x = flat.copy()
         prev = c.memory("bucket0")
-        c.reduce(world, "bucket0", _segments(flat), flat, step)
+        C.reduce(c, world, "bucket0", _segments(flat), flat, step)
         mem = c.memory("bucket0")
         if step == 0:
             assert prev is None and mem is None and np.array_equal(flat, x)  # plain sum, no memory yet
@@ -406,11 +406,11 @@ def test_powersgd_start_iter_sends_plain_sums_without_memory():
     for step in range(3):
         flat = _bucket(step)
         x = flat.copy()
-        c.reduce(world, "bucket0", _segments(flat), flat, step)
+        C.reduce(c, world, "bucket0", _segments(flat), flat, step)
         assert np.array_equal(flat, x) and c.memory("bucket0") is None and c.state_dict() == {"spec": c.spec}
     flat = _bucket(3)
     x = flat.copy()
-    c.reduce(world, "bucket0", _segments(flat), flat, 3)
+    C.reduce(c, world, "bucket0", _segments(flat), flat, 3)
     assert not np.array_equal(flat, x) and c.memory("fc.weight").shape == (12, 10)
     assert set(c.state_dict()) == {"spec", "memory/fc.weight", "memory/conv.weight", "q/fc.weight", "q/conv.weight"}
 
@@ -421,7 +421,7 @@ def test_powersgd_reduce_of_one_rank_matches_compress(rng):
     for step in range(3):
         flat = _bucket(step)
         want = [twin.decompress(*twin.compress(name, view.copy(), step)).reshape(-1) for name, view in _segments(flat)]
-        c.reduce(world, "bucket0", _segments(flat), flat, step)
+        C.reduce(c, world, "bucket0", _segments(flat), flat, step)
         np.testing.assert_allclose(flat, np.concatenate(want), rtol=1e-6, atol=1e-6)
 
 
@@ -467,12 +467,12 @@ def test_reduce_hands_only_the_payload_to_the_collectives(spec, monkeypatch):
             return real(array, *args, **kwargs)
         return run
 
-    monkeypatch.setattr(C, "allreduce", spy(C.allreduce))
-    monkeypatch.setattr(C, "allgather", spy(C.allgather))
+    monkeypatch.setattr(C.exchange, "plain_allreduce", spy(C.exchange.plain_allreduce))
+    monkeypatch.setattr(C.exchange, "allgather", spy(C.exchange.allgather))
     world = _world()
     flat = _bucket(0)
     c = C.get(spec)
-    c.reduce(world, "bucket0", _segments(flat), flat, 0)
+    C.reduce(c, world, "bucket0", _segments(flat), flat, 0)
     sent = sum(n for _, n in calls)
     d = SIZE
 
@@ -509,7 +509,7 @@ def test_reduce_on_one_rank_is_decompress_of_compress(spec, dtype):
             want = flat.copy()
         else:
             want = twin.decompress(*twin.compress("bucket0", flat.copy(), step)).reshape(-1)
-        c.reduce(world, "bucket0", _segments(flat), flat, step)
+        C.reduce(c, world, "bucket0", _segments(flat), flat, step)
         assert flat.dtype == np.dtype(dtype) and np.array_equal(flat, want)
 
 
@@ -523,7 +523,7 @@ def test_state_dict_round_trip_resumes_bit_for_bit(spec, tmp_path):
         outs = []
         for step in steps:
             flat = _bucket(step)
-            c.reduce(world, "bucket0", _segments(flat), flat, step)
+            C.reduce(c, world, "bucket0", _segments(flat), flat, step)
             outs.append(flat)
         return outs
 
@@ -568,13 +568,13 @@ def test_reduce_checks_its_arguments():
     c = C.get("topk:0.1")
     flat = _bucket(0)
     with pytest.raises(ValueError, match=r"topk:0.1.reduce: the segments of 'b' cover 120 elements but flat has"):
-        c.reduce(world, "b", _segments(flat)[:1], flat, 0)
+        C.reduce(c, world, "b", _segments(flat)[:1], flat, 0)
     with pytest.raises(ValueError, match=r"writeable contiguous 1-D array, got shape \(2, 87\)"):
-        c.reduce(world, "b", [], flat[:174].reshape(2, 87), 0)
+        C.reduce(c, world, "b", [], flat[:174].reshape(2, 87), 0)
     with pytest.raises(ValueError, match=r"step must be a non-negative integer, got -1"):
-        c.reduce(world, "b", _segments(flat), flat, -1)
+        C.reduce(c, world, "b", _segments(flat), flat, -1)
     with pytest.raises(ValueError, match=r"must be a floating array, got dtype int64"):
-        c.reduce(world, "b", [("i", np.zeros(3, np.int64))], np.zeros(3, np.int64), 0)
+        C.reduce(c, world, "b", [("i", np.zeros(3, np.int64))], np.zeros(3, np.int64), 0)
     c.compress("b", np.ones(10, np.float32), 0)
     with pytest.raises(C.CompressionError, match=r"memory for 'b' has shape \(10,\) but the input has shape \(12,\)"):
         c.compress("b", np.ones(12, np.float32), 1)

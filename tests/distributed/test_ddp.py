@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
-SCRIPT = str(HERE / "mpi_ddp.py")
+SCRIPT = str(HERE / "ranks" / "mpi_ddp.py")
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])

@@ -11,7 +11,7 @@ import pytest
 from dtrain.distributed.gpu import gpu_count
 
 pytestmark = pytest.mark.skipif(gpu_count() == 0, reason="needs CuPy and a CUDA GPU")
-SCRIPT = str(Path(__file__).with_name("mpi_gpu.py"))
+SCRIPT = str(Path(__file__).parent / "ranks" / "mpi_gpu.py")
 
 
 @pytest.mark.parametrize("n", [1, 2])

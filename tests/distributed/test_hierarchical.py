@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = str(Path(__file__).with_name("mpi_hierarchical.py"))
+SCRIPT = str(Path(__file__).parent / "ranks" / "mpi_hierarchical.py")
 
 
 @pytest.mark.parametrize("n, ppn, nodes", [(4, 2, 2), (5, 2, 3), (3, 1, 3), (4, 4, 1), (2, None, 1)],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SCRIPT = str(Path(__file__).with_name("mpi_watchdog.py"))
+SCRIPT = str(Path(__file__).parent / "ranks" / "mpi_watchdog.py")
 
 
 def test_stall_warning_names_the_late_rank_and_the_collective(run_mpi):

@@ -14,7 +14,7 @@ import dtrain.nn.functional as F
 from dtrain import nn, optim
 
 HERE = Path(__file__).parent
-SCRIPT = str(HERE / "mpi_zero.py")
+SCRIPT = str(HERE / "ranks" / "mpi_zero.py")
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])

@@ -49,13 +49,6 @@ def worker(steps: int) -> None:
     print(f"rank {dist.get_rank()} checksum {summary['param_checksum']} steps {summary['steps']}", flush=True)
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def launch(ranks: int, steps: int, timeout: float) -> int:
     launch_helpers = _load(HERE.parent / "distributed" / "conftest.py", "_dtrain_tests_mpi_launch")
     mpiexec = launch_helpers.find_mpiexec()
@@ -100,7 +93,9 @@ def launch(ranks: int, steps: int, timeout: float) -> int:
     if wrong_steps:
         problems.append(f"expected {steps} steps, got {wrong_steps}")
 
-    cores = _cores()
+    from dtrain.env import usable_cores
+
+    cores = usable_cores()
     for r, (c, s) in sorted(results.items()):
         print(f"  rank {r} checksum {c} steps {s}")
     print(f"stress: {ranks} ranks on {cores} cores (oversubscription {ranks / cores:.1f}x), {steps} steps, "
@@ -126,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        harness = _load(HERE.parent / "distributed" / "mpi_harness.py", "_dtrain_tests_mpi_harness")
+        harness = _load(HERE.parent / "distributed" / "ranks" / "mpi_harness.py", "_dtrain_tests_mpi_harness")
         harness.run_or_abort(lambda: worker(args.steps))  # one failing rank aborts the job, never a hang
         return 0
     return launch(args.ranks, args.steps, args.timeout)

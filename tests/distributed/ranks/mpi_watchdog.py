@@ -1,8 +1,8 @@
 """Rank-side checks for the collective watchdog and the divergence guard (run by test_watchdog.py).
 
-    mpiexec -n 3 python tests/distributed/mpi_watchdog.py stall        # rank 2 is late: others warn, then finish
-    mpiexec -n 3 python tests/distributed/mpi_watchdog.py hang         # rank 1 never arrives: the job is aborted
-    mpiexec -n 3 python tests/distributed/mpi_watchdog.py divergence   # rank 1's weights differ: every rank raises
+    mpiexec -n 3 python tests/distributed/ranks/mpi_watchdog.py stall        # rank 2 is late: others warn, then finish
+    mpiexec -n 3 python tests/distributed/ranks/mpi_watchdog.py hang         # rank 1 never arrives: the job is aborted
+    mpiexec -n 3 python tests/distributed/ranks/mpi_watchdog.py divergence   # rank 1's weights differ: all raise
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from mpi_harness import run_or_abort
 import dtrain
 import dtrain.distributed as dist
 from dtrain import nn
-from dtrain.train.distributed import DDPSync, DistributedRunError
-from dtrain.train.trainer import param_digests
+from dtrain.train.ddp_sync import MPICollectives
+from dtrain.train.divergence import param_digests
+from dtrain.train.sync import DistributedRunError
 
 
 def stall(world):
@@ -47,7 +48,7 @@ def hang(world):
 def divergence(world):
     dtrain.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    sync = DDPSync(world)
+    sync = MPICollectives(world)
     sync.check_identical(param_digests(model), step=1)  # identical: passes
     if world.rank == 1:
         bias = model[2].bias.data

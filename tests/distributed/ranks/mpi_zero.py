@@ -1,8 +1,8 @@
 """Run under mpiexec by tests/distributed/test_zero.py: ZeroRedundancyOptimizer against one process.
 
-    mpiexec -n N python tests/distributed/mpi_zero.py equivalence|memory|empty-shard
-    mpiexec -n N python tests/distributed/mpi_zero.py save DIR      (10 steps, then the gathered checkpoint)
-    mpiexec -n M python tests/distributed/mpi_zero.py resume DIR    (load it at another world size, 10 more steps)
+    mpiexec -n N python tests/distributed/ranks/mpi_zero.py equivalence|memory|empty-shard
+    mpiexec -n N python tests/distributed/ranks/mpi_zero.py save DIR      (10 steps, then the gathered checkpoint)
+    mpiexec -n M python tests/distributed/ranks/mpi_zero.py resume DIR    (load it at another world size, 10 more steps)
 
 Every rank computes the single-process reference itself (same seed, full batch, the unsharded
 optimizer) and compares with it. Any failure prints the rank and aborts the whole job.

@@ -18,7 +18,7 @@ def staging(world):
     x = np.random.default_rng(r).standard_normal(5000)
     plain = {}
     for forced in (False, True):
-        world._force_staging = forced
+        world.force_staging = forced
         try:
             out = {}
             for alg in ("ring", "hierarchical", "mpi"):
@@ -30,13 +30,13 @@ def staging(world):
             b = x.copy() if r == n - 1 else np.zeros_like(x)
             out["broadcast"] = dist.broadcast(b, root=n - 1)
         finally:
-            world._force_staging = False
+            world.force_staging = False
         if not forced:
             plain = out
         else:
             for k, v in out.items():
                 assert np.array_equal(v, plain[k]), f"staged {k} differs"
-    assert world.__dict__.get("_force_staging") is False
+    assert world.force_staging is False
 
 
 def main():
@@ -67,6 +67,13 @@ def main():
                 np.testing.assert_allclose(h, g, rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-6)
                 everyone = world.comm.allgather(h.tobytes())
                 assert all(e == everyone[0] for e in everyone), "ranks differ after hierarchical"
+    # All-gather over every algorithm: the same blocks in rank order (equal and unequal block sizes).
+    for counts in (None, [(3 * q + 1) % 5 for q in range(n)], [0] * n):
+        mine = np.arange(n if counts is None else counts[r], dtype=np.int64) + 1000 * r
+        want = dist.allgather(mine, counts=counts)
+        for alg in ("hierarchical", "mpi"):
+            got = dist.allgather(mine, counts=counts, algorithm=alg)
+            assert np.array_equal(got, want), (alg, counts, got, want)
     # DDP on the hierarchical algorithm: the same gradients as the ring (float64, 3 steps).
     dtrain.manual_seed(0)
     params = {}

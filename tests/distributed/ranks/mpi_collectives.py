@@ -157,26 +157,30 @@ def check_pipelining(world, C) -> None:
     n = world.size
     rng = np.random.default_rng(250 + world.rank)
     dtypes = [np.float16, np.float32, np.float64] + ([C.bfloat16] if C.bfloat16 is not None else [])
-    saved = C.PIPELINE_BYTES, C.PIPELINE_DEPTH
-    try:
-        for count in (1, max(n - 1, 0), 7, 100, 1001, 4 * n + 1):
-            x64 = rng.standard_normal(count)
-            for dtype in dtypes:
-                for op in ("sum", "mean"):
-                    C.PIPELINE_BYTES, C.PIPELINE_DEPTH = saved
-                    want = x64.astype(dtype)
-                    C.allreduce(want, op=op, comm=world)
-                    mine = C.reduce_scatter(x64.astype(dtype), op=op, comm=world)
-                    for piece_bytes, depth in ((2, 1), (8, 2), (24, 3), (40, 2)):
-                        C.PIPELINE_BYTES, C.PIPELINE_DEPTH = piece_bytes, depth
-                        a = x64.astype(dtype)
-                        C.allreduce(a, op=op, comm=world)
-                        what = f"{op} {np.dtype(dtype)}[{count}] pieces of {piece_bytes} B, depth {depth}"
-                        assert np.array_equal(a.view(np.uint8), want.view(np.uint8)), what
-                        got = C.reduce_scatter(x64.astype(dtype), op=op, comm=world)
-                        assert np.array_equal(got.view(np.uint8), mine.view(np.uint8)), "reduce_scatter " + what
-    finally:
-        C.PIPELINE_BYTES, C.PIPELINE_DEPTH = saved
+    from dtrain.distributed.algorithms.ring import RingAllreduce, ring_reduce_scatter
+
+    for count in (1, max(n - 1, 0), 7, 100, 1001, 4 * n + 1):
+        x64 = rng.standard_normal(count)
+        bounds = C.chunk_bounds(count, n)
+        lo, hi = bounds[world.rank]
+        for dtype in dtypes:
+            for op in ("sum", "mean"):
+                want = x64.astype(dtype)
+                C.allreduce(want, op=op, comm=world)
+                mine = C.reduce_scatter(x64.astype(dtype), op=op, comm=world)
+                for piece_bytes, depth in ((2, 1), (8, 2), (24, 3), (40, 2)):
+                    a = x64.astype(dtype)
+                    C.allreduce(a, op=op, comm=world, algorithm=RingAllreduce(piece_bytes, depth))
+                    what = f"{op} {np.dtype(dtype)}[{count}] pieces of {piece_bytes} B, depth {depth}"
+                    assert np.array_equal(a.view(np.uint8), want.view(np.uint8)), what
+                    if n > 1 and count:
+                        src = x64.astype(dtype)
+                        dst = np.empty_like(src)
+                        ring_reduce_scatter(world, src, dst, bounds, op == "mean", piece_bytes, depth)
+                        got = dst[lo:hi]
+                    else:
+                        got = x64.astype(dtype)[lo:hi]  # a world of one, or nothing to reduce
+                    assert np.array_equal(got.view(np.uint8), mine.view(np.uint8)), "reduce_scatter " + what
 
 
 def check_reduce_scatter_allgather(world, C) -> None:
@@ -338,7 +342,9 @@ def check_bad_arguments(world, C) -> None:
 
 
 def check_measure(world, C) -> None:
-    rows = C.measure_allreduce([4096, 1 << 16], ("ring", "mpi"), repeats=2, warmup=1, comm=world)
+    from dtrain.distributed.measure import measure_allreduce
+
+    rows = measure_allreduce([4096, 1 << 16], ("ring", "mpi"), repeats=2, warmup=1, comm=world)
     assert [(row["size_bytes"], row["algorithm"]) for row in rows] == [
         (4096, "ring"), (4096, "mpi"), (1 << 16, "ring"), (1 << 16, "mpi")]
     assert all(row["time_s"] > 0 and row["world_size"] == world.size for row in rows)

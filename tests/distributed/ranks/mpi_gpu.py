@@ -18,10 +18,10 @@ def main():
     r = world.rank
     cp.cuda.Device(world.local_rank % cp.cuda.runtime.getDeviceCount()).use()
     x = np.random.default_rng(r).standard_normal(300_001).astype(np.float32)
-    from dtrain.distributed.gpu import _nccl
+    from dtrain.distributed.algorithms.nccl import load_nccl
 
     try:
-        _nccl()
+        load_nccl()
         algorithms = ("ring", "hierarchical", "mpi", "nccl")
     except RuntimeError:  # CuPy without NCCL: the optional backend is not there
         algorithms = ("ring", "hierarchical", "mpi")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from mpi_harness import run_or_abort
+from mpi_harness import run_or_abort, segments
 
 SHAPES = [("fc.weight", (24, 40)), ("fc.bias", (24,)), ("conv.weight", (8, 4, 3, 3)), ("small.weight", (3, 2))]
 SIZE = sum(int(np.prod(s)) for _, s in SHAPES)
@@ -49,12 +49,7 @@ def rank_input(r: int, step: int) -> np.ndarray:
 
 
 def segments_of(flat: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    segs, lo = [], 0
-    for name, shape in SHAPES:
-        hi = lo + int(np.prod(shape))
-        segs.append((name, flat[lo:hi].reshape(shape)))
-        lo = hi
-    return segs
+    return segments(flat, SHAPES)
 
 
 def eps(dtype) -> float:
@@ -67,7 +62,7 @@ class PowerSGDReference:
     """Algorithm 1 of Vogels et al. for all ranks at once, in NumPy (QR, BLAS, float64 sums)."""
 
     def __init__(self, c, n: int, dtype):
-        from dtrain.distributed.compression import _key_hash
+        from dtrain.distributed.compression import key_hash
 
         self.c, self.n, self.dtype = c, n, dtype
         self.q = {}
@@ -75,7 +70,7 @@ class PowerSGDReference:
         for name, shape in SHAPES:
             if c.compressible(shape):
                 cols = int(np.prod(shape[1:]))
-                rng = np.random.default_rng([c.seed, _key_hash(name)])
+                rng = np.random.default_rng([c.seed, key_hash(name)])
                 self.q[name] = rng.standard_normal((cols, c.rank)).astype(dtype).astype(np.float64)
                 self.mem[name] = [np.zeros((shape[0], cols)) for _ in range(n)]
 
@@ -102,7 +97,7 @@ def check_none_integer_valued(world, compression) -> None:
     for dtype in (np.float32, np.float64):
         flat = np.random.default_rng([9, world.rank]).integers(-50, 51, SIZE).astype(dtype)
         expected = sum(np.random.default_rng([9, r]).integers(-50, 51, SIZE) for r in range(world.size))
-        compression.get("none").reduce(world, "b", segments_of(flat), flat, 0)
+        compression.reduce(compression.get("none"), world, "b", segments_of(flat), flat, 0)
         assert np.array_equal(flat, expected), "none: integer-valued sum is not exact"
 
 
@@ -121,7 +116,7 @@ def check_spec(world, compression, spec: str, dtype) -> None:
     for step in range(steps):
         xs = [rank_input(r, step).astype(dtype) for r in range(n)]
         flat = xs[rank].copy()
-        c.reduce(world, "bucket0", segments_of(flat), flat, step)
+        compression.reduce(c, world, "bucket0", segments_of(flat), flat, step)
         assert flat.dtype == np.dtype(dtype) and flat.shape == (SIZE,)
         digests.append(digest(flat))
         exact = np.sum([x.astype(np.float64) for x in xs], axis=0)

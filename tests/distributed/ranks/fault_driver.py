@@ -1,6 +1,6 @@
 """Run ``dtrain train ARGS`` on one rank after writing its PID to ``DIR/pid.RANK`` (fault-injection tests).
 
-    mpiexec -n 4 python tests/distributed/fault_driver.py DIR [--split-output] [--unseen-death] -- --epochs 1000 ...
+    mpiexec -n 4 python tests/distributed/ranks/fault_driver.py DIR [--split-output] [--unseen-death] -- ARGS
 
 ``--split-output``: the rank's stdout and stderr go to ``DIR/rank.RANK.out`` / ``.err`` (as a cluster
 job's per-rank output files would), so a test can read every rank's last words even when the job is
@@ -21,9 +21,7 @@ import subprocess
 import sys
 import time
 
-
-def _rank() -> str:
-    return next((os.environ[k] for k in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK") if k in os.environ), "0")
+from dtrain.env import world_rank
 
 
 def main() -> int:
@@ -37,7 +35,7 @@ def main() -> int:
             while True:
                 time.sleep(3600)
         return status
-    rank = _rank()
+    rank = str(world_rank())
     if "--split-output" in options:
         for fd, suffix in ((1, "out"), (2, "err")):
             f = os.open(os.path.join(folder, f"rank.{rank}.{suffix}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

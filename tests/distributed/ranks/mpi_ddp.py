@@ -1,6 +1,6 @@
 """Run under mpiexec by tests/distributed/test_ddp.py: DistributedDataParallel against one process.
 
-    mpiexec -n N python tests/distributed/mpi_ddp.py equivalence|mismatch|empty-shard
+    mpiexec -n N python tests/distributed/ranks/mpi_ddp.py equivalence|mismatch|empty-shard
 
 Every rank computes the single-process reference itself (same seed, full batch) and compares its
 DDP-trained parameters with it. Any failure prints the rank and aborts the whole job, so a failing
@@ -218,7 +218,7 @@ def compression(comm):
                 opt.step()
                 losses.append(float(loss.item()))
                 if step == 0:  # the worker communicator exists now: record from here on
-                    wc = ddp._worker_comm
+                    wc = ddp.worker_comm
                     recorder = RecordingComm(wc.comm)
                     wc.comm = recorder
                     before = ddp.bytes_sent

@@ -1,0 +1,109 @@
+"""What every all-reduce algorithm shares: the interface, the wire format of half types, MPI datatypes.
+
+An algorithm is a small object with two collective methods over a flat, C-contiguous host (or, for
+NCCL, device) array, called only after :mod:`dtrain.distributed.collectives` validated the arguments:
+
+* ``allreduce(comm, flat, mean)``: replace ``flat`` with the sum (or mean) over the ranks, in place;
+* ``allgather(comm, buf, counts)``: ``buf`` (uint8) holds every rank's block, ``counts[r]`` bytes for
+  rank r, in rank order, with this rank's block filled in; afterwards every block is filled.
+
+Both are called only with ``comm.size > 1`` and a non-empty array. Each send is counted with
+``comm.record_send(nbytes, inter_node)`` so byte accounting (and the cost model's validation) sees what
+each schedule really moves within and between nodes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...backend import bfloat16
+from .. import comm as _comm
+
+__all__ = ["HALF", "AllreduceAlgorithm", "chunk_bounds", "host_sync", "mpi_type", "wire"]
+
+F32 = np.dtype(np.float32)
+HALF = (np.dtype(np.float16),) if bfloat16 is None else (np.dtype(np.float16), np.dtype(bfloat16))
+U16 = np.dtype(np.uint16)
+
+
+class AllreduceAlgorithm:
+    """An all-reduce strategy (see the module docstring for the contract of the two methods).
+
+    Class attributes: ``name`` (the registry key), ``host_staging`` (device arrays go through pinned
+    host buffers unless MPI is CUDA-aware; False when the algorithm reads device memory itself),
+    ``device_only`` (accepts device arrays only).
+    """
+
+    name = ""
+    host_staging = True
+    device_only = False
+
+    def allreduce(self, comm, flat, mean: bool) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not implement allreduce")
+
+    def allgather(self, comm, buf, counts: list[int]) -> None:
+        raise NotImplementedError(f"all-reduce algorithm {self.name!r} has no all-gather")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def chunk_bounds(count: int, parts: int) -> list[tuple[int, int]]:
+    """Split ``range(count)`` into ``parts`` contiguous ``[start, stop)`` chunks of near-equal length.
+
+    The first ``count % parts`` chunks are one element longer; with ``count < parts`` the last
+    chunks are empty.
+
+    >>> chunk_bounds(10, 4)
+    [(0, 3), (3, 6), (6, 8), (8, 10)]
+    """
+    if not is_int(count) or count < 0:
+        raise ValueError(f"chunk_bounds: count must be a non-negative integer, got {count!r}")
+    if not is_int(parts) or parts < 1:
+        raise ValueError(f"chunk_bounds: parts must be a positive integer, got {parts!r}")
+    base, extra = divmod(int(count), int(parts))
+    bounds = []
+    start = 0
+    for i in range(int(parts)):
+        stop = start + base + (1 if i < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def offsets_of(counts: list[int]) -> list[tuple[int, int]]:
+    """``[start, stop)`` of consecutive blocks of the given lengths."""
+    out, pos = [], 0
+    for c in counts:
+        out.append((pos, pos + c))
+        pos += c
+    return out
+
+
+def wire(flat):
+    """The array as it travels: half types as uint16 words, everything else as itself."""
+    return flat.view(U16) if flat.dtype in HALF else flat
+
+
+def host_sync(xp) -> None:
+    """MPI reads device memory directly (CUDA-aware MPI): the kernels that wrote it must be finished."""
+    if xp is not np:
+        xp.cuda.get_current_stream().synchronize()
+
+
+_MPI_TYPES: dict = {}
+
+
+def mpi_type(dtype):
+    """The MPI datatype of a wire dtype (float32/float64/int32/int64/uint16/uint8)."""
+    if not _MPI_TYPES:
+        MPI = _comm._load_mpi()
+        _MPI_TYPES.update({
+            np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE, np.dtype(np.int32): MPI.INT32_T,
+            np.dtype(np.int64): MPI.INT64_T, U16: MPI.UINT16_T, np.dtype(np.uint8): MPI.BYTE,
+        })
+    return _MPI_TYPES[np.dtype(dtype)]

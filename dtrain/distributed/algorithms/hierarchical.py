@@ -1,0 +1,143 @@
+"""Two levels: within each node over shared memory (MPI on the node communicator), and dtrain's ring
+across the node leaders (local rank 0 of each node).
+
+* all-reduce: MPI_Reduce to the node's leader, the ring all-reduce over the leaders, MPI_Bcast within
+  the node. Inter-node traffic is one ring over the nodes instead of over every rank; every rank ends
+  with the leader's bits, so the result is identical on every rank. Half types are summed in float32
+  within the node, rounded to half, and travel between nodes as half (the ring adds them in float32),
+  so fp16/bf16 compression halves the inter-node bytes as it does on the flat ring.
+* all-gather: MPI_Gatherv of the node's blocks to its leader, the ring all-gather of the node blocks
+  over the leaders, MPI_Bcast within the node; the blocks are then put back in world rank order.
+
+Any ranks-per-node layout works (nodes of different sizes, ranks of a node not consecutive); one node
+or one rank per node degenerate to a reduce plus broadcast, or to the plain ring.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...backend import get_array_module
+from .. import comm as _comm
+from .base import F32, HALF, AllreduceAlgorithm, host_sync, mpi_type, offsets_of, wire
+from .ring import RingAllreduce, ring_allgather
+
+__all__ = ["HierarchicalAllreduce", "LeaderView"]
+
+
+class HierarchicalAllreduce(AllreduceAlgorithm):
+    """Reduce (gather) in the node, ring over the node leaders, broadcast in the node."""
+
+    name = "hierarchical"
+
+    def __init__(self, leader_ring: RingAllreduce | None = None):
+        self.leader_ring = leader_ring or RingAllreduce()
+
+    def allreduce(self, comm, flat, mean: bool) -> None:
+        MPI = _comm._MPI
+        xp = get_array_module(flat)
+        node, leaders = comm.node_comm, comm.leader_comm
+        work = flat
+        if flat.dtype in HALF:  # sums in float32, rounded to half once at the end
+            work = comm.buffer("hier.acc", flat.size, F32, xp)
+            work[...] = flat
+        mtype = mpi_type(work.dtype)
+        host_sync(xp)
+        if node.Get_size() > 1:
+            if node.Get_rank() == 0:
+                node.Reduce(MPI.IN_PLACE, [work, mtype], op=MPI.SUM, root=0)
+            else:
+                comm.record_send(work.nbytes, False)
+                node.Reduce([work, mtype], None, op=MPI.SUM, root=0)
+        if leaders is not None:
+            if work is not flat:
+                flat[...] = work  # half on the wire between nodes (the ring adds it in float32)
+            if leaders.Get_size() > 1:
+                self.leader_ring.allreduce(leader_view(comm), flat, False)
+            if mean and work is not flat:
+                work[...] = flat
+                xp.divide(work, comm.size, out=work)
+                flat[...] = work
+            elif mean:
+                xp.divide(flat, comm.size, out=flat)
+        _node_bcast(comm, wire(flat))
+
+    def allgather(self, comm, buf, counts: list[int]) -> None:
+        MPI = _comm._MPI
+        node, leaders = comm.node_comm, comm.leader_comm
+        nodes = _node_members(comm)  # world ranks of each node, in the leaders' order
+        mine = next(m for m in nodes if comm.rank in m)
+        order = [r for members in nodes for r in members]  # the blocks' order after the leaders' ring
+        staged = comm.buffer("hier.gather", int(buf.size), np.uint8)
+        pos = dict(zip(order, offsets_of([counts[r] for r in order])))
+        node_lo, node_hi = pos[mine[0]][0], pos[mine[-1]][1]
+        host_sync(get_array_module(buf))
+        lo, hi = offsets_of(counts)[comm.rank]
+        if node.Get_size() > 1:
+            sizes = [counts[r] for r in mine]
+            if node.Get_rank() == 0:
+                staged[pos[comm.rank][0]:pos[comm.rank][1]] = buf[lo:hi]
+                recv = [staged[node_lo:node_hi], sizes, [a for a, _ in offsets_of(sizes)], MPI.BYTE]
+                node.Gatherv(MPI.IN_PLACE, recv, root=0)
+            else:
+                comm.record_send(hi - lo, False)
+                node.Gatherv([buf[lo:hi], MPI.BYTE], None, root=0)
+        else:
+            staged[node_lo:node_hi] = buf[lo:hi]
+        if leaders is not None and leaders.Get_size() > 1:
+            blocks = [(pos[m[0]][0], pos[m[-1]][1]) for m in nodes]
+            ring_allgather(leader_view(comm), staged, blocks)
+        _node_bcast(comm, staged)
+        world_pos = offsets_of(counts)
+        for r in order:  # back to world rank order
+            a, b = world_pos[r]
+            buf[a:b] = staged[pos[r][0]:pos[r][1]]
+
+
+def _node_bcast(comm, arr) -> None:
+    """The node leader's ``arr`` to every rank of its node."""
+    node = comm.node_comm
+    if node.Get_size() > 1:
+        if node.Get_rank() == 0:
+            comm.record_send(arr.nbytes, False)
+        host_sync(get_array_module(arr))
+        node.Bcast([arr, mpi_type(arr.dtype)], root=0)
+
+
+def _node_members(comm) -> list[list[int]]:
+    """Each node's ranks (ascending), nodes ordered by their leader's rank (the leaders' ring order)."""
+    key = "hier.nodes"
+    if key not in comm.cache:
+        groups: dict[int, list[int]] = {}
+        for r, leader in enumerate(comm.node_of):
+            groups.setdefault(leader, []).append(r)
+        comm.cache[key] = [groups[leader] for leader in sorted(groups)]
+    return comm.cache[key]
+
+
+class LeaderView:
+    """The leaders' communicator dressed as a Communicator for the ring: buffers come from the owning
+    Communicator, and every byte sent counts as crossing nodes (each leader is on its own node)."""
+
+    __slots__ = ("comm", "owner", "rank", "size")
+
+    def __init__(self, owner, leaders):
+        self.owner, self.comm = owner, leaders
+        self.rank, self.size = leaders.Get_rank(), leaders.Get_size()
+
+    def buffer(self, key, shape, dtype, xp=np):
+        return self.owner.buffer(("leaders", key), shape, dtype, xp)
+
+    def record_send(self, nbytes: int, inter_node: bool = True) -> None:
+        self.owner.record_send(nbytes, True)
+
+    def crosses_nodes(self, peer: int) -> bool:
+        return peer != self.rank
+
+
+def leader_view(comm) -> LeaderView:
+    """The (cached) :class:`LeaderView` of ``comm``'s leaders' communicator (node leaders only)."""
+    view = comm.cache.get("hier.leaders")
+    if view is None or view.comm is not comm.leader_comm:
+        view = comm.cache["hier.leaders"] = LeaderView(comm, comm.leader_comm)
+    return view

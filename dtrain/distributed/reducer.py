@@ -1,0 +1,243 @@
+"""The Reducer: DistributedDataParallel's bucket state machine (torch's ``Reducer``).
+
+Parameters that require grad are packed, in REVERSE registration order, into buckets of at most
+``bucket_cap_bytes`` (one dtype per bucket): the last layers' gradients are complete first in backward,
+so their bucket can start its sum while earlier layers still run backward. A bucket is launched — its
+gradients packed into its flat buffer and handed to the comm hook — when all its parameters'
+post-accumulate hooks have fired and every earlier bucket has been launched (all ranks launch buckets
+in the same order). When backward ends, :meth:`Reducer.finish` (an engine callback) waits for the
+hooks' handles and writes the averaged gradients back into ``param.grad``.
+
+Uneven shards are averaged exactly: each rank packs n_r·g_r (n_r its samples since the last sync); the
+counts travel in a small all-reduce just ahead of the first bucket, and every rank divides by Σ n_r —
+the gradient of the mean loss over the union of the ranks' samples, as one process would compute it.
+Parameters with no gradient this backward contribute zeros (or what their ``.grad`` already holds), so
+every rank runs the same collectives.
+
+Byte accounting: ``bytes_sent`` counts what this rank handed to MPI send calls for gradient sync (the
+sample counts and the buckets, read from the worker communicator's counters), ``bytes_inter_node`` the
+part addressed to other nodes, and ``bytes_uncompressed`` what the plain flat ring would have sent for
+the same buffers — the reference of the compression ratio.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..autograd.engine import queue_callback
+from ..backend import get_array_module
+from .algorithms import get as get_algorithm
+from .algorithms import ring_allreduce_bytes
+from .collectives import allreduce
+from .comm import Communicator
+
+__all__ = ["CONTROL_SLOTS", "Bucket", "Reducer"]
+
+CONTROL_SLOTS = 4  # small float64 values (flags, votes) every rank adds to each synchronisation
+
+
+class Bucket:
+    """One bucket: its parameters, their offsets in the flat ``buffer``, and its launch state."""
+
+    def __init__(self, index: int, params: list, names: dict):
+        self.index, self.params, self.dtype = index, params, params[0].data.dtype
+        self.key = f"bucket{index}"
+        self.offsets: list[tuple[int, int]] = []
+        n = 0
+        for p in params:
+            self.offsets.append((n, n + p.data.size))
+            n += p.data.size
+        xp = get_array_module(params[0].data)
+        self.buffer = xp.empty(n, dtype=self.dtype)
+        # (parameter name, view of the buffer in the parameter's shape): what compressors and hooks see
+        self.segments = [(names[id(p)], self.buffer[lo:hi].reshape(p.data.shape))
+                         for p, (lo, hi) in zip(params, self.offsets)]
+        self.step = 0
+        self.handle = None
+        self.launched = False
+        self.pending = len(params)
+
+    def __repr__(self) -> str:
+        return f"<Bucket {self.index}: {len(self.params)} parameters, {self.buffer.size} x {self.dtype}>"
+
+
+def make_buckets(params: list, cap_bytes: int, names: dict) -> list[Bucket]:
+    """Pack ``params`` in reverse order into buckets of at most ``cap_bytes`` (one dtype per bucket)."""
+    groups, current, size = [], [], 0
+    for p in reversed(params):
+        if current and (p.data.dtype != current[0].data.dtype or size + p.data.nbytes > cap_bytes):
+            groups.append(current)
+            current, size = [], 0
+        current.append(p)
+        size += p.data.nbytes
+    if current:
+        groups.append(current)
+    return [Bucket(i, g, names) for i, g in enumerate(groups)]
+
+
+class Reducer:
+    """Buckets, ready order, launch and finish, sample weighting and byte accounting for one model.
+
+    Args:
+        params: the parameters that require grad, in registration order.
+        names: ``{id(param): name}``.
+        comm: the Communicator; cap_bytes: the bucket size; overlap: launch buckets during backward.
+        hook, state: the comm hook and its state (see :mod:`dtrain.distributed.hooks`).
+        algorithm: what the sample counts travel on (host arrays: a device-only algorithm means the ring).
+    """
+
+    def __init__(self, params: list, names: dict, comm: Communicator, cap_bytes: int, overlap: bool, hook, state,
+                 algorithm="ring"):
+        self.comm, self.overlap = comm, overlap
+        algo = get_algorithm(algorithm)
+        self.counts_algorithm = "ring" if algo.device_only else algo
+        self.hook, self.hook_state = hook, state
+        self.buckets = make_buckets(params, cap_bytes, names)
+        self.where = {id(p): b for b in self.buckets for p in b.params}
+        self.samples = 0  # this rank's samples since the last synchronisation
+        self.armed = False  # the coming backward synchronises
+        self.active = False  # a synchronisation is in progress (buckets being launched)
+        self.next_bucket = 0
+        self.counts = np.zeros(1 + CONTROL_SLOTS, dtype=np.float64)  # [samples, control values...]
+        self.control = np.zeros(CONTROL_SLOTS, dtype=np.float64)  # summed over ranks with the next sync
+        self.control_sum = np.zeros(CONTROL_SLOTS, dtype=np.float64)  # ... the result, after finish()
+        self.count_handle = None
+        self.step = 0  # synchronisations completed (seeds random-k, PowerSGD's start_iter)
+        self.bytes_sent = 0
+        self.bytes_inter_node = 0
+        self.bytes_uncompressed = 0
+        self.last_step_bytes = (0, 0)  # (sent, uncompressed) of the latest synchronisation
+        self.worker_comm: Communicator | None = None  # the communicator the buckets' jobs run on
+        self._marks = (0, 0)  # the worker's counters when this sync's first job started
+        self._raw_before = 0
+        self.timings = {"finish_enter": 0.0, "finish_s": 0.0, "pack_in_hooks_s": 0.0, "pack_in_finish_s": 0.0,
+                        "wait_s": 0.0, "launch_times": []}
+
+    # -- backward ------------------------------------------------------------------------------
+
+    def grad_ready(self, param) -> None:
+        """A parameter's gradient was accumulated (its post-accumulate hook)."""
+        if not self.armed or self.comm.size == 1:
+            return
+        if not self.active:
+            self.begin()
+        bucket = self.where[id(param)]
+        if bucket.launched:
+            raise RuntimeError("DistributedDataParallel: a parameter received a second gradient in one backward "
+                               "after its bucket was sent; call backward once per forward")
+        bucket.pending -= 1
+        if self.overlap:
+            self.launch_ready(in_finish=False)
+
+    def begin(self, in_backward: bool = True) -> None:
+        """Start a synchronisation (at the first ready gradient, or from sync_without_backward)."""
+        self.active = True
+        self.next_bucket = 0
+        for b in self.buckets:
+            b.pending, b.launched, b.handle = len(b.params), False, None
+        self.timings.update(pack_in_hooks_s=0.0, pack_in_finish_s=0.0, wait_s=0.0, launch_times=[])
+        if in_backward:
+            queue_callback(self.finish)
+
+    def launch_ready(self, in_finish: bool) -> None:
+        """Launch every bucket that is complete and next in order."""
+        while self.next_bucket < len(self.buckets) and (in_finish or self.buckets[self.next_bucket].pending == 0):
+            self.launch(self.buckets[self.next_bucket], in_finish)
+
+    def launch(self, bucket: Bucket, in_finish: bool) -> None:
+        """Pack the bucket's sample-weighted gradients and hand it to the comm hook."""
+        t0 = time.perf_counter()
+        if bucket.index == 0:
+            # The sample counts travel just ahead of the first bucket, not at the first hook: a rank that
+            # waits in MPI busy-polls, and that would compete with its own backward for the core.
+            self.counts[0] = self.samples
+            self.counts[1:] = self.control
+            self.count_handle = self.comm.submit("DDP sample counts", self._count_job)
+            self.bytes_uncompressed += ring_allreduce_bytes(self.counts.size, 8, self.comm.size, self.comm.rank)
+        xp = get_array_module(bucket.buffer)
+        weight = float(self.samples)
+        for p, (lo, hi) in zip(bucket.params, bucket.offsets):
+            view = bucket.buffer[lo:hi]
+            if p.grad is None:
+                view[...] = 0
+            else:
+                xp.multiply(p.grad.reshape(-1), weight, out=view)
+        bucket.step = self.step
+        bucket.handle = self.hook(self.hook_state, bucket)
+        bucket.launched = True
+        self.next_bucket = bucket.index + 1
+        self.bytes_uncompressed += ring_allreduce_bytes(bucket.buffer.size, bucket.buffer.itemsize, self.comm.size,
+                                                        self.comm.rank)
+        self.timings["launch_times"].append(t0)
+        self.timings["pack_in_finish_s" if in_finish else "pack_in_hooks_s"] += time.perf_counter() - t0
+
+    def _count_job(self, wcomm: Communicator):
+        # Runs on the worker thread, first of this sync's jobs: mark its byte counters here.
+        self.worker_comm = wcomm
+        self._marks = (wcomm.bytes_sent, wcomm.bytes_inter_node)
+        with wcomm.watch("DDP sample counts", bucket=0):
+            allreduce(self.counts, op="sum", algorithm=self.counts_algorithm, comm=wcomm)
+        return self.counts
+
+    # -- the end of backward -------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Wait for every bucket, then write the sample-weighted average into each ``param.grad``.
+
+        Runs automatically at the end of a synchronising backward; a no-op when no synchronisation
+        is in progress (so calling it again is harmless).
+        """
+        if self.comm.size == 1:
+            self.samples = 0
+            self.control_sum[...] = self.control
+            return
+        if not self.active:
+            return
+        start = time.perf_counter()
+        self.timings["finish_enter"] = start
+        self.launch_ready(in_finish=True)
+        counts = self._wait(self.count_handle)
+        total = float(counts[0])
+        self.control_sum[...] = counts[1:]
+        if total <= 0:
+            raise RuntimeError(f"DistributedDataParallel: no rank had any samples this step (rank {self.comm.rank})")
+        for b in self.buckets:
+            self._write_grads(b, self._wait(b.handle), 1.0 / total)
+            b.handle = None
+        self.active, self.armed, self.samples, self.count_handle = False, False, 0, None
+        self.step += 1
+        self._account()
+        self.timings["finish_s"] = time.perf_counter() - start
+
+    def _wait(self, handle):
+        t0 = time.perf_counter()
+        try:
+            return handle.wait()
+        finally:
+            self.timings["wait_s"] += time.perf_counter() - t0
+
+    @staticmethod
+    def _write_grads(bucket: Bucket, summed, scale: float) -> None:
+        xp = get_array_module(bucket.buffer)
+        for p, (lo, hi) in zip(bucket.params, bucket.offsets):
+            if p.grad is None:
+                p.grad = xp.empty(p.data.shape, dtype=p.data.dtype)
+            xp.multiply(summed[lo:hi].reshape(p.data.shape), scale, out=p.grad, casting="unsafe")
+
+    def _account(self) -> None:
+        wc = self.worker_comm
+        sent, inter = wc.bytes_sent - self._marks[0], wc.bytes_inter_node - self._marks[1]
+        self.bytes_sent += sent
+        self.bytes_inter_node += inter
+        self.last_step_bytes = (sent, self.bytes_uncompressed - self._raw_before)
+        self._raw_before = self.bytes_uncompressed
+
+    def sync_without_backward(self) -> None:
+        """Take part in this step's synchronisation without a backward pass (a rank with an empty shard):
+        contribute the current gradients (zeros where None) with the sample count since the last sync."""
+        if self.comm.size == 1 or self.active:
+            return
+        self.begin(in_backward=False)
+        self.finish()
