@@ -1,4 +1,4 @@
-"""The ``dtrain`` command line: ``dtrain info``, ``dtrain train``, ``dtrain launch`` and ``dtrain bench allreduce``.
+"""The ``dtrain`` command line: ``dtrain info``, ``dtrain train``, ``dtrain launch`` and ``dtrain bench NAME``.
 
 ``train`` builds the job from dtrain.train.config.OPTIONS (one table for flags, TOML keys, defaults
 and validation) and runs dtrain.train.job.run. Bad input exits with status 2 and one line on stderr
@@ -55,68 +55,26 @@ def _train(args) -> int:
     from .train.job import init_world, make_sync, model_defaults, run
 
     # Under mpiexec the world comes first, so a configuration error on any one rank (MPMD command lines,
-    # per-rank config files) is reported by every rank instead of leaving the others waiting.
+    # per-rank config files, a bad --compression spec) is reported by every rank instead of leaving the
+    # others waiting.
     comm = init_world()
     flags = {o.name: getattr(args, o.name) for o in OPTIONS if hasattr(args, o.name)}
-    error = config = None
+    error = config = seams = None
     try:
         config = resolve_config(flags, args.config, model_defaults)
+        seams = make_sync(config, comm)
     except ValueError as exc:
         error = exc
     if comm is None:
         if error is not None:
             raise error
     else:
-        from .train.distributed import agree
+        from .train.ddp_sync import agree
 
         agree(comm, error, "the configuration")
-    run(config, sync=make_sync(config, comm))
+    sync, collectives = seams
+    run(config, sync=sync, collectives=collectives)
     return 0
-
-
-def _parse_size(text: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().removesuffix("B")
-    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
-    try:
-        value = int(float(num) * units[unit])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size like 4K, 1M or 256M: {text!r}") from None
-    if value < 4:
-        raise argparse.ArgumentTypeError(f"size must be at least 4 bytes, got {text!r}")
-    return value
-
-
-def _bench(args) -> int:
-    from .distributed import init
-    from .distributed.collectives import measure_allreduce
-
-    world = init()
-    sizes, s = [], args.min_bytes
-    while s <= args.max_bytes:
-        sizes.append(s)
-        s *= args.step_factor
-    rows = measure_allreduce(sizes, tuple(args.algorithms.split(",")), repeats=args.repeats, warmup=args.warmup)
-    if world.rank == 0:
-        if world.size == 1:
-            print("note: a world of 1 rank moves no data; run under mpiexec -n N (e.g. mpiexec -n 2 dtrain bench "
-                  "allreduce)")
-        print(f"# all-reduce, float32 sum, {world.size} ranks (busbw = algbw * 2(n-1)/n)")
-        print(f"{'size':>10} {'algorithm':>9} {'time_us':>11} {'algbw GB/s':>11} {'busbw GB/s':>11}")
-        for r in rows:
-            print(f"{r['size_bytes']:>10} {r['algorithm']:>9} {r['time_s'] * 1e6:>11.1f} {r['algbw_GBps']:>11.3f} "
-                  f"{r['busbw_GBps']:>11.3f}")
-    return 0
-
-
-def _bench_scaling(args) -> int:
-    import shlex
-
-    from .bench.scaling import run
-
-    argv = sys.argv[1:]
-    command = "dtrain " + shlex.join(argv) if argv[:2] == ["bench", "scaling"] else "dtrain bench scaling ..."
-    return run(args, command)
 
 
 def _launch(args) -> int:
@@ -130,7 +88,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with the rank in usage errors (under mpiexec every rank prints one)."""
 
     def error(self, message):
-        from .train.job import launcher_rank
+        from .env import launcher_rank
 
         rank = launcher_rank()
         where = f" [rank {rank}]" if rank is not None else ""
@@ -139,12 +97,23 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .train.config import OPTIONS
-
+    """The ``dtrain`` argument parser: one sub-command per function below."""
     p = _Parser(prog="dtrain", description="Distributed data-parallel training over MPI.")
     sub = p.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, MPI library, CUDA availability")
     info.set_defaults(func=_info)
+    _add_train_parser(sub)
+    from .bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
+    _add_launch_parser(sub)
+    return p
+
+
+def _add_train_parser(sub) -> None:
+    """``dtrain train``: one flag per option of dtrain.train.config.OPTIONS."""
+    from .train.config import OPTIONS
+
     tr = sub.add_parser(
         "train", help="train a model (default: an MLP on the digits data set)",
         description="Train a model from the zoo on a data set. Every option can also be set in a TOML file "
@@ -166,32 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["metavar"] = "PATH"
         tr.add_argument(opt.flag, dest=opt.name, **kwargs)
     tr.set_defaults(func=_train)
-    bench = sub.add_parser("bench",
-                           help="benchmarks: allreduce (run it under mpiexec), scaling (launches mpiexec itself)")
-    bench_sub = bench.add_subparsers(dest="bench", required=True)
-    ar = bench_sub.add_parser("allreduce", help="nccl-tests style table: size, time, algbw, busbw per algorithm",
-                              description="Time our ring all-reduce against MPI_Allreduce over the world this is "
-                                          "launched in, e.g. mpiexec -n 4 dtrain bench allreduce.")
-    ar.add_argument("--min-bytes", type=_parse_size, default=4 << 10, help="smallest message (default 4K)")
-    ar.add_argument("--max-bytes", type=_parse_size, default=64 << 20, help="largest message (default 64M)")
-    ar.add_argument("--step-factor", type=int, default=4, choices=(2, 4, 8), help="size multiplier (default 4)")
-    ar.add_argument("--algorithms", default="ring,mpi",
-                    help="comma-separated: ring, hierarchical, mpi (default ring,mpi)")
-    ar.add_argument("--repeats", type=int, default=10, help="timed repeats per size (default 10)")
-    ar.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
-    ar.set_defaults(func=_bench)
-    from .bench.scaling import add_arguments as scaling_arguments
 
-    sc = bench_sub.add_parser(
-        "scaling", help="strong/weak scaling sweep over world sizes (launches mpiexec itself) + cost-model check",
-        description="Launch mpiexec -n K for each K of --ranks (do not run this under mpiexec), train the model "
-                    "with DDP in weak (fixed batch per rank) and strong (fixed global batch) scaling, split each "
-                    "step into compute, exposed/overlapped communication and optimizer, and check the "
-                    "alpha-beta-gamma cost model (dtrain.distributed.costmodel) against the measured step times.",
-        epilog="Writes scaling.csv, scaling.json, scaling.md, efficiency.png and breakdown.png to --out. World "
-               "sizes above the host's core count are flagged as oversubscribed.")
-    scaling_arguments(sc)
-    sc.set_defaults(func=_bench_scaling)
+
+def _add_launch_parser(sub) -> None:
+    """``dtrain launch``: run ``dtrain train`` on N ranks of this machine under mpiexec."""
     from .launch import BIND_CHOICES, DEVICES, positive_int_arg, ranks_arg
 
     la = sub.add_parser(
@@ -223,14 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dry run: print the exact mpiexec command (shell-quoted, one line) and exit")
     la.add_argument("train_args", nargs="*", metavar="-- TRAIN_ARGS", help="options for dtrain train, after --")
     la.set_defaults(func=_launch)
-    return p
 
 
 def _distributed_errors() -> tuple:
     """Job-level errors raised on every rank (another rank failed; the ranks hold different models).
     Importing them loads no MPI."""
     from .distributed import ModelMismatchError
-    from .train.distributed import DistributedRunError
+    from .train.sync import DistributedRunError
 
     return DistributedRunError, ModelMismatchError
 
@@ -245,22 +191,20 @@ def _write_error(line: str) -> None:
 def _abort_if_alone(exc: BaseException, status: int) -> int:
     """An error raised on this rank only, in a world > 1, would leave the other ranks waiting in their
     next collective: end the whole job (MPI_Abort). Errors every rank raised together just exit."""
-    from .distributed import comm as dist_comm
+    from .distributed.comm import current_world
 
-    world = dist_comm._world
-    if world is not None and not world._closed and world.size > 1 and not getattr(exc, "collective", False):
+    world = current_world()
+    if world is not None and world.size > 1 and not getattr(exc, "collective", False):
         _write_error(f"dtrain: error: [rank {world.rank}] the error above was not agreed with the other ranks: "
                      "aborting the job (MPI_Abort) so that none of them waits for this rank")
-        if world.watchdog is not None:
-            world.watchdog.abort(status)
-        dist_comm._MPI.COMM_WORLD.Abort(status)
+        world.abort(status)
     return status
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .train.job import launcher_rank
-    from .train.trainer import TrainingInterrupted
+    from .env import launcher_rank
+    from .train.signals import TrainingInterrupted
 
     rank = launcher_rank()
     where = f" [rank {rank}]" if rank is not None else ""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from .. import nn
 from ..autograd import ops
 from ..autograd.tensor import Tensor
+from ..spec import is_int
 
 __all__ = ["MODELS", "CharLSTM", "CharTransformer", "ModelSpec", "ResNet", "build_model", "count_correct",
            "loss_and_accuracy"]
@@ -32,7 +33,7 @@ def _as_widths(hidden) -> tuple[int, ...]:
             raise ValueError(f"hidden must be comma-separated positive integers like '256,128', "
                              f"got {hidden!r}") from None
     hidden = tuple(hidden)
-    if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+    if any(not is_int(h) or h < 1 for h in hidden):
         raise ValueError(f"hidden layer widths must be positive integers, got {hidden!r}")
     return hidden
 

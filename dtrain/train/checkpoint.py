@@ -8,6 +8,9 @@ all ranks). Nested state is split generically: arrays go to the npz and are repl
 ``{"__array__": key}``; dicts with integer keys (optimizer state by parameter index) are tagged so
 they come back with integer keys. Loading never unpickles or executes anything.
 
+This module knows files, not the Trainer: what goes in is ``Trainer.state_dict(...)`` and what comes
+out goes back through ``Trainer.load_state_dict(...)``.
+
 ``CheckpointManager`` names files ``ckpt-{step:08d}.npz``, keeps the newest ``keep`` and maintains
 ``latest.json``, a manifest listing every kept file with its size and SHA-256, so ``--resume``
 finds the newest one and verifies it, and ``--resume last-good`` finds the newest one that verifies.
@@ -23,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend
 from ..backend import to_device
-from ..nn.utils.serialization import SerializationError, _atomic_write, load_npz, save_npz
+from ..nn.utils.serialization import SerializationError, load_npz, save_npz
+from ..nn.utils.serialization import atomic_write as _atomic_write  # a name tests monkeypatch
+from ..spec import check_int, is_int
 
-__all__ = ["CheckpointError", "CheckpointManager", "load_checkpoint", "param_checksum", "restore_trainer",
-           "save_checkpoint"]
+__all__ = ["CheckpointError", "CheckpointManager", "load_checkpoint", "param_checksum", "save_checkpoint"]
 
 FORMAT = "dtrain-checkpoint"
 FORMAT_VERSION = 1
@@ -85,37 +88,20 @@ def _join(obj, arrays: dict, path: str):
     return obj
 
 
-def save_checkpoint(path: str, trainer, rng_states: list | None = None, compression_states: list | None = None,
-                    epoch_sums=None) -> None:
-    """Write the trainer's full state (model, optimizer, scheduler, RNG, loop position) to ``path``.
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write a training state (``Trainer.state_dict(...)``: model, optimizer, scheduler, RNG, loop position,
+    compression state, config) to ``path``, atomically.
 
-    Args:
-        rng_states: every rank's default-generator state, in rank order (default: this process's).
-        compression_states: every rank's compressor state (error-feedback memories, PowerSGD Qs).
-        epoch_sums: ``(loss_sum, correct, seen)`` of the current epoch summed over ALL ranks; stored
-            in place of this rank's partial sums (a world > 1 must pass them for exact train metrics
-            after a mid-epoch resume). Default: this rank's own sums (exact in a world of 1).
+    Arrays anywhere in ``state`` go to the npz under their path (``model/...``, ``optimizer/...``); the rest
+    is the JSON metadata, with the format tag and the dtrain version added.
 
     Raises OSError (ENOSPC...) if the file cannot be written; ``path`` is then left as it was.
     """
     from .. import __version__
 
-    state = trainer.state.to_json()
-    if epoch_sums is not None:
-        loss_sum, correct, seen = epoch_sums
-        state.update(loss_sum=float(loss_sum), correct=float(correct), seen=int(seen))
     arrays: dict[str, Any] = {}
-    meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "dtrain_version": __version__,
-        "world_size": int(trainer.sync.world_size),
-        "config": trainer.config,
-        "model": _split(dict(trainer.model.state_dict()), "model", arrays),
-        "optimizer": _split(trainer.optimizer.state_dict(), "optimizer", arrays),
-        "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
-        "rng": rng_states if rng_states is not None else [backend.default_generator.get_state()],
-        "trainer": state,
-        "compression": _split(list(compression_states or []), "compression", arrays),
-    }
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "dtrain_version": __version__}
+    meta.update({key: _split(value, key, arrays) for key, value in state.items()})
     save_npz(arrays, path, metadata=json.loads(json.dumps(meta, default=_json_default)))
 
 
@@ -149,54 +135,6 @@ def load_checkpoint(path: str) -> dict:
     return _join(meta, arrays, path)
 
 
-def _has_compressor_memory(state) -> bool:
-    """Whether a rank's saved compressor state holds anything beyond its spec (memories, Qs)."""
-    inner = state.get("compressor") if isinstance(state, dict) else None
-    return isinstance(inner, dict) and any(k != "spec" for k in inner)
-
-
-def restore_trainer(trainer, path: str) -> None:
-    """Load ``path`` into the trainer's model, optimizer, scheduler, default RNG and loop state.
-
-    The world size may differ from the one that saved the file: model, optimizer, scheduler and
-    loop position restore exactly; rank r takes the saved RNG state r when the saving run had a
-    rank r (others keep their own seeded stream); per-rank compressor memories cannot be split
-    over a different world, so they are discarded (with a warning). The epoch's partial sums go
-    to rank 0 (they were summed over all ranks when saved); other ranks start them at zero.
-    """
-    from .trainer import TrainState
-
-    ck = load_checkpoint(path)
-    states = ck.get("rng") or []
-    rank, world = trainer.sync.rank, trainer.sync.world_size
-    saved_world = ck.get("world_size", max(len(states), 1))  # older files: one RNG state per rank
-    if isinstance(saved_world, bool) or not isinstance(saved_world, int) or saved_world < 1:
-        raise CheckpointError(f"checkpoint {path} records an invalid world size {saved_world!r}")
-    try:
-        state = TrainState.from_json(ck["trainer"])
-        trainer.model.load_state_dict(ck["model"])
-        trainer.optimizer.load_state_dict(ck["optimizer"])
-        if trainer.scheduler is not None and ck.get("scheduler") is not None:
-            trainer.scheduler.load_state_dict(ck["scheduler"])
-        if rank < len(states):
-            backend.default_generator.set_state(states[rank])
-        compression = ck.get("compression") or []
-        if saved_world == world:
-            if len(compression) == world and compression[rank]:
-                trainer.sync.load_compressor_state(compression[rank])
-        elif trainer.sync.compression != "none" and any(_has_compressor_memory(c) for c in compression):
-            if rank == 0:  # every rank drops its own memories; one report is enough
-                trainer.log.warning(f"checkpoint {path} was saved by {saved_world} rank(s) and this run has {world}: "
-                                    f"the per-rank gradient-compression state (error-feedback memories) cannot be "
-                                    f"split over a different world size, so compression restarts with empty "
-                                    f"memories (the run is not exact from here)")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} does not fit this run: {exc}") from None
-    if rank != 0:  # rank 0 carries the whole epoch's sums; the end-of-epoch reduction adds the rest
-        state.loss_sum, state.correct, state.seen = 0.0, 0.0, 0
-    trainer.state = state
-
-
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -223,8 +161,7 @@ class CheckpointManager:
     MANIFEST = "latest.json"
 
     def __init__(self, directory: str, keep: int = 3):
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep must be a positive integer, got {keep!r}")
+        check_int("keep", keep, 1)
         if os.path.exists(directory) and not os.path.isdir(directory):
             raise CheckpointError(f"checkpoint directory {directory} exists and is not a directory")
         self.directory, self.keep = directory, keep
@@ -273,7 +210,7 @@ class CheckpointManager:
                 raise bad(f"'latest' must be a file name in the folder, got {name!r}")
             entries = [e for e in self._scan() if e["file"] != name]
             step = m.get("step")
-            step = step if isinstance(step, int) and not isinstance(step, bool) else _step_of(name)
+            step = step if is_int(step) else _step_of(name)
             return [*entries, {"file": name, "step": step, "sha256": m.get("sha256"), "bytes": None}]
         if m.get("format") != MANIFEST_FORMAT:
             raise bad(f"format tag {m.get('format')!r}, expected {MANIFEST_FORMAT!r}")
@@ -284,8 +221,8 @@ class CheckpointManager:
         if not isinstance(entries, list):
             raise bad("'checkpoints' must be a list")
         for e in entries:
-            if not (isinstance(e, dict) and _plain_name(e.get("file")) and _is_int(e.get("step"))
-                    and isinstance(e.get("sha256"), str) and _is_int(e.get("bytes"))):
+            if not (isinstance(e, dict) and _plain_name(e.get("file")) and is_int(e.get("step"))
+                    and isinstance(e.get("sha256"), str) and is_int(e.get("bytes"))):
                 raise bad(f"entry {e!r} is not {{'file': name, 'step': int, 'sha256': hex, 'bytes': int}}")
         if entries and m.get("latest") != entries[-1]["file"]:
             raise bad(f"'latest' is {m.get('latest')!r} but the newest listed checkpoint is {entries[-1]['file']!r}")
@@ -380,16 +317,15 @@ class CheckpointManager:
         return good, skipped + bad
 
     # -- writing -------------------------------------------------------------------------------
-    def save(self, trainer, rng_states: list | None = None, compression_states: list | None = None,
-             epoch_sums=None) -> str:
-        """Write ``ckpt-{step:08d}.npz`` (see save_checkpoint for the arguments), record it in the
-        manifest, then delete the checkpoints beyond the newest ``keep``. Returns the new file's path.
+    def save(self, state: dict) -> str:
+        """Write ``state`` (``Trainer.state_dict(...)``, see save_checkpoint) as ``ckpt-{step:08d}.npz``, record
+        it in the manifest, then delete the checkpoints beyond the newest ``keep``. Returns the new file's path.
 
         Raises CheckpointError naming the file and the OS reason (ENOSPC...) if the checkpoint or the
         manifest cannot be written; the previous checkpoints and manifest are then left as they were
         and no temporary file remains.
         """
-        step = int(trainer.state.step)
+        step = int(state["trainer"]["step"])
         name = f"ckpt-{step:08d}.npz"
         path = os.path.join(self.directory, name)
         try:
@@ -401,7 +337,7 @@ class CheckpointManager:
         existed = os.path.exists(path)
         try:
             os.makedirs(self.directory, exist_ok=True)
-            save_checkpoint(path, trainer, rng_states, compression_states, epoch_sums)
+            save_checkpoint(path, state)
             entry = {"file": name, "step": step, "sha256": _sha256(path), "bytes": os.path.getsize(path)}
             history = []
             for e in previous:
@@ -446,7 +382,3 @@ def _plain_name(name) -> bool:
     """A file name inside the checkpoint folder (no separators, no '..'): the manifest cannot point elsewhere."""
     return (isinstance(name, str) and name not in ("", ".", "..") and os.path.basename(name) == name
             and "/" not in name and "\\" not in name)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)

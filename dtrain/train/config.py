@@ -1,18 +1,22 @@
 """The training job's configuration: one table of options shared by the CLI flags and TOML files.
 
 Precedence, lowest to highest: built-in defaults, the chosen model's defaults (e.g. Adam for the
-language models), the TOML ``--config`` file, explicit command-line flags. Every option is
-validated here, with an error that names the option, the bad value and what was expected.
+language models), the environment (DTRAIN_TIMEOUT), the TOML ``--config`` file, explicit command-line
+flags. Every option's type and range is validated here, with an error that names the option, the bad
+value and what was expected; the spec-shaped ones are parsed once, where their object is built
+(``--compression`` by :func:`dtrain.train.job.make_compressor`, ``--dataset`` by ``load_dataset``).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 import sys
 from dataclasses import dataclass
 from typing import Any
+
+from ..env import timeout_from_env
+from ..spec import is_real
 
 __all__ = ["OPTIONS", "ConfigError", "Option", "load_toml", "resolve_config"]
 
@@ -134,7 +138,7 @@ def _coerce(opt: Option, value, source: str):
         elif opt.type is str:
             if isinstance(value, (list, tuple)) and opt.name == "hidden":
                 value = ",".join(str(v) for v in value)
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            elif is_real(value):
                 value = str(value)
             elif not isinstance(value, str):
                 raise TypeError
@@ -207,13 +211,6 @@ def parse_loss_scale(value) -> str:
     return repr(scale)
 
 
-def _env_number(text: str, name: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"environment variable {name} must be a number of seconds, got {text!r}") from None
-
-
 def resolve_config(flags: dict, toml_path: str | None = None, model_defaults=None) -> dict:
     """Merge defaults < model defaults < TOML < flags into one validated config dict.
 
@@ -233,10 +230,12 @@ def resolve_config(flags: dict, toml_path: str | None = None, model_defaults=Non
     if model_defaults is not None:
         for name, value in model_defaults(model).items():
             config[name] = _coerce(_BY_NAME[name], value, f"the {model} model's defaults")
-    env_timeout = os.environ.get("DTRAIN_TIMEOUT")
-    if env_timeout is not None and env_timeout.strip():  # the launcher's environment: below TOML and flags
-        config["timeout"] = _coerce(_BY_NAME["timeout"], _env_number(env_timeout, "DTRAIN_TIMEOUT"),
-                                    "the environment (DTRAIN_TIMEOUT)")
+    try:  # the launcher's environment: below TOML and flags
+        env_timeout = timeout_from_env(None)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if env_timeout is not None:
+        config["timeout"] = env_timeout
     config.update(from_toml)
     config.update(given)
     parse_checkpoint_every(config["checkpoint_every"])
@@ -249,11 +248,5 @@ def resolve_config(flags: dict, toml_path: str | None = None, model_defaults=Non
     config["loss_scale"] = parse_loss_scale(config["loss_scale"])
     if str(config["compression"]).strip().lower() == "auto":  # gradients travel in the compute precision
         config["compression"] = {"fp32": "none", "fp16": "fp16", "bf16": "bf16"}[config["precision"]]
-    from ..distributed.compression import CompressionError
-    from ..distributed.compression import get as get_compressor
-
-    try:  # a bad spec is an error before anything is loaded or launched
-        config["compression"] = get_compressor(config["compression"]).spec
-    except CompressionError as exc:
-        raise ConfigError(f"--compression: {exc}") from None
+    # The --compression spec itself is parsed once, where its Compressor is built: job.make_compressor.
     return config

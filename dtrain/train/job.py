@@ -1,8 +1,10 @@
 """Assemble and run one training job from a resolved config (what ``dtrain train`` runs).
 
-Data set → model from the zoo → optimizer and schedule → loaders → Trainer. ``sync`` is the
-seam for distributed runs (a world of 1 uses :class:`LocalSync`): it supplies the rank and world
-size, averages gradients and reduces metrics; this module only splits the global batch.
+Data set → model from the zoo → optimizer and schedule → loaders → Trainer. The two seams for
+distributed runs come from :func:`make_sync`: a :class:`~dtrain.train.sync.GradientSync` (averages
+gradients) and :class:`~dtrain.train.sync.Collectives` (rank, world size, metric sums, agreement);
+a world of 1 uses the local ones. The gradient compressor is built here, once, from ``--compression``
+and handed to DistributedDataParallel. This module only splits the global batch.
 """
 
 from __future__ import annotations
@@ -13,15 +15,19 @@ import numpy as np
 
 from .. import backend, optim
 from ..data import DataLoader, load_dataset
+from ..env import launched_by_mpi
 from ..models import MODELS, build_model, loss_and_accuracy
 from ..optim import lr_scheduler as sched
 from .checkpoint import CheckpointError, CheckpointManager
+from .checkpointing import Checkpointing
 from .config import ConfigError, parse_checkpoint_every
 from .log import RankLogger
-from .sync import LocalSync
-from .trainer import EarlyStopping, Trainer
+from .options import EarlyStopping, TrainOptions
+from .reporting import ReportOptions
+from .sync import Collectives, GradientSync, LocalCollectives, LocalGradientSync
+from .trainer import Trainer
 
-__all__ = ["build_job", "model_defaults", "run"]
+__all__ = ["build_job", "init_world", "make_compressor", "make_sync", "model_defaults", "run"]
 
 
 def model_defaults(model: str) -> dict:
@@ -75,15 +81,6 @@ def _scheduler(cfg: dict, opt, steps_per_epoch: int):
     return after
 
 
-def launched_by_mpi() -> bool:
-    """Whether this process was started by an MPI launcher (mpiexec/mpirun/srun), judged from the
-    environment it sets, so a plain ``dtrain train`` never needs MPI at all."""
-    return any(k in os.environ for k in _LAUNCHER_VARS)
-
-
-_LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALRANKID", "HYDI_CONTROL_FD")
-
-
 def init_world():
     """The MPI world Communicator when launched by an MPI launcher with more than one rank, else None.
 
@@ -97,52 +94,74 @@ def init_world():
     return comm if comm.size > 1 else None
 
 
-def make_sync(cfg: dict, comm=None):
-    """LocalSync for one process; DDPSync over the MPI world when launched with more than one rank.
-    Applies --timeout/--stall-warning to the world's collectives."""
+def make_compressor(cfg: dict):
+    """The gradient Compressor for ``--compression`` (the one place its spec is parsed); ConfigError if bad."""
+    from ..distributed.compression import CompressionError
+    from ..distributed.compression import get as get_compressor
+
+    try:
+        return get_compressor(cfg["compression"])
+    except CompressionError as exc:
+        raise ConfigError(f"--compression: {exc}") from None
+
+
+def make_sync(cfg: dict, comm=None) -> tuple[GradientSync, Collectives]:
+    """The Trainer's seams: local ones for one process; DDP and MPI collectives over the world when launched
+    with more than one rank (``comm``: that world, default :func:`init_world`). Builds the compressor (a bad
+    ``--compression`` is a ConfigError here, in any world) and applies --timeout/--stall-warning."""
+    compressor = make_compressor(cfg)
     comm = comm if comm is not None else init_world()
     if comm is None:
-        return LocalSync()
+        implied = {"fp16": "fp16", "bf16": "bf16"}.get(cfg["precision"])  # what --precision chose by itself
+        if compressor.spec not in ("none", implied):
+            RankLogger().warning(f"--compression {compressor.spec} has no effect in a world of 1 (launch with "
+                                 "mpiexec)")
+        return LocalGradientSync(), LocalCollectives()
     from ..distributed import set_timeout
-    from .distributed import DDPSync
+    from .ddp_sync import DDPGradientSync, MPICollectives
 
     set_timeout(cfg["timeout"], cfg["stall_warning"])
-    return DDPSync(comm, algorithm=cfg["allreduce"], bucket_mb=cfg["bucket_mb"], overlap=cfg["overlap"],
-                   compression=cfg["compression"])
+    sync = DDPGradientSync(comm, compressor, algorithm=cfg["allreduce"], bucket_mb=cfg["bucket_mb"],
+                           overlap=cfg["overlap"])
+    return sync, MPICollectives(comm)
 
 
-def build_job(cfg: dict, sync=None, logger: RankLogger | None = None) -> Trainer:
+def build_job(cfg: dict, sync: GradientSync | None = None, collectives: Collectives | None = None,
+              logger: RankLogger | None = None) -> Trainer:
     """Build the Trainer for a resolved config (see config.resolve_config); nothing runs yet.
 
-    In a world > 1 every rank builds the same job; a failure on any rank (a missing file, a bad
-    value) is raised on every rank before the first collective, so none is left waiting.
+    ``sync``/``collectives``: the seams from :func:`make_sync` (default: one process). In a world > 1 every
+    rank builds the same job; a failure on any rank (a missing file, a bad value) is raised on every rank
+    before the first collective, so none is left waiting.
     """
-    sync = sync or LocalSync()
-    log = logger or RankLogger(sync.rank, sync.world_size, quiet=False)
+    sync = sync or LocalGradientSync()
+    collectives = collectives or LocalCollectives()
+    log = logger or RankLogger(collectives.rank, collectives.world_size, quiet=False)
     error = None
     try:
-        parts = _build_parts(cfg, sync)
+        parts = _build_parts(cfg, collectives)
     except (ValueError, OSError) as exc:
         error, parts = exc, None
-    sync.agree(error)
-    trainer = _make_trainer(cfg, sync, log, *parts)  # in a world > 1: DDP checks every rank holds the same model
-    sync.check_same_config(cfg)
+    collectives.agree(error)
+    # In a world > 1, building the Trainer wraps the model in DDP, which checks every rank holds the same model.
+    trainer = _make_trainer(cfg, sync, collectives, log, *parts)
+    collectives.check_same_config(cfg)
     error = None
     try:
         _resume(cfg, trainer, log)
     except (ValueError, OSError) as exc:
         error = exc
-    sync.agree(error)
+    collectives.agree(error)
     return trainer
 
 
-def _build_parts(cfg: dict, sync):
-    world, rank = sync.world_size, sync.rank
+def _build_parts(cfg: dict, collectives: Collectives):
+    world, rank = collectives.world_size, collectives.rank
     if cfg["model"] not in MODELS:
         raise ConfigError(f"unknown model {cfg['model']!r}; expected one of: {', '.join(sorted(MODELS))}")
     backend.manual_seed(cfg["seed"])  # model init and dropout draw from the default generator
     dtype = np.dtype(cfg["dtype"])
-    device = backend.as_device(_rank_device(cfg["device"], sync))
+    device = backend.as_device(_rank_device(cfg["device"], collectives))
     splits = _load_data(cfg)
     backend.set_default_dtype(dtype)
     model_options = {"hidden": cfg["hidden"], "dropout": cfg["dropout"]}
@@ -151,7 +170,7 @@ def _build_parts(cfg: dict, sync):
     if cfg["sync_batchnorm"] and world > 1:
         from ..distributed import convert_sync_batchnorm
 
-        model = convert_sync_batchnorm(model, sync.comm)
+        model = convert_sync_batchnorm(model, collectives.comm)
     if rank > 0:  # dropout: an independent stream per rank (rank 0 keeps the single-process stream)
         backend.default_generator.manual_seed(int(np.random.SeedSequence([cfg["seed"], rank]).generate_state(1)[0]))
 
@@ -180,36 +199,38 @@ def _build_parts(cfg: dict, sync):
     return splits, model, opt, scheduler, loss_fn, correct_fn, train_loader, test_loader, dtype, device
 
 
-def _rank_device(spec: str, sync) -> str:
+def _rank_device(spec: str, collectives: Collectives) -> str:
     """``--device cuda`` under mpiexec: one GPU per rank, ``cuda:{local_rank % n_gpus}`` (``cuda:i`` names a
     device explicitly and wins). The chosen GPU becomes this process's current device."""
-    if spec != "cuda" or getattr(sync, "comm", None) is None:
+    if spec != "cuda" or collectives.comm is None:
         return spec
     from ..distributed.gpu import gpu_count
 
     n = gpu_count()
     if n == 0:
-        raise ConfigError(f"--device cuda: rank {sync.rank} sees no CUDA device (is CuPy installed, and "
+        raise ConfigError(f"--device cuda: rank {collectives.rank} sees no CUDA device (is CuPy installed, and "
                           "CUDA_VISIBLE_DEVICES not empty?)")
-    index = sync.comm.local_rank % n
+    index = collectives.comm.local_rank % n
     import cupy
 
     cupy.cuda.Device(index).use()
     return f"cuda:{index}"
 
 
-def _make_trainer(cfg, sync, log, splits, model, opt, scheduler, loss_fn, correct_fn, train_loader, test_loader,
-                  dtype, device) -> Trainer:
+def _make_trainer(cfg, sync, collectives, log, splits, model, opt, scheduler, loss_fn, correct_fn, train_loader,
+                  test_loader, dtype, device) -> Trainer:
     every_steps, every_epochs = parse_checkpoint_every(cfg["checkpoint_every"])
     manager = CheckpointManager(cfg["checkpoint_dir"], keep=cfg["keep_checkpoints"]) if cfg["checkpoint_dir"] else None
+    options = TrainOptions(device=device, dtype=dtype, precision=cfg["precision"], loss_scale=cfg["loss_scale"],
+                           clip_grad_norm=cfg["clip_grad_norm"], nonfinite=cfg["nonfinite"],
+                           check_every=cfg["check_every"])
     trainer = Trainer(
         model, opt, train_loader, test_loader, loss_fn=loss_fn, correct_fn=correct_fn, epochs=cfg["epochs"],
-        max_steps=cfg["max_steps"], scheduler=scheduler, clip_grad_norm=cfg["clip_grad_norm"],
-        early_stopping=EarlyStopping(cfg["early_stopping"]) if cfg["early_stopping"] else None,
-        checkpoints=manager, checkpoint_every=every_steps, checkpoint_every_epochs=every_epochs,
-        out_dir=cfg["out"], sync=sync, device=device, dtype=dtype, monitor=cfg["monitor"],
-        progress=cfg["progress"], logger=log, config=cfg, nonfinite=cfg["nonfinite"], loss_scale=cfg["loss_scale"],
-        check_every=cfg["check_every"], precision=cfg["precision"])
+        max_steps=cfg["max_steps"], scheduler=scheduler,
+        early_stopping=EarlyStopping(cfg["early_stopping"]) if cfg["early_stopping"] else None, options=options,
+        report=ReportOptions(out_dir=cfg["out"], progress=cfg["progress"], monitor=cfg["monitor"]),
+        checkpoints=Checkpointing(manager, every_steps, every_epochs), sync=sync, collectives=collectives,
+        logger=log, config=cfg)
     trainer.splits = splits
     return trainer
 
@@ -224,12 +245,12 @@ def _resume(cfg: dict, trainer: Trainer, log: RankLogger) -> None:
         return
     if spec in ("latest", "last-good"):
         flag = "--resume" if spec == "latest" else "--resume last-good"
-        if trainer.checkpoints is None:
+        if trainer.checkpoints.manager is None:
             raise CheckpointError(f"{flag} needs --checkpoint-dir DIR to look for checkpoints in")
         if spec == "latest":
-            path = trainer.checkpoints.latest()
+            path = trainer.checkpoints.manager.latest()
         else:
-            path, skipped = trainer.checkpoints.last_good()
+            path, skipped = trainer.checkpoints.manager.last_good()
             if log.is_main:  # every rank reads the same folder; one report is enough
                 for bad, reason in skipped:
                     log.warning(f"--resume last-good: skipping {bad}: {reason}")
@@ -244,31 +265,22 @@ def _resume(cfg: dict, trainer: Trainer, log: RankLogger) -> None:
     log.info(f"resumed from {path} at epoch {trainer.state.epoch + 1}, step {trainer.state.step}")
 
 
-def launcher_rank() -> int | None:
-    """This process's rank as the MPI launcher announced it (None when not launched by MPI)."""
-    for key in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
-        if key in os.environ:
-            return int(os.environ[key])
-    return None
-
-
-def run(cfg: dict, sync=None, logger: RankLogger | None = None) -> dict:
+def run(cfg: dict, sync: GradientSync | None = None, collectives: Collectives | None = None,
+        logger: RankLogger | None = None) -> dict:
     """Build and train; returns the summary dict (also written to ``out/summary.json``).
 
-    Without ``sync`` the world is chosen by :func:`make_sync` (DDP under mpiexec with > 1 rank).
+    Without ``sync`` the seams come from :func:`make_sync` (DDP under mpiexec with > 1 rank).
     """
     previous_dtype = backend.get_default_dtype()
-    sync = sync if sync is not None else make_sync(cfg)
+    if sync is None:
+        sync, collectives = make_sync(cfg)
     try:
-        trainer = build_job(cfg, sync, logger)
-        log = trainer.log
-        implied = {"fp16": "fp16", "bf16": "bf16"}.get(cfg["precision"])  # what --precision chose by itself
-        if cfg["compression"] not in ("none", implied) and trainer.sync.world_size == 1:
-            log.warning(f"--compression {cfg['compression']} has no effect in a world of 1 (launch with mpiexec)")
+        trainer = build_job(cfg, sync, collectives, logger)
+        log, world = trainer.log, trainer.collectives.world_size
         s = trainer.splits
         log.info(f"dtrain: {cfg['model']} ({trainer.model.num_parameters():,} parameters) on {s.name}: "
                  f"{len(s.train)} train / {len(s.test)} test samples, {cfg['optimizer']} lr {cfg['lr']}, "
-                 f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, world size {trainer.sync.world_size}")
+                 f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, world size {world}")
         summary = trainer.fit()
         acc = summary["test_accuracy"]
         log.info(f"done: {summary['steps']} steps in {summary['wall_s']:.1f} s, test_loss {summary['test_loss']:.4f}"

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+from ..spec import check_int
+
 __all__ = ["LossScaler", "make_loss_scaler"]
 
 
@@ -34,8 +36,7 @@ class LossScaler:
                 raise ValueError(f"{name} must be a positive finite number, got {v!r}")
         if not 0 < backoff_factor < 1:
             raise ValueError(f"backoff_factor must be in (0, 1), got {backoff_factor!r}")
-        if isinstance(growth_interval, bool) or not isinstance(growth_interval, int) or growth_interval < 1:
-            raise ValueError(f"growth_interval must be a positive integer, got {growth_interval!r}")
+        check_int("growth_interval", growth_interval, 1)
         self.scale = float(init_scale)
         self.dynamic = bool(dynamic)
         self.growth_factor, self.backoff_factor = float(growth_factor), float(backoff_factor)

@@ -14,9 +14,15 @@ import numpy as np
 import pytest
 
 from dtrain.nn.utils.serialization import save_npz
-from dtrain.train import CheckpointError, CheckpointManager, LocalSync, load_checkpoint, save_checkpoint
+from dtrain.train import (
+    CheckpointError,
+    CheckpointManager,
+    LocalCollectives,
+    LocalGradientSync,
+    load_checkpoint,
+    save_checkpoint,
+)
 from dtrain.train import checkpoint as ckpt_module
-from dtrain.train.checkpoint import restore_trainer
 from dtrain.train.config import resolve_config
 from dtrain.train.job import build_job, model_defaults, run
 
@@ -196,7 +202,7 @@ def small_trainer(tmp_path):
 
 def _save_at(trainer, step: int) -> str:
     trainer.state.step = step
-    return trainer.checkpoints.save(trainer)
+    return trainer.checkpoints.manager.save(trainer.state_dict())
 
 
 def test_the_manifest_lists_every_kept_checkpoint_with_its_checksum(small_trainer, tmp_path):
@@ -269,23 +275,22 @@ def test_the_epoch_sums_of_all_ranks_go_to_rank_0(small_trainer, tmp_path, capsy
     zeros; RNG state r goes to rank r (< 2); compressor memories cannot be split over 3 ranks: dropped."""
     trainer = small_trainer
     trainer.state.step, trainer.state.batch = 7, 7
-    saver = _FakeSync(rank=0, world_size=2, compression="topk:0.1")
-    trainer.sync = saver
+    trainer.sync, trainer.collectives = _FakeSync(compression="topk:0.1"), _FakeCollectives(rank=0, world_size=2)
     rng = [{"seed": 11, "cpu": np.random.default_rng(11).bit_generator.state},
            {"seed": 12, "cpu": np.random.default_rng(12).bit_generator.state}]
     memory = [{"step": 7, "compressor": {"spec": "topk:0.1", "memory/b0": np.full(3, float(r))}} for r in range(2)]
     path = str(tmp_path / "two-ranks.npz")
-    save_checkpoint(path, trainer, rng, memory, epoch_sums=(12.5, 30.0, 40))
+    save_checkpoint(path, trainer.state_dict(rng_states=rng, compression_states=memory, epoch_sums=(12.5, 30.0, 40)))
     assert load_checkpoint(path)["world_size"] == 2
 
     from dtrain import backend
 
     for rank, world in ((0, 2), (1, 2), (0, 3), (1, 3), (2, 3)):
-        sync = _FakeSync(rank=rank, world_size=world, compression="topk:0.1")
-        trainer.sync = sync
+        sync = _FakeSync(compression="topk:0.1")
+        trainer.sync, trainer.collectives = sync, _FakeCollectives(rank=rank, world_size=world)
         backend.default_generator.manual_seed(99)
         capsys.readouterr()
-        restore_trainer(trainer, path)
+        trainer.load_checkpoint(path)
         st = trainer.state
         assert (st.loss_sum, st.correct, st.seen) == ((12.5, 30.0, 40) if rank == 0 else (0.0, 0.0, 0))
         assert st.step == 7 and st.batch == 7
@@ -297,10 +302,16 @@ def test_the_epoch_sums_of_all_ranks_go_to_rank_0(small_trainer, tmp_path, capsy
             assert sync.loaded == [] and warned == (rank == 0)
 
 
-class _FakeSync(LocalSync):
-    def __init__(self, rank: int, world_size: int, compression: str):
-        self.rank, self.world_size, self.compression = rank, world_size, compression
+class _FakeSync(LocalGradientSync):
+    def __init__(self, compression: str):
+        super().__init__()
+        self.compression = compression
         self.loaded = []
 
     def load_compressor_state(self, state: dict) -> None:
         self.loaded.append(state)
+
+
+class _FakeCollectives(LocalCollectives):
+    def __init__(self, rank: int, world_size: int):
+        self.rank, self.world_size = rank, world_size

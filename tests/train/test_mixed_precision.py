@@ -94,4 +94,4 @@ def test_mixed_precision_mlp_matches_float32_accuracy(precision):
     assert abs(got["test_accuracy"] - ref["test_accuracy"]) <= 0.005 + 1e-12, (got, ref)
     trainer = build_job(config(epochs=1, max_steps=2, precision=precision))
     assert trainer.precision == precision and all(p.data.dtype == np.float32 for p in trainer.model.parameters())
-    assert (trainer.scaler is not None) == (precision == "fp16")
+    assert (trainer.nonfinite.scaler is not None) == (precision == "fp16")

@@ -1,5 +1,5 @@
 """dtrain.train.monitor: gradient/weight statistics against NumPy, activation statistics with dead
-ReLUs built by hand, and PNG plots (with and without matplotlib)."""
+ReLUs built by hand; dtrain.train.plots: PNG plots (with and without matplotlib)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,16 @@ import pytest
 
 import dtrain as dt
 from dtrain import nn
-from dtrain.train import monitor
+from dtrain.train import plots
 from dtrain.train.monitor import (
     ActivationMonitor,
     grad_norms,
     layer_grad_norms,
-    plot_grad_flow,
-    plot_learning_curves,
     summarize_layers,
     total_grad_norm,
     weight_stats,
 )
+from dtrain.train.plots import plot_grad_flow, plot_learning_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -318,7 +317,7 @@ def test_plot_grad_flow_writes_png(tmp_path):
 
 def test_plots_return_none_without_matplotlib(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    monkeypatch.setattr(monitor, "_warned_no_matplotlib", False)
+    monkeypatch.setattr(plots, "_warned_no_matplotlib", False)
     records = [{"epoch": 1, "train_loss": 1.0}]
     with caplog.at_level(logging.WARNING, logger="dtrain"):
         assert plot_learning_curves(records, tmp_path / "a.png") is None

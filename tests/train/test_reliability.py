@@ -84,10 +84,10 @@ def test_dynamic_loss_scale_backs_off_on_overflow_and_skips():
     """float32 with a scale of 2**140: the scaled gradients overflow to inf; the scale halves each time (the
     step skipped) until they fit, then training goes on and learns."""
     trainer = build_job(config(epochs=2, loss_scale="dynamic"))
-    trainer.scaler = LossScaler(init_scale=2.0 ** 140)
+    trainer.nonfinite.scaler = scaler = LossScaler(init_scale=2.0 ** 140)
     summary = trainer.fit()
     assert trainer.state.skipped_steps > 0
-    assert trainer.scaler.scale < 2.0 ** 140 and trainer.scaler.backoffs == trainer.state.skipped_steps
+    assert scaler.scale < 2.0 ** 140 and scaler.backoffs == trainer.state.skipped_steps
     assert summary["test_accuracy"] > 0.9
 
 

@@ -11,7 +11,15 @@ import dtrain as dt
 from dtrain import nn
 from dtrain.data import DataLoader, load_dataset
 from dtrain.models import build_model, loss_and_accuracy
-from dtrain.train import CheckpointError, CheckpointManager, EarlyStopping, Trainer, load_checkpoint
+from dtrain.train import (
+    CheckpointError,
+    CheckpointManager,
+    EarlyStopping,
+    ReportOptions,
+    Trainer,
+    TrainOptions,
+    load_checkpoint,
+)
 from dtrain.train.config import resolve_config
 from dtrain.train.job import build_job, model_defaults, run
 
@@ -104,8 +112,8 @@ def test_trainer_writes_the_metrics_it_promises(tmp_path):
     model = build_model("mlp", splits.input_shape, 10)
     loss_fn, correct = loss_and_accuracy("classification")
     t = Trainer(model, dt.optim.SGD(model.parameters(), lr=0.1), DataLoader(splits.train, 128, shuffle=True),
-                DataLoader(splits.test, 360), loss_fn=loss_fn, correct_fn=correct, epochs=2, out_dir=str(tmp_path),
-                early_stopping=EarlyStopping(5))
+                DataLoader(splits.test, 360), loss_fn=loss_fn, correct_fn=correct, epochs=2,
+                report=ReportOptions(out_dir=str(tmp_path)), early_stopping=EarlyStopping(5))
     summary = t.fit()
     rec = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rec) == 2 and summary["steps"] == rec[-1]["step"] == 24
@@ -143,7 +151,8 @@ def test_loss_trajectory_matches_torch(model_name):
     loss_fn, correct = loss_and_accuracy("classification")
     loader = DataLoader(splits.train, batch_size=64, shuffle=True, seed=3)
     trainer = Trainer(model, dt.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), loader, loss_fn=loss_fn,
-                      correct_fn=correct, monitor=False, dtype=np.float64)
+                      correct_fn=correct, report=ReportOptions(monitor=False),
+                      options=TrainOptions(dtype=np.float64))
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
     ours, theirs = [], []
     for step, (x, y) in enumerate(loader.iter_epoch(0)):
