@@ -59,22 +59,38 @@ def setup_torch_gloo(cw) -> str | None:
 
 
 def torch_twin_of(torch, model):
-    """A ``torch.nn.Sequential`` mirroring the dtrain Sequential ``model`` layer by layer (same indices, so
-    dtrain's ``state_dict`` loads into it). Layers: Linear, Conv2d, MaxPool2d, ReLU, Flatten, Dropout."""
+    """A torch module mirroring the dtrain ``model`` (same module tree and names, so dtrain's ``state_dict``
+    loads into it). Leaf layers (Linear, Conv2d, MaxPool2d, BatchNorm2d, ReLU, Flatten, Dropout) map to
+    torch's; a Sequential maps to torch's Sequential; any other module becomes a torch module with the
+    twins of its children and the dtrain class's own ``forward`` (the two APIs spell a forward alike)."""
     tnn = torch.nn
     makers = {
-        "Linear": lambda m: tnn.Linear(m.in_features, m.out_features),
-        "Conv2d": lambda m: tnn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding),
+        "Linear": lambda m: tnn.Linear(m.in_features, m.out_features, bias=m.bias is not None),
+        "Conv2d": lambda m: tnn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                                       bias=m.bias is not None),
         "MaxPool2d": lambda m: tnn.MaxPool2d(m.kernel_size, m.stride),
+        "BatchNorm2d": lambda m: tnn.BatchNorm2d(m.num_features, m.eps, m.momentum),
         "ReLU": lambda m: tnn.ReLU(), "Flatten": lambda m: tnn.Flatten(), "Dropout": lambda m: tnn.Dropout(m.p),
     }
-    layers = []
-    for i, m in enumerate(model):
-        kind = type(m).__name__
-        if kind not in makers:
-            raise TypeError(f"no torch twin for layer {i} ({kind}); expected one of {', '.join(makers)}")
-        layers.append(makers[kind](m))
-    return tnn.Sequential(*layers)
+    return _twin(tnn, makers, model, "model")
+
+
+def _twin(tnn, makers: dict, m, where: str):
+    kind = type(m).__name__
+    if kind in makers:
+        return makers[kind](m)
+    if kind == "Sequential":
+        return tnn.Sequential(*(_twin(tnn, makers, c, f"{where}.{i}") for i, c in enumerate(m)))
+    children = list(m.named_children())
+    if not children:
+        raise TypeError(f"no torch twin for {where} ({kind}); expected a container or one of {', '.join(makers)}")
+    twin = type(kind, (tnn.Module,), {"forward": type(m).forward})()
+    for name, value in vars(m).items():  # declared-but-absent submodules (e.g. downsample = None)
+        if value is None and not name.startswith("_"):
+            setattr(twin, name, None)
+    for name, child in children:
+        setattr(twin, name, _twin(tnn, makers, child, f"{where}.{name}"))
+    return twin
 
 
 def slowest(cw, value: float) -> float:
