@@ -4,6 +4,7 @@
     info = env.launch_info()          # LaunchInfo(launcher='hydra', rank=1, world_size=4, local_rank=1, local_size=2)
     env.launched_by_mpi()             # False for a plain `python train.py`: a world of 1, no MPI needed
     subprocess.run(cmd, env=env.thread_env(1))   # children get one BLAS/OpenMP thread each
+    env.thread_settings()             # {'OMP_NUM_THREADS': 1}: the thread counts the user or launcher set
     env.usable_cores(), env.cpu_model()
 
 Launchers and the variables they set for every process they start (read in this order; the first
@@ -48,6 +49,7 @@ __all__ = [
     "ranks_per_node_override",
     "set_thread_env",
     "thread_env",
+    "thread_settings",
     "timeout_from_env",
     "usable_cores",
     "world_rank",
@@ -247,6 +249,27 @@ def set_thread_env(threads: int = 1, override: bool = False) -> None:
             os.environ[var] = value
         else:
             os.environ.setdefault(var, value)
+
+
+def thread_settings(environ: Mapping[str, str] | None = None) -> dict[str, int]:
+    """The thread counts the user (or the launcher) set in ``environ`` (default os.environ): every
+    THREAD_VARIABLES entry that is set and not empty, in that order, as ``{variable: count}``.
+
+    An OpenMP list such as ``OMP_NUM_THREADS=4,2`` counts as its first (outermost) level. Raises ValueError
+    naming the variable when its value is not a positive integer.
+    """
+    environ = os.environ if environ is None else environ
+    found = {}
+    for var in THREAD_VARIABLES:
+        text = environ.get(var, "").strip()
+        if not text:
+            continue
+        match = re.fullmatch(r"(\d+)(,\s*\d+)*", text)
+        if match is None or int(match[1]) < 1:
+            raise ValueError(f"environment variable {var} must be a positive integer (or an OpenMP list such as "
+                             f"4,2), got {environ[var]!r}")
+        found[var] = int(match[1])
+    return found
 
 
 def _cgroup_cpu_limit(root: Path) -> float | None:
