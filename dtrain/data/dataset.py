@@ -137,6 +137,21 @@ class ArrayDataset(Dataset):
 TensorDataset = ArrayDataset
 
 
+def _sample_count(owner: str, data: Any, minimum: int) -> int:
+    """The number of samples a sampler covers, from ``data``: a data set (anything with ``len()``, as
+    PyTorch's samplers take theirs) or the count itself. Errors name the sampler and the bad value."""
+    if hasattr(data, "__len__") and not isinstance(data, (str, bytes)):
+        n = len(data)
+        if n < minimum:
+            raise ValueError(f"{owner}: the data set is empty (len() is {n}): {data!r}")
+        return n
+    kind = "a positive" if minimum >= 1 else "a non-negative"
+    expected = f"a data set (anything with len()) or {kind} integer sample count"
+    if not is_int(data):
+        raise TypeError(f"{owner}: dataset must be {expected}, got {type(data).__name__} {data!r}")
+    return check_int(f"{owner}: dataset", data, minimum, expected=expected)
+
+
 # ------------------------------------------------------------------------------------------------
 # Samplers
 # ------------------------------------------------------------------------------------------------
@@ -151,6 +166,9 @@ class Sampler(abc.ABC):
     """
 
     epoch: int = 0
+    # How many times set_epoch ran: the DataLoader compares it with its own calls to tell that the user
+    # called sampler.set_epoch (even with the value the loader last gave), whose epoch then wins.
+    set_epoch_calls: int = 0
 
     @abc.abstractmethod
     def __len__(self) -> int:
@@ -163,6 +181,7 @@ class Sampler(abc.ABC):
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch that the next pass yields (a non-negative integer)."""
         self.epoch = check_int("epoch", epoch, 0)
+        self.set_epoch_calls += 1
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())
@@ -172,11 +191,11 @@ class SequentialSampler(Sampler):
     """Yields ``0, 1, ..., n-1`` every epoch.
 
     Args:
-        n: number of samples.
+        n: the data set (anything with ``len()``, as in PyTorch) or its number of samples.
     """
 
-    def __init__(self, n: int):
-        self.n = check_int("n", n, 0)
+    def __init__(self, n: Any):
+        self.n = _sample_count("SequentialSampler", n, 0)
 
     def __len__(self) -> int:
         return self.n
@@ -196,7 +215,7 @@ class RandomSampler(Sampler):
     without replaying epochs 0..e-1.
 
     Args:
-        n: number of samples.
+        n: the data set (anything with ``len()``, as in PyTorch) or its number of samples.
         seed: non-negative integer seed.
 
     Example:
@@ -206,8 +225,8 @@ class RandomSampler(Sampler):
         True
     """
 
-    def __init__(self, n: int, seed: int = 0):
-        self.n = check_int("n", n, 0)
+    def __init__(self, n: Any, seed: int = 0):
+        self.n = _sample_count("RandomSampler", n, 0)
         self.seed = check_int("seed", seed, 0)
         self.epoch = 0
 
@@ -239,10 +258,15 @@ class DataLoader:
         sampler: an object with ``__iter__`` and ``__len__`` giving the indices of one epoch (for
             example a DistributedSampler). Mutually exclusive with ``shuffle``.
 
-    Epochs: the loader owns the epoch number and hands it to the sampler (``sampler.set_epoch``,
-    when the sampler has one) before every pass. ``set_epoch(e)`` fixes the epoch of the following
-    passes; if it is never called, each new iteration advances an internal counter 0, 1, 2, ...
-    ``iter_epoch(e, start_batch=k)`` yields epoch e from batch k on, for resuming mid-epoch.
+    Epochs: if you never set one, the loader counts them itself, 0, 1, 2, ... (one per new
+    iteration), and hands each to the sampler (``sampler.set_epoch``, when it has one) before the pass.
+    Once you set the epoch, on the loader (``loader.set_epoch(e)``) or on its sampler
+    (``sampler.set_epoch(e)``, the PyTorch habit), the epoch is yours: every following pass yields the
+    epoch you set last and the loader no longer advances it (nor overwrites the sampler's). A sampler's
+    own ``set_epoch`` call is seen exactly for dtrain samplers (they count their calls, so even setting
+    the epoch the loader last gave counts) and, for other samplers, as a change of their ``epoch``.
+    ``iter_epoch(e, start_batch=k)`` yields epoch e from batch k on, for resuming mid-epoch (an explicit
+    epoch: it wins for that pass; the Trainer resumes this way).
 
     Example:
         >>> loader = DataLoader(ArrayDataset(np.arange(10.0), np.arange(10)), batch_size=4)
@@ -288,18 +312,22 @@ class DataLoader:
         self.shard = shard
         self._epoch = 0  # the epoch of the next pass
         self._epoch_fixed = False  # set_epoch was called: stop advancing automatically
+        # What the loader last handed the sampler (its epoch, and the sampler's set_epoch count after it):
+        # anything else found there at the next pass was set by the user, and is adopted.
+        self._handed_epoch, self._handed_calls = 0, 0
         self._get_batch = getattr(dataset, "get_batch", None) or (lambda idx: _stack_samples(dataset, idx))
 
     @property
     def epoch(self) -> int:
         """The epoch that the next ``iter(loader)`` will yield."""
+        self._adopt_user_epoch()
         return self._epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Make every following pass yield epoch ``epoch`` (and tell the sampler).
 
-        Call it at the top of each epoch, as with PyTorch's DistributedSampler. Once it has been
-        called the loader no longer advances the epoch on its own.
+        Call it (or ``sampler.set_epoch``) at the top of each epoch, as with PyTorch's
+        DistributedSampler. Once it has been called the loader no longer advances the epoch on its own.
         """
         self._epoch = check_int("epoch", epoch, 0)
         self._epoch_fixed = True
@@ -311,6 +339,7 @@ class DataLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
+        self._adopt_user_epoch()
         epoch = self._epoch
         if not self._epoch_fixed:
             self._epoch += 1
@@ -332,15 +361,31 @@ class DataLoader:
         start_batch = check_int("start_batch", start_batch, 0)
         if start_batch > len(self):
             raise ValueError(f"start_batch {start_batch} is past the end of the epoch ({len(self)} batches)")
+        self._adopt_user_epoch()
         indices = self._epoch_indices(epoch)
         if not self._epoch_fixed:
             self._epoch = epoch + 1
         return self._batches(indices, start_batch)
 
+    def _sampler_mark(self) -> tuple[Any, Any]:
+        """The sampler's epoch and its count of set_epoch calls (None where it keeps none)."""
+        return getattr(self.sampler, "epoch", None), getattr(self.sampler, "set_epoch_calls", None)
+
+    def _adopt_user_epoch(self) -> None:
+        """If the user called ``sampler.set_epoch`` since the loader last handed the sampler an epoch, that
+        epoch wins: it fixes the loader's epoch, exactly as ``loader.set_epoch`` would."""
+        epoch, calls = self._sampler_mark()
+        if not is_int(epoch):
+            return  # a sampler without a readable epoch: the loader's own count is all there is
+        if epoch != self._handed_epoch or (is_int(calls) and calls != self._handed_calls):
+            self._epoch, self._epoch_fixed = int(epoch), True
+            self._handed_epoch, self._handed_calls = epoch, calls
+
     def _sampler_set_epoch(self, epoch: int) -> None:
         set_epoch = getattr(self.sampler, "set_epoch", None)
         if set_epoch is not None:
             set_epoch(epoch)
+            self._handed_epoch, self._handed_calls = self._sampler_mark()
 
     def _epoch_indices(self, epoch: int) -> np.ndarray:
         self._sampler_set_epoch(epoch)
@@ -385,16 +430,17 @@ class DistributedSampler(Sampler):
     the data set; ``set_epoch`` reshuffles.
 
     Args:
-        n_samples: size of the data set.
+        dataset: the data set (anything with ``len()``, as in PyTorch: ``DistributedSampler(dataset)``)
+            or its number of samples.
         num_replicas, rank: the world's size and this process's rank; by default what the launcher
             (mpiexec, srun) announced in the environment (:func:`dtrain.env.launch_info`), a world of
             1 without a launcher.
         shuffle: permute per epoch (else 0..n-1); seed: the shared seed.
     """
 
-    def __init__(self, n_samples: int, num_replicas: int | None = None, rank: int | None = None,
+    def __init__(self, dataset: Any, num_replicas: int | None = None, rank: int | None = None,
                  shuffle: bool = True, seed: int = 0, drop_last: bool = False):
-        self.n = check_int("n_samples", n_samples, 1)
+        self.n = _sample_count("DistributedSampler", dataset, 1)
         if num_replicas is None:
             num_replicas = env.world_size()
         if rank is None:
@@ -410,9 +456,6 @@ class DistributedSampler(Sampler):
                              "leaves every rank empty")
         self.num_samples = self.n // self.num_replicas if self.drop_last else math.ceil(self.n / self.num_replicas)
         self.total_size = self.num_samples * self.num_replicas
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = check_int("epoch", epoch, 0)
 
     def indices(self) -> np.ndarray:
         order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle

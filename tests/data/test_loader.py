@@ -271,3 +271,26 @@ def test_other_loader_errors():
         DataLoader(ArrayDataset(np.zeros((0, 2))), batch_size=1)
     with pytest.raises(ValueError, match="seed must be an integer >= 0, got -3"):
         DataLoader(make_dataset(10), shuffle=True, seed=-3)
+
+
+def test_plain_samplers_take_a_data_set_too():
+    ds = make_dataset(5)
+    assert list(SequentialSampler(ds)) == [0, 1, 2, 3, 4]
+    assert list(RandomSampler(ds, seed=7)) == list(RandomSampler(5, seed=7))
+    with pytest.raises(TypeError, match=r"^RandomSampler: dataset must be a data set \(anything with len\(\)\) or "
+                                        r"a non-negative integer sample count, got NoneType None$"):
+        RandomSampler(None)
+    with pytest.raises(ValueError, match=r"^SequentialSampler: dataset must be a data set \(anything with len\(\)\) "
+                                         r"or a non-negative integer sample count, got -1$"):
+        SequentialSampler(-1)
+
+
+def test_a_custom_samplers_epoch_set_by_the_user_wins():
+    """A sampler of one's own with an ``epoch`` attribute: a set_epoch the user calls is seen as a change of it."""
+    sampler = EveryOtherSampler(6)
+    loader = DataLoader(make_dataset(6), batch_size=6, sampler=sampler)
+    assert epoch_labels(loader) == [[0, 2, 4, 1, 3, 5]]  # epoch 0 from the loader
+    sampler.set_epoch(3)
+    assert epoch_labels(loader) == [[5, 3, 1, 4, 2, 0]] and loader.epoch == 3
+    assert epoch_labels(loader) == [[5, 3, 1, 4, 2, 0]]  # stays 3: the user owns the epoch now
+    assert sampler.epochs_seen == [0, 3, 3, 3]

@@ -20,7 +20,8 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise DatasetError("the digits data set needs scikit-learn: pip install scikit-learn") from None
+        raise DatasetError("the digits data set needs scikit-learn: pip install scikit-learn (from a dtrain "
+                           "checkout: pip install -e \".[train]\", with tqdm and matplotlib)") from None
     bunch = load_digits()
     x, y = bunch.data.astype(np.float64), bunch.target.astype(np.int64)
     x.flags.writeable = False

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..dataset import ArrayDataset
+from ..filetype import looks_like
 from .registry import DatasetError, Splits, fixed_split, register_dataset
 
 # ------------------------------------------------------------------------------------------------
@@ -33,6 +34,18 @@ def _npz_array(archive: Any, key: str, path: str) -> np.ndarray:
     return array
 
 
+def _not_an_archive(path: str, exc: Exception) -> str:
+    """Why np.load failed, said by what the file looks like (NumPy calls any text file "pickled data")."""
+    try:
+        what = looks_like(path)
+    except OSError:
+        what = None
+    if what is not None:
+        return (f"{path}: cannot read it as an .npz archive: it looks like {what}; npz:FILE reads arrays saved "
+                "with np.savez(FILE, x=..., y=...)")
+    return f"{path}: cannot read it as an .npz archive: {type(exc).__name__}: {exc}"
+
+
 def _read_npz(path: str) -> dict[str, np.ndarray]:
     """The arrays x, y and (if present) x_test, y_test, n_classes of an .npz file, checked to be numeric."""
     if not os.path.exists(path):
@@ -46,7 +59,7 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
         try:
             archive = np.load(f, allow_pickle=False)
         except Exception as exc:  # ValueError (pickled / not numpy), OSError, zipfile.BadZipFile, EOFError
-            raise DatasetError(f"{path}: cannot read it as an .npz archive: {type(exc).__name__}: {exc}") from None
+            raise DatasetError(_not_an_archive(path, exc)) from None
         if not isinstance(archive, np.lib.npyio.NpzFile):
             raise DatasetError(f"{path}: is a single .npy array, expected an .npz archive with arrays 'x' and "
                                "'y' (np.savez(path, x=..., y=...))")
