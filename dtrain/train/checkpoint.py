@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import to_device
+from ..data.filetype import looks_like
 from ..nn.utils.serialization import SerializationError, load_npz, save_npz
 from ..nn.utils.serialization import atomic_write as _atomic_write  # a name tests monkeypatch
 from ..spec import check_int, is_int
@@ -125,6 +126,13 @@ def load_checkpoint(path: str) -> dict:
     except SerializationError as exc:
         detail = str(exc)
         detail = detail[len(path) + 2:] if detail.startswith(f"{path}: ") else detail
+        try:  # NumPy calls any text file "pickled data": say what the file looks like instead
+            what = looks_like(path)
+        except OSError:
+            what = None
+        if what is not None:
+            raise CheckpointError(f"checkpoint {path} is not a dtrain checkpoint: it looks like {what}, not an .npz "
+                                  "archive (checkpoints are the ckpt-*.npz files dtrain writes)") from None
         raise CheckpointError(f"checkpoint {path} is not a dtrain checkpoint (or is damaged): {detail}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         tag = meta.get("format") if isinstance(meta, dict) else None

@@ -18,7 +18,8 @@ from typing import Any
 from ..env import timeout_from_env
 from ..spec import is_real
 
-__all__ = ["OPTIONS", "ConfigError", "Option", "load_toml", "resolve_config"]
+__all__ = ["MOMENTUM_OPTIMIZERS", "OPTIONS", "ConfigError", "Option", "load_toml", "require_tensorboardx",
+           "resolve_config", "resume_changes"]
 
 
 class ConfigError(ValueError):
@@ -109,12 +110,25 @@ OPTIONS: tuple[Option, ...] = (
     Option("loss_scale", str, "auto", "loss scaling: none | dynamic (scale backs off and the step is skipped on "
            "non-finite gradients, grows after 2000 good steps) | a fixed positive number; auto: dynamic with "
            "--precision fp16, else none", metavar="auto|none|dynamic|S"),
+    Option("threads", int, None, "BLAS/OpenMP threads of each process; 0: leave the libraries' own defaults "
+           "(default: the thread variables such as OMP_NUM_THREADS when set, else under mpiexec usable cores / "
+           "ranks on this node, else the library default)", check="nonnegative", optional=True, metavar="N"),
     Option("out", str, None, "write metrics.jsonl, summary.json and PNG plots to this folder", optional=True,
            metavar="DIR"),
-    Option("progress", bool, None, "progress bar on rank 0 (default: when stderr is a terminal)", optional=True),
+    Option("overwrite", bool, False, "replace the results of a previous run found in --out (without it, a new "
+           "run refuses a folder that holds metrics.jsonl, summary.json, ...; --resume continues that run)"),
+    Option("progress", bool, None, "progress bar on rank 0 (default: when rank 0's output reaches a terminal, "
+           "under mpiexec too)", optional=True),
     Option("monitor", bool, True, "record gradient flow, weight and dead-ReLU statistics each epoch"),
+    Option("tensorboard", bool, False, "also write the per-epoch metrics as TensorBoard scalars to "
+           "--out DIR/tensorboard (needs tensorboardX: pip install tensorboardX)"),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
+MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")  # the optimizers --momentum is passed to
+# Options that steer the run rather than define what is trained: changing them on --resume is routine.
+_RUN_CONTROL = frozenset({"resume", "out", "overwrite", "progress", "monitor", "tensorboard", "device", "timeout",
+                          "stall_warning", "check_every", "checkpoint_dir", "checkpoint_every", "keep_checkpoints",
+                          "max_steps", "threads"})
 
 
 def _coerce(opt: Option, value, source: str):
@@ -211,6 +225,60 @@ def parse_loss_scale(value) -> str:
     return repr(scale)
 
 
+def _check_momentum(config: dict, given: dict, from_toml: dict, toml_path: str | None, model: str) -> None:
+    """An explicitly set --momentum that the chosen optimizer has no use for is an error (it would be ignored)."""
+    if config["optimizer"] in MOMENTUM_OPTIMIZERS:
+        return
+    if "momentum" not in given and "momentum" not in from_toml:
+        return  # the default, never passed to this optimizer
+    m = config["momentum"]
+    where = f"--momentum {m}" if "momentum" in given else f"'momentum = {m}' in config file {toml_path}"
+    # Not chosen by the user, an optimizer without momentum can only be the model's default.
+    chosen = "" if "optimizer" in given or "optimizer" in from_toml else f" (the {model} model's default)"
+    raise ConfigError(f"{where} has no effect with --optimizer {config['optimizer']}{chosen}: "
+                      f"only {' and '.join(MOMENTUM_OPTIMIZERS)} use momentum; drop it or choose one of those")
+
+
+def require_tensorboardx():
+    """The ``tensorboardX`` module that ``--tensorboard`` writes with, or ConfigError naming the pip command."""
+    try:
+        import tensorboardX
+    except ImportError as exc:
+        raise ConfigError(f"--tensorboard needs the tensorboardX package ({exc}): pip install tensorboardX") from None
+    return tensorboardX
+
+
+def _check_tensorboard(config: dict) -> None:
+    if not config["out"]:
+        raise ConfigError("--tensorboard writes its event files to --out DIR/tensorboard: it needs --out DIR")
+    require_tensorboardx()
+
+
+def _as_flag(name: str, value) -> str:
+    """How the option reads on a command line: "with --lr 0.1", "with --no-overlap", "without --hidden"."""
+    flag = "--" + name.replace("_", "-")
+    if value is None:
+        return f"without {flag}"
+    if isinstance(value, bool):
+        return f"with {flag}" if value else f"with --no-{flag[2:]}"
+    return f"with {flag} {value}"
+
+
+def resume_changes(saved: dict, current: dict) -> list[str]:
+    """One warning line per option that defines the training (not the run control: output folders,
+    timeouts, --max-steps, ...) whose value differs between a checkpoint's recorded config ``saved`` and
+    this run's ``current`` one, e.g. "resuming with --lr 0.1 (the checkpoint was trained with 0.05)".
+    Options either side lacks (older checkpoints) are not compared."""
+    lines = []
+    for name, value in current.items():
+        if name in _RUN_CONTROL or name not in saved or saved[name] == value:
+            continue
+        was = saved[name]
+        was_text = _as_flag(name, was) if was is None or isinstance(was, bool) else f"with {was}"
+        lines.append(f"resuming {_as_flag(name, value)} (the checkpoint was trained {was_text})")
+    return lines
+
+
 def resolve_config(flags: dict, toml_path: str | None = None, model_defaults=None) -> dict:
     """Merge defaults < model defaults < TOML < flags into one validated config dict.
 
@@ -238,6 +306,9 @@ def resolve_config(flags: dict, toml_path: str | None = None, model_defaults=Non
         config["timeout"] = env_timeout
     config.update(from_toml)
     config.update(given)
+    _check_momentum(config, given, from_toml, toml_path, model)
+    if config["tensorboard"]:  # on every rank, before anything is built
+        _check_tensorboard(config)
     parse_checkpoint_every(config["checkpoint_every"])
     half = config["precision"] != "fp32"
     if half and config["dtype"] != "float32":

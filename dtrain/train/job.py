@@ -18,12 +18,13 @@ from ..data import DataLoader, load_dataset
 from ..env import launched_by_mpi
 from ..models import MODELS, build_model, loss_and_accuracy
 from ..optim import lr_scheduler as sched
-from .checkpoint import CheckpointError, CheckpointManager
+from ..threads import configure_threads
+from .checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from .checkpointing import Checkpointing
-from .config import ConfigError, parse_checkpoint_every
+from .config import ConfigError, parse_checkpoint_every, resume_changes
 from .log import RankLogger
 from .options import EarlyStopping, TrainOptions
-from .reporting import ReportOptions
+from .reporting import ReportOptions, check_out_dir
 from .sync import Collectives, GradientSync, LocalCollectives, LocalGradientSync
 from .trainer import Trainer
 
@@ -194,6 +195,7 @@ def _build_parts(cfg: dict, collectives: Collectives):
     for option, folder in (("--out", cfg["out"]), ("--checkpoint-dir", cfg["checkpoint_dir"])):
         if folder and os.path.exists(folder) and not os.path.isdir(folder):
             raise ConfigError(f"{option} {folder} exists and is not a directory")
+    check_out_dir(cfg["out"], resume=bool(cfg["resume"]), overwrite=bool(cfg.get("overwrite")))
     if cfg["resume"] == "latest" and not cfg["checkpoint_dir"]:
         raise ConfigError("--resume without a PATH needs --checkpoint-dir DIR to look for the latest checkpoint")
     return splits, model, opt, scheduler, loss_fn, correct_fn, train_loader, test_loader, dtype, device
@@ -228,7 +230,8 @@ def _make_trainer(cfg, sync, collectives, log, splits, model, opt, scheduler, lo
         model, opt, train_loader, test_loader, loss_fn=loss_fn, correct_fn=correct_fn, epochs=cfg["epochs"],
         max_steps=cfg["max_steps"], scheduler=scheduler,
         early_stopping=EarlyStopping(cfg["early_stopping"]) if cfg["early_stopping"] else None, options=options,
-        report=ReportOptions(out_dir=cfg["out"], progress=cfg["progress"], monitor=cfg["monitor"]),
+        report=ReportOptions(out_dir=cfg["out"], progress=cfg["progress"], monitor=cfg["monitor"],
+                             tensorboard=cfg["tensorboard"]),
         checkpoints=Checkpointing(manager, every_steps, every_epochs), sync=sync, collectives=collectives,
         logger=log, config=cfg)
     trainer.splits = splits
@@ -261,8 +264,12 @@ def _resume(cfg: dict, trainer: Trainer, log: RankLogger) -> None:
         path = spec
         if not os.path.exists(path):
             raise CheckpointError(f"--resume: checkpoint {path} does not exist")
-    trainer.load_checkpoint(path)
+    state = load_checkpoint(path)
+    trainer.load_state_dict(state, source=f"checkpoint {path}")
     log.info(f"resumed from {path} at epoch {trainer.state.epoch + 1}, step {trainer.state.step}")
+    if log.is_main:  # options that differ from the checkpoint's run: allowed, but said (once)
+        for line in resume_changes(state.get("config") or {}, cfg):
+            log.warning(line)
 
 
 def run(cfg: dict, sync: GradientSync | None = None, collectives: Collectives | None = None,
@@ -272,8 +279,12 @@ def run(cfg: dict, sync: GradientSync | None = None, collectives: Collectives | 
     Without ``sync`` the seams come from :func:`make_sync` (DDP under mpiexec with > 1 rank).
     """
     previous_dtype = backend.get_default_dtype()
+    threads = configure_threads(cfg.get("threads"))  # once per process: `dtrain train` did it already
     if sync is None:
         sync, collectives = make_sync(cfg)
+    collectives = collectives or LocalCollectives()
+    logger = logger or RankLogger(collectives.rank, collectives.world_size, quiet=False)
+    logger.info(threads.message)  # the first line: a wrong thread count explains a slow or different run
     try:
         trainer = build_job(cfg, sync, collectives, logger)
         log, world = trainer.log, trainer.collectives.world_size

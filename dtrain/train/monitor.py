@@ -30,6 +30,7 @@ __all__ = [
     "EpochMonitor",
     "grad_norms",
     "layer_grad_norms",
+    "layer_labels",
     "summarize_layers",
     "total_grad_norm",
     "weight_stats",
@@ -124,6 +125,24 @@ def layer_grad_norms(model: Module) -> dict[str, float]:
         layer = _layer_of(name)
         per_layer[layer] = per_layer.get(layer, 0.0) + s
     return {layer: math.sqrt(s) for layer, s in per_layer.items()}
+
+
+def layer_labels(model: Module) -> dict[str, str]:
+    """How plots name each layer: ``{layer name: "name (Class)"}`` for every module that owns parameters,
+    keyed like :func:`layer_grad_norms`. A Sequential's layers are called "0", "3", "7": with the class
+    ("0 (Conv2d)", "7 (Linear)") the gradient-flow plot says which layer is which; the model itself is
+    "Class (root)".
+
+    >>> layer_labels(nn.Sequential(nn.Linear(4, 2), nn.ReLU(), nn.Linear(2, 1)))
+    {'0': '0 (Linear)', '2': '2 (Linear)'}
+    """
+    _check_module(model, "layer_labels")
+    labels = {}
+    for name, module in model.named_modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            kind = type(module).__name__
+            labels[_display_name(name)] = f"{name} ({kind})" if name else f"{kind} {ROOT_NAME}"
+    return labels
 
 
 def total_grad_norm(model: Module) -> float:
@@ -377,6 +396,7 @@ class EpochMonitor:
         self.model = model
         self.activations = ActivationMonitor(model)
         self.grads: dict[str, float] | None = None
+        self.labels = layer_labels(model)  # the gradient-flow plot's names for the layers
 
     def start_epoch(self) -> None:
         """Forget the previous epoch's gradient record."""
@@ -391,11 +411,12 @@ class EpochMonitor:
         self.grads = layer_grad_norms(self.model)
 
     def add_to(self, record: dict, grad_flow: list) -> None:
-        """Add this epoch's statistics to the metrics ``record``; append the gradient flow to ``grad_flow``."""
+        """Add this epoch's statistics to the metrics ``record`` (``grad_norms`` keyed by layer name); append
+        the gradient flow to ``grad_flow`` keyed by :func:`layer_labels` (what grad_flow.png shows)."""
         if self.grads is not None:
             record["grad_norm"] = float(math.sqrt(sum(v * v for v in self.grads.values())))
             record["grad_norms"] = self.grads
-            grad_flow.append(self.grads)
+            grad_flow.append({self.labels.get(name, name): norm for name, norm in self.grads.items()})
         dead = self.activations.dead_relu_fraction()
         if dead:
             record["dead_relu"] = dead

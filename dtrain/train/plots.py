@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_grad_flow", "plot_learning_curves"]
+__all__ = ["grad_flow_figure", "learning_curves_figure", "plot_grad_flow", "plot_learning_curves"]
 
 logger = logging.getLogger("dtrain")
 
@@ -46,13 +46,12 @@ def _plotting(caller: str, what: str, has_data: bool):
     return _matplotlib()
 
 
-def _save(fig: Any, canvas_cls: Any, path: str | os.PathLike) -> str:
+def _save(fig: Any, path: str | os.PathLike) -> str:
     """Write the figure as PNG atomically (temp file + rename), so a reader never sees half a file."""
     path = os.fspath(path)
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    canvas_cls(fig)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
@@ -75,7 +74,19 @@ def _number(value: Any) -> float:
 
 
 def plot_learning_curves(records: list[dict], path: str | os.PathLike) -> str | None:
-    """Plot loss (train and test) and accuracy against epoch from metrics.jsonl rows; save a PNG.
+    """Plot loss (train and test) and accuracy against epoch from metrics.jsonl rows; save a PNG
+    (:func:`learning_curves_figure` draws it).
+
+    Returns:
+        ``path`` as a string; None when there is nothing to plot or matplotlib is not installed.
+    """
+    fig = learning_curves_figure(records)
+    return None if fig is None else _save(fig, path)
+
+
+def learning_curves_figure(records: list[dict]) -> Any:
+    """The learning-curves ``matplotlib.figure.Figure`` (Agg canvas), or None (nothing to plot, or no
+    matplotlib): loss (train and test) and accuracy against epoch from metrics.jsonl rows, integer epoch ticks.
 
     Each record may carry ``epoch``, ``train_loss``, ``test_loss``, ``test_accuracy`` (and
     ``train_accuracy``); missing or None values are skipped, series with no values are not drawn,
@@ -84,10 +95,6 @@ def plot_learning_curves(records: list[dict], path: str | os.PathLike) -> str | 
 
     Args:
         records: the metrics rows, in order.
-        path: where to write the PNG (parent folders are created).
-
-    Returns:
-        ``path`` as a string; None when there is nothing to plot or matplotlib is not installed.
     """
     records = list(records)
     if not all(isinstance(r, dict) for r in records):
@@ -108,36 +115,47 @@ def plot_learning_curves(records: list[dict], path: str | os.PathLike) -> str | 
     if mpl is None:
         return None
     Figure, FigureCanvasAgg = mpl
+    from matplotlib.ticker import MaxNLocator
 
     panels = [(ylabel, curves) for ylabel, curves in (("loss", losses), ("accuracy", accs)) if curves]
     fig = Figure(figsize=(5.5 * len(panels), 4.0))
+    FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     colors = {"train": "tab:blue", "test": "tab:orange"}
     for ax, (ylabel, curves) in zip(axes, panels):
         for label, (x, y) in curves.items():
             ax.plot(x, y, marker="o" if len(x) < 30 else None, markersize=3, label=label, color=colors[label])
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers: no 1.5 tick
         ax.set_ylabel(ylabel)
         ax.set_title(f"{ylabel} vs epoch")
         ax.grid(True, alpha=0.3)
         ax.legend()
-    return _save(fig, FigureCanvasAgg, path)
+    return fig
 
 
 def plot_grad_flow(history: list[dict[str, float]], path: str | os.PathLike,
                    epochs: list[int] | None = None) -> str | None:
-    """Plot per-layer gradient norms (log scale) with layers in order along x, one line per epoch,
-    coloured from early (dark) to late (light); save a PNG.
-
-    Args:
-        history: one :func:`layer_grad_norms` dict per epoch. Layers are the union of all keys in
-            first-seen order; a layer missing from an epoch (or with a zero norm, which a log axis
-            cannot show) leaves a gap in that epoch's line.
-        path: where to write the PNG (parent folders are created).
-        epochs: the epoch number of each history entry (default 1, 2, ...).
+    """Plot per-layer gradient norms and save a PNG (:func:`grad_flow_figure` draws it; same arguments).
 
     Returns:
         ``path`` as a string; None when ``history`` is empty or matplotlib is not installed.
+    """
+    fig = grad_flow_figure(history, epochs)
+    return None if fig is None else _save(fig, path)
+
+
+def grad_flow_figure(history: list[dict[str, float]], epochs: list[int] | None = None) -> Any:
+    """The gradient-flow ``matplotlib.figure.Figure`` (Agg canvas), or None (no data, or no matplotlib):
+    per-layer gradient norms (log scale) with layers in order along x, labelled with their keys, one
+    line per epoch, coloured from early (dark) to late (light), integer epoch ticks on the colour bar.
+
+    Args:
+        history: one dict per epoch, layer label -> gradient norm (the Trainer's labels are the module
+            names with their class, :func:`dtrain.train.monitor.layer_labels`). Layers are the union of
+            all keys in first-seen order; a layer missing from an epoch (or with a zero norm, which a log
+            axis cannot show) leaves a gap in that epoch's line.
+        epochs: the epoch number of each history entry (default 1, 2, ...).
     """
     history = list(history)
     if not all(isinstance(h, dict) for h in history):
@@ -158,6 +176,7 @@ def plot_grad_flow(history: list[dict[str, float]], path: str | os.PathLike,
     values = np.array([[_number(h.get(layer)) for layer in layers] for h in history])
     values[~(values > 0)] = np.nan  # log scale: zero/negative/missing become gaps
     fig = Figure(figsize=(max(6.0, 0.35 * len(layers) + 2.0), 4.5))
+    FigureCanvasAgg(fig)
     ax = fig.subplots()
     cmap = colormaps["viridis"]
     lo, hi = min(epochs), max(epochs)
@@ -177,5 +196,7 @@ def plot_grad_flow(history: list[dict[str, float]], path: str | os.PathLike,
     if len(history) <= 8:
         ax.legend(fontsize=8)
     else:
-        fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="epoch")
-    return _save(fig, FigureCanvasAgg, path)
+        from matplotlib.ticker import MaxNLocator
+
+        fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="epoch", ticks=MaxNLocator(integer=True))
+    return fig

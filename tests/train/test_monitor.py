@@ -16,13 +16,15 @@ from dtrain import nn
 from dtrain.train import plots
 from dtrain.train.monitor import (
     ActivationMonitor,
+    EpochMonitor,
     grad_norms,
     layer_grad_norms,
+    layer_labels,
     summarize_layers,
     total_grad_norm,
     weight_stats,
 )
-from dtrain.train.plots import plot_grad_flow, plot_learning_curves
+from dtrain.train.plots import grad_flow_figure, learning_curves_figure, plot_grad_flow, plot_learning_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -333,3 +335,62 @@ def test_plotting_does_not_import_pyplot(tmp_path):
     plot_learning_curves([{"epoch": 1, "train_loss": 1.0}], tmp_path / "c.png")
     plot_grad_flow([{"0": 1.0}], tmp_path / "d.png")
     assert ("matplotlib.pyplot" in sys.modules) == had_pyplot
+
+
+# -- what the plots say: layer names, integer epochs ------------------------------------------------
+
+
+def test_layer_labels_name_each_layer_with_its_class():
+    from dtrain.models import build_model
+
+    cnn = build_model("cnn", (1, 8, 8), 10, "classification")
+    assert layer_labels(cnn) == {"0": "0 (Conv2d)", "3": "3 (Conv2d)", "7": "7 (Linear)", "10": "10 (Linear)"}
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(dt.ones(1))
+            self.head = nn.Linear(2, 1)
+
+    assert layer_labels(Net()) == {"(root)": "Net (root)", "head": "head (Linear)"}
+    with pytest.raises(TypeError, match=r"^layer_labels expects a dtrain\.nn\.Module, got dict$"):
+        layer_labels({})
+
+
+def test_grad_flow_plot_shows_layer_names_not_indices(rng):
+    """What the Trainer stores for grad_flow.png (EpochMonitor) is keyed by the labels; the figure's x axis
+    shows them: "0 (Linear)", not "0". metrics.jsonl's grad_norms keep the plain layer names."""
+    model = _mlp()
+    monitor = EpochMonitor(model)
+    history = []
+    for _ in range(3):
+        model.zero_grad()
+        _backward(model, rng)
+        monitor.capture_grads()
+        record = {}
+        monitor.add_to(record, history)
+        assert list(record["grad_norms"]) == ["0", "2"]
+    monitor.close()
+    assert [list(h) for h in history] == [["0 (Linear)", "2 (Linear)"]] * 3
+    fig = grad_flow_figure(history)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == ["0 (Linear)", "2 (Linear)"]
+
+
+def _visible_ticks(axis) -> list[float]:
+    lo, hi = sorted(axis.get_view_interval())
+    return [t for t in axis.get_majorticklocs() if lo - 1e-9 <= t <= hi + 1e-9]
+
+
+@pytest.mark.parametrize("n_epochs", [2, 3, 7])
+def test_epoch_axes_have_integer_ticks(n_epochs):
+    records = [{"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.2 / e, "test_accuracy": 0.5 + e / 20}
+               for e in range(1, n_epochs + 1)]
+    fig = learning_curves_figure(records)
+    for ax in fig.axes:  # loss and accuracy panels
+        ticks = _visible_ticks(ax.xaxis)
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    many = [{"0": 1.0 / (e + 1)} for e in range(12)]  # more than 8 epochs: a colour bar for the epochs
+    bar = grad_flow_figure(many, epochs=list(range(1, 13))).axes[1]
+    ticks = _visible_ticks(bar.yaxis)
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
