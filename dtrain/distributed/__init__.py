@@ -6,6 +6,10 @@
     loss = F.cross_entropy(ddp(x_shard), y_shard)
     loss.backward()                                # buckets summed during backward, averaged at its end
     optimizer.step()                               # identical on every rank
+    dist.destroy_process_group()                   # optional: closes the world; init() builds a new one
+
+torch.distributed's spellings work too: ``dist.all_reduce(t, op=dist.ReduceOp.MAX)`` (default op "sum",
+as in torch), ``dist.all_gather(tensor_list, t)`` (fills the list), ``dist.is_available()``.
 
 Read bottom-up; each layer imports only the ones above it in this list:
 
@@ -28,17 +32,29 @@ from __future__ import annotations
 
 from ..data import DistributedSampler  # defaults num_replicas/rank from the launcher (dtrain.env)
 from . import algorithms, compression, hooks
-from .collectives import Handle, allgather, broadcast, chunk_bounds, reduce_scatter
+from .collectives import (
+    OPS,
+    Handle,
+    ReduceOp,
+    all_gather,
+    all_reduce,
+    allgather,
+    broadcast,
+    chunk_bounds,
+    reduce_scatter,
+)
 from .comm import (
     Communicator,
     barrier,
     current_world,
+    destroy_process_group,
     get_local_rank,
     get_node_count,
     get_rank,
     get_world,
     get_world_size,
     init,
+    is_available,
     is_initialized,
     set_timeout,
 )
@@ -49,9 +65,10 @@ from .sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 from .zero import ZeroRedundancyOptimizer
 
 __all__ = [
-    "Communicator", "DistributedDataParallel", "DistributedSampler", "Handle", "HookState", "ModelMismatchError",
-    "SyncBatchNorm", "ZeroRedundancyOptimizer", "algorithms", "allgather", "allreduce", "barrier", "broadcast",
-    "chunk_bounds", "compression", "compression_hook", "convert_sync_batchnorm", "current_world", "get_local_rank",
-    "get_node_count", "get_rank", "get_world", "get_world_size", "hooks", "init", "is_initialized",
-    "reduce_scatter", "set_timeout",
+    "OPS", "Communicator", "DistributedDataParallel", "DistributedSampler", "Handle", "HookState",
+    "ModelMismatchError", "ReduceOp", "SyncBatchNorm", "ZeroRedundancyOptimizer", "algorithms", "all_gather",
+    "all_reduce", "allgather", "allreduce", "barrier", "broadcast", "chunk_bounds", "compression", "compression_hook",
+    "convert_sync_batchnorm", "current_world", "destroy_process_group", "get_local_rank", "get_node_count",
+    "get_rank", "get_world", "get_world_size", "hooks", "init", "is_available", "is_initialized", "reduce_scatter",
+    "set_timeout",
 ]

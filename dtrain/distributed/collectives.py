@@ -6,6 +6,8 @@ dispatch to an algorithm (:mod:`dtrain.distributed.algorithms`), nothing else.
     h = dist.allreduce(bucket, op="sum", async_op=True); ...; h.wait()
     mine = dist.reduce_scatter(flat, op="sum")      # this rank's chunk chunk_bounds(flat.size, size)[rank]
     full = dist.allgather(mine, counts=[hi - lo for lo, hi in dist.chunk_bounds(n, size)])
+    dist.allreduce(step_times, op="max")            # also "min"; exact on every algorithm
+    dist.all_reduce(t, op=dist.ReduceOp.SUM); dist.all_gather(tensor_list, t)   # torch.distributed's names
 
 Arrays move through mpi4py's buffer interface only (``Isend``/``Irecv``/``Sendrecv``/``Allreduce``/
 ``Bcast``); nothing is pickled. Scratch space comes from :meth:`Communicator.buffer`, so a hot loop
@@ -24,7 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import bfloat16, get_array_module
+from ..autograd import Tensor
+from ..backend import bfloat16_dtype, get_array_module, is_bfloat16
 from . import comm as _comm
 from .algorithms import PIPELINE_BYTES, PIPELINE_DEPTH, AllreduceAlgorithm, chunk_bounds, ring_allreduce_bytes
 from .algorithms import get as get_algorithm
@@ -38,6 +41,9 @@ __all__ = [
     "PIPELINE_BYTES",
     "PIPELINE_DEPTH",
     "Handle",
+    "ReduceOp",
+    "all_gather",
+    "all_reduce",
     "allgather",
     "allreduce",
     "broadcast",
@@ -46,10 +52,19 @@ __all__ = [
     "ring_allreduce_bytes",
 ]
 
-OPS = ("sum", "mean")
+OPS = ("sum", "mean", "max", "min")
 
-_HALF = (np.dtype(np.float16),) if bfloat16 is None else (np.dtype(np.float16), np.dtype(bfloat16))
-_FLOAT = _HALF + (np.dtype(np.float32), np.dtype(np.float64))
+
+class ReduceOp:
+    """torch.distributed's ``ReduceOp`` spellings of the ops of :data:`OPS` (plain strings, so
+    ``op=dist.ReduceOp.MAX`` and ``op="max"`` are the same argument)."""
+
+    SUM = "sum"
+    AVG = "mean"
+    MAX = "max"
+    MIN = "min"
+
+_FLOAT = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))  # + bfloat16 with ml_dtypes
 _INT = (np.dtype(np.int32), np.dtype(np.int64))
 
 
@@ -93,20 +108,31 @@ def _check_op(op, what: str, comm: Communicator) -> None:
 
 
 def _check_reduce_dtype(dtype, op: str, what: str, comm: Communicator) -> None:
-    allowed = _FLOAT + (_INT if op == "sum" else ())
-    if dtype not in allowed:
+    allowed = _FLOAT + (_INT if op != "mean" else ())
+    if dtype not in allowed and not is_bfloat16(dtype):
+        # bfloat16 is named among the allowed dtypes only when ml_dtypes is installed
+        allowed = allowed[:1] + ((bfloat16_dtype(),) if bfloat16_dtype() is not None else ()) + allowed[1:]
         names = ", ".join(str(d) for d in allowed)
-        hint = " (integer arrays support op='sum' only)" if dtype in _INT else ""
+        hint = " (integer arrays support op 'sum', 'max' and 'min')" if dtype in _INT else ""
         raise ValueError(f"{what} (rank {comm.rank}): unsupported dtype {dtype} for op {op!r}{hint}: expected one "
                          f"of {names}")
 
 
-def _check_algorithm(algorithm, array, what: str, comm: Communicator) -> AllreduceAlgorithm:
+def _check_algorithm(algorithm, array, what: str, comm: Communicator, op: str = "sum") -> AllreduceAlgorithm:
     algo = get_algorithm(algorithm, what, comm.rank)
     if algo.device_only and get_array_module(array) is np:
         raise ValueError(f"{what} (rank {comm.rank}): algorithm {algo.name!r} needs a CuPy (device) array, got a "
                          "NumPy array; use 'ring' for host arrays")
+    if _reduce_op(op) not in algo.reduce_ops:  # e.g. a user's algorithm written for sums only
+        ops = [o for o in OPS if _reduce_op(o) in algo.reduce_ops]
+        raise ValueError(f"{what} (rank {comm.rank}): algorithm {algo.name!r} does not implement op {op!r}: "
+                         f"expected one of {', '.join(map(repr, ops))}")
     return algo
+
+
+def _reduce_op(op: str) -> str:
+    """The algorithms' op of a collective's op: "mean" is "sum" then a division."""
+    return "sum" if op == "mean" else op
 
 
 def _check_counts(counts, array, comm: Communicator) -> list[int]:
@@ -135,8 +161,11 @@ def allreduce(array, op: str = "mean", algorithm="ring", comm: Communicator | No
 
     Args:
         array: a C-contiguous, writeable array of any shape (float16, bfloat16, float32, float64; int32
-            and int64 with op "sum"), the same shape and dtype on every rank.
-        op: "sum", or "mean" (the sum divided by the world size).
+            and int64 with every op but "mean"), the same shape and dtype on every rank.
+        op: "sum", "mean" (the sum divided by the world size), "max" or "min" (elementwise; exact, so
+            the same bits on every rank for every algorithm; half types compare in float32; NaN
+            propagates on the ring, and as the MPI library does on "mpi"). :class:`ReduceOp` has
+            torch's spellings (``ReduceOp.MAX``).
         algorithm: a name from :data:`dtrain.distributed.algorithms.ALGORITHMS` — "ring" (dtrain's
             pipelined ring; bitwise identical on every rank), "hierarchical" (reduce within each node,
             ring across node leaders, broadcast within nodes; identical on every rank), "mpi"
@@ -152,26 +181,34 @@ def allreduce(array, op: str = "mean", algorithm="ring", comm: Communicator | No
     True
     """
     comm = resolve_comm(comm, "allreduce")
-    algo = _check_algorithm(algorithm, array, "allreduce", comm)
     _check_op(op, "allreduce", comm)
+    algo = _check_algorithm(algorithm, array, "allreduce", comm, op)
     _check_array(array, "allreduce", comm, inplace=True)
     _check_reduce_dtype(array.dtype, op, "allreduce", comm)
     flat, mean = array.reshape(-1), op == "mean"
     if async_op:
         name = f"allreduce(op={op!r}, algorithm={algo.name!r}, {array.dtype}[{array.size}])"
-        return comm.submit(name, _allreduce_job, algo, flat, mean, array)
-    return _allreduce_job(comm, algo, flat, mean, array)
+        return comm.submit(name, _allreduce_job, algo, flat, mean, array, _reduce_op(op))
+    return _allreduce_job(comm, algo, flat, mean, array, _reduce_op(op))
 
 
-def _allreduce_job(comm: Communicator, algo: AllreduceAlgorithm, flat, mean: bool, array):
+def _allreduce_job(comm: Communicator, algo: AllreduceAlgorithm, flat, mean: bool, array, op: str = "sum"):
     if flat.size and comm.size > 1:
         with comm.watch(f"allreduce {algo.name}"):
             if not algo.host_staging:
-                algo.allreduce(comm, flat, mean)
+                _run_allreduce(algo, comm, flat, mean, op)
                 return array
             with on_host(comm, flat, "allreduce") as wire:
-                algo.allreduce(comm, wire, mean)
+                _run_allreduce(algo, comm, wire, mean, op)
     return array
+
+
+def _run_allreduce(algo: AllreduceAlgorithm, comm: Communicator, flat, mean: bool, op: str) -> None:
+    # ``op`` only when not "sum": an algorithm written for allreduce(comm, flat, mean) keeps working.
+    if op == "sum":
+        algo.allreduce(comm, flat, mean)
+    else:
+        algo.allreduce(comm, flat, False, op)
 
 
 def reduce_scatter(array, op: str = "sum", comm: Communicator | None = None, async_op: bool = False):
@@ -192,11 +229,11 @@ def reduce_scatter(array, op: str = "sum", comm: Communicator | None = None, asy
     flat = xp.ascontiguousarray(array).reshape(-1)
     if async_op:
         name = f"reduce_scatter(op={op!r}, {array.dtype}[{array.size}])"
-        return comm.submit(name, _reduce_scatter_job, flat, op == "mean")
-    return _reduce_scatter_job(comm, flat, op == "mean")
+        return comm.submit(name, _reduce_scatter_job, flat, op == "mean", _reduce_op(op))
+    return _reduce_scatter_job(comm, flat, op == "mean", _reduce_op(op))
 
 
-def _reduce_scatter_job(comm: Communicator, flat, mean: bool):
+def _reduce_scatter_job(comm: Communicator, flat, mean: bool, op: str = "sum"):
     xp = get_array_module(flat)
     bounds = chunk_bounds(flat.size, comm.size)
     lo, hi = bounds[comm.rank]
@@ -205,7 +242,7 @@ def _reduce_scatter_job(comm: Communicator, flat, mean: bool):
     with comm.watch("reduce_scatter"), on_host(comm, flat, "reduce_scatter", copy_out=False) as src:
         hx = get_array_module(src)
         dst = comm.buffer("reduce_scatter.out", src.size, src.dtype, hx)
-        ring_reduce_scatter(comm, src, dst, bounds, mean)
+        ring_reduce_scatter(comm, src, dst, bounds, mean, op=op)
         out = dst[lo:hi].copy()
     return out if hx is xp else xp.asarray(out)
 
@@ -280,3 +317,79 @@ def _broadcast_job(comm: Communicator, array, root: int):
             comm.comm.Bcast([wire, mpi_type(np.uint8)], root=root)
     return array
 
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.distributed's spellings
+# ----------------------------------------------------------------------------------------------
+
+
+def _array_of(x):
+    """The backend array of a dtrain Tensor (its ``.data``, reduced in place), or ``x`` itself."""
+    return x.data if isinstance(x, Tensor) else x
+
+
+def all_reduce(tensor, op: str = "sum", group: Communicator | None = None, async_op: bool = False, *,
+               algorithm="ring"):
+    """torch.distributed's ``all_reduce``: :func:`allreduce` with torch's defaults and argument names.
+
+    Reduces ``tensor`` (a NumPy/CuPy array, or a dtrain Tensor, whose ``.data`` is reduced in place) over
+    the ranks of ``group`` (a Communicator; default: the world). Unlike :func:`allreduce`, the default
+    ``op`` is "sum", as in torch; ``op`` may be a :class:`ReduceOp` (``ReduceOp.SUM``, ``AVG``, ``MAX``,
+    ``MIN``) or its string. Returns ``tensor``, or with ``async_op`` a Handle whose ``wait()`` returns
+    the reduced array.
+
+    >>> all_reduce(np.full(3, 2.0), op=ReduceOp.MAX).tolist()   # world of 1
+    [2.0, 2.0, 2.0]
+    """
+    handle = allreduce(_array_of(tensor), op=op, algorithm=algorithm, comm=group, async_op=async_op)
+    return handle if async_op else tensor
+
+
+def all_gather(tensor_list, tensor, group: Communicator | None = None, async_op: bool = False, *,
+               algorithm="ring"):
+    """torch.distributed's ``all_gather``: fill ``tensor_list[r]`` with rank r's ``tensor``, in place.
+
+    ``tensor_list`` is a list of ``world size`` writeable arrays (or dtrain Tensors), each of the shape
+    and dtype of ``tensor``, on the same device. It is a thin layer over :func:`allgather`, which
+    returns the concatenation as one new flat array instead (and takes unequal ``counts``). Returns
+    ``tensor_list``, or with ``async_op`` a Handle whose ``wait()`` returns it once filled.
+
+    >>> out = [np.zeros(2)]; all_gather(out, np.arange(2.0)); out[0].tolist()   # world of 1
+    [0.0, 1.0]
+    """
+    comm = resolve_comm(group, "all_gather")
+    src = _array_of(tensor)
+    xp = _check_array(src, "all_gather", comm, inplace=False)
+    algo = _check_algorithm(algorithm, src, "all_gather", comm)
+    outs = _check_gather_list(tensor_list, src, xp, comm)
+    flat = xp.ascontiguousarray(src).reshape(-1)
+    counts = [int(src.size)] * comm.size
+    if async_op:
+        name = f"all_gather({src.dtype}[{src.size}] x {comm.size})"
+        return comm.submit(name, _all_gather_job, algo, flat, counts, outs, tensor_list)
+    return _all_gather_job(comm, algo, flat, counts, outs, tensor_list)
+
+
+def _check_gather_list(tensor_list, src, xp, comm: Communicator) -> list:
+    if not isinstance(tensor_list, (list, tuple)) or len(tensor_list) != comm.size:
+        got = f"{type(tensor_list).__name__} of length {len(tensor_list)}" \
+            if isinstance(tensor_list, (list, tuple)) else type(tensor_list).__name__
+        raise ValueError(f"all_gather (rank {comm.rank}): tensor_list must be a list of {comm.size} arrays (one "
+                         f"per rank), got {got}")
+    outs = [_array_of(t) for t in tensor_list]
+    for i, out in enumerate(outs):
+        if not isinstance(out, xp.ndarray) or out.shape != src.shape or out.dtype != src.dtype:
+            what = f"{type(out).__name__} {getattr(out, 'shape', '')} {getattr(out, 'dtype', '')}".rstrip()
+            raise ValueError(f"all_gather (rank {comm.rank}): tensor_list[{i}] is {what}: expected a "
+                             f"{xp.__name__} array of tensor's shape {src.shape} and dtype {src.dtype}")
+        if not out.flags.writeable:
+            raise ValueError(f"all_gather (rank {comm.rank}): tensor_list[{i}] is not writeable")
+    return outs
+
+
+def _all_gather_job(comm: Communicator, algo: AllreduceAlgorithm, flat, counts: list[int], outs, tensor_list):
+    gathered = _allgather_job(comm, algo, flat, counts)
+    for (lo, hi), out in zip(offsets_of(counts), outs):
+        out[...] = gathered[lo:hi].reshape(out.shape)
+    return tensor_list

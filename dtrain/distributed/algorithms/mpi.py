@@ -1,33 +1,35 @@
 """MPI's own algorithms (MPI_Allreduce, MPI_Allgatherv): the reference dtrain's ring is measured against.
 
 Half arrays are upcast to float32 for MPI_Allreduce (MPI has no portable half type) and cast back, so
-the sum is taken in float32 as in the ring. The bytes counted are what this rank hands to MPI (the
-library's own schedule is unknown); they count as crossing nodes whenever the world spans nodes.
+the sum is taken in float32 as in the ring (max/min too: exact, the result is one of the inputs). The
+bytes counted are what this rank hands to MPI (the library's own schedule is unknown); they count as
+crossing nodes whenever the world spans nodes.
 """
 
 from __future__ import annotations
 
 from ...backend import get_array_module
 from .. import comm as _comm
-from .base import F32, HALF, AllreduceAlgorithm, mpi_type, offsets_of
+from .base import F32, REDUCE_OPS, AllreduceAlgorithm, is_half, mpi_op, mpi_type, offsets_of
 
 __all__ = ["MPIAllreduce"]
 
 
 class MPIAllreduce(AllreduceAlgorithm):
-    """MPI_Allreduce / MPI_Allgatherv of the MPI library in use."""
+    """MPI_Allreduce (MPI_SUM, MPI_MAX, MPI_MIN) / MPI_Allgatherv of the MPI library in use."""
 
     name = "mpi"
+    reduce_ops = REDUCE_OPS
 
-    def allreduce(self, comm, flat, mean: bool) -> None:
+    def allreduce(self, comm, flat, mean: bool, op: str = "sum") -> None:
         MPI = _comm._MPI
         xp = get_array_module(flat)
         work = flat
-        if flat.dtype in HALF:
+        if is_half(flat.dtype):
             work = comm.buffer("mpi.acc", flat.size, F32, xp)
             work[...] = flat
         comm.record_send(work.nbytes, comm.node_count > 1)
-        comm.comm.Allreduce(MPI.IN_PLACE, [work, mpi_type(work.dtype)], op=MPI.SUM)
+        comm.comm.Allreduce(MPI.IN_PLACE, [work, mpi_type(work.dtype)], op=mpi_op(op))
         if mean:
             xp.divide(work, comm.size, out=work)
         if work is not flat:

@@ -8,25 +8,28 @@ from __future__ import annotations
 import numpy as np
 
 from ...backend import get_array_module
-from .base import AllreduceAlgorithm, offsets_of
+from .base import REDUCE_OPS, AllreduceAlgorithm, offsets_of
 
-__all__ = ["NcclAllreduce", "load_nccl", "nccl_communicator"]
+__all__ = ["NcclAllreduce", "load_nccl", "nccl_communicator", "nccl_op"]
 
 _NCCL_TYPES = {"float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64",
                "int32": "NCCL_INT32", "int64": "NCCL_INT64", "bfloat16": "NCCL_BFLOAT16", "uint8": "NCCL_UINT8"}
+_NCCL_OPS = {"sum": "NCCL_SUM", "max": "NCCL_MAX", "min": "NCCL_MIN"}
 
 
 class NcclAllreduce(AllreduceAlgorithm):
-    """ncclAllReduce (sum, then a division for the mean) and ncclAllGather on device arrays."""
+    """ncclAllReduce (ncclSum, then a division for the mean; ncclMax, ncclMin) and ncclAllGather on device
+    arrays."""
 
     name = "nccl"
     host_staging = False  # NCCL reads device memory itself
     device_only = True
+    reduce_ops = REDUCE_OPS
 
-    def allreduce(self, comm, flat, mean: bool) -> None:
+    def allreduce(self, comm, flat, mean: bool, op: str = "sum") -> None:
         nccl, nc, xp, stream = _setup(comm, flat, "allreduce")
         comm.record_send(2 * (comm.size - 1) * flat.nbytes // comm.size, comm.node_count > 1)  # a ring's bytes
-        nc.allReduce(flat.data.ptr, flat.data.ptr, flat.size, _code(nccl, comm, flat), nccl.NCCL_SUM, stream.ptr)
+        nc.allReduce(flat.data.ptr, flat.data.ptr, flat.size, _code(nccl, comm, flat), nccl_op(nccl, op), stream.ptr)
         if mean:
             xp.divide(flat, comm.size, out=flat)
         stream.synchronize()
@@ -55,6 +58,16 @@ def _code(nccl, comm, flat):
     if code is None:
         raise ValueError(f"allreduce (rank {comm.rank}): NCCL cannot reduce {flat.dtype}")
     return code
+
+
+def nccl_op(nccl, op: str) -> int:
+    """The NCCL reduction code of an op of :data:`~dtrain.distributed.algorithms.base.REDUCE_OPS`
+    (``nccl.NCCL_SUM``, ``NCCL_MAX``, ``NCCL_MIN``); ValueError for any other op."""
+    name = _NCCL_OPS.get(op)
+    if name is None:
+        raise ValueError(f"allreduce: algorithm 'nccl': unknown op {op!r}: expected one of "
+                         f"{', '.join(map(repr, REDUCE_OPS))}")
+    return getattr(nccl, name)
 
 
 def load_nccl():

@@ -14,13 +14,17 @@ the result: each element is still summed in the same order.
 float16/bfloat16 travel as 16-bit words but every addition is done in float32: a rank adds the
 received partial sum and its own values in a float32 scratch piece and sends that sum rounded to
 half; ``mean`` divides the float32 sum before the final rounding.
+
+``op="max"``/``"min"`` run the same schedule with ``maximum``/``minimum`` in place of the addition (half
+types compared in float32, which is exact: the result is one of the inputs); NaN propagates, as with
+NumPy's ``maximum``.
 """
 
 from __future__ import annotations
 
 from ...backend import get_array_module
 from .. import comm as _comm
-from .base import F32, HALF, AllreduceAlgorithm, chunk_bounds, host_sync, mpi_type, offsets_of, wire
+from .base import F32, REDUCE_OPS, AllreduceAlgorithm, chunk_bounds, host_sync, is_half, mpi_type, offsets_of, wire
 
 __all__ = ["PIPELINE_BYTES", "PIPELINE_DEPTH", "RingAllreduce", "ring_allgather", "ring_allreduce_bytes",
            "ring_reduce_scatter"]
@@ -43,6 +47,7 @@ class RingAllreduce(AllreduceAlgorithm):
     """
 
     name = "ring"
+    reduce_ops = REDUCE_OPS
 
     def __init__(self, pipeline_bytes: int = PIPELINE_BYTES, pipeline_depth: int = PIPELINE_DEPTH):
         for what, v in (("pipeline_bytes", pipeline_bytes), ("pipeline_depth", pipeline_depth)):
@@ -50,9 +55,9 @@ class RingAllreduce(AllreduceAlgorithm):
                 raise ValueError(f"RingAllreduce: {what} must be a positive integer, got {v!r}")
         self.pipeline_bytes, self.pipeline_depth = pipeline_bytes, pipeline_depth
 
-    def allreduce(self, comm, flat, mean: bool) -> None:
+    def allreduce(self, comm, flat, mean: bool, op: str = "sum") -> None:
         bounds = chunk_bounds(flat.size, comm.size)
-        ring_reduce_scatter(comm, flat, flat, bounds, mean, self.pipeline_bytes, self.pipeline_depth)
+        ring_reduce_scatter(comm, flat, flat, bounds, mean, self.pipeline_bytes, self.pipeline_depth, op)
         ring_allgather(comm, wire(flat), bounds)
 
     def allgather(self, comm, buf, counts: list[int]) -> None:
@@ -101,29 +106,35 @@ class _Step:
 
 
 class _Ring:
-    """The fixed facts of one reduce-scatter: neighbours, wire type, scratch buffers."""
+    """The fixed facts of one reduce-scatter: neighbours, wire type, scratch buffers, and ``combine``, the
+    elementwise ufunc that folds a received piece into this rank's (add, maximum or minimum)."""
 
-    def __init__(self, comm, src, bounds, pipeline_bytes: int, depth: int):
+    def __init__(self, comm, src, bounds, pipeline_bytes: int, depth: int, op: str = "sum"):
         self.comm, self.mpi, self.depth = comm, comm.comm, depth
         n, r = comm.size, comm.rank
         self.right, self.left = (r + 1) % n, (r - 1) % n
         self.inter_node = comm.crosses_nodes(self.right)
         self.xp = get_array_module(src)
+        self.combine = {"sum": self.xp.add, "max": self.xp.maximum, "min": self.xp.minimum}.get(op)
+        if self.combine is None:
+            raise ValueError(f"ring reduce-scatter (rank {r}): unknown op {op!r}: expected one of "
+                             f"{', '.join(map(repr, REDUCE_OPS))}")
         self.wtype = mpi_type(wire(src).dtype)
         self.piece = max(1, pipeline_bytes // wire(src).dtype.itemsize)
         longest = min(self.piece, bounds[0][1] - bounds[0][0])  # chunk 0 is the longest
         self.rbuf = comm.buffer("ring.recv", (depth, max(1, longest)), wire(src).dtype, self.xp)
-        self.acc = comm.buffer("ring.acc", max(1, longest), F32, self.xp) if src.dtype in HALF else None
+        self.acc = comm.buffer("ring.acc", max(1, longest), F32, self.xp) if is_half(src.dtype) else None
 
 
 def ring_reduce_scatter(comm, src, dst, bounds, mean: bool, pipeline_bytes: int = PIPELINE_BYTES,
-                        pipeline_depth: int = PIPELINE_DEPTH) -> None:
+                        pipeline_depth: int = PIPELINE_DEPTH, op: str = "sum") -> None:
     """Ring reduce-scatter of flat ``src`` into flat ``dst`` (which may be ``src``).
 
     Afterwards ``dst[bounds[rank]]`` holds the reduced chunk (divided by the size when ``mean``); the
-    other chunks of ``dst`` hold partial sums. Each step is pipelined in pieces of ``pipeline_bytes``.
+    other chunks of ``dst`` hold partial reductions. Each step is pipelined in pieces of
+    ``pipeline_bytes``. ``op``: "sum", "max" or "min" (one of :data:`REDUCE_OPS`; ``mean`` with "sum" only).
     """
-    ring = _Ring(comm, src, bounds, pipeline_bytes, pipeline_depth)
+    ring = _Ring(comm, src, bounds, pipeline_bytes, pipeline_depth, op)
     n, r = comm.size, comm.rank
     src_w, dst_w = wire(src), wire(dst)
     host_sync(ring.xp)
@@ -147,7 +158,7 @@ def _single_piece_step(ring, step, src, dst, divide_by: int) -> None:
     ring.mpi.Sendrecv([piece, ring.wtype], ring.right, _TAG_REDUCE, [ring.rbuf[0, : hi - lo], ring.wtype],
                       ring.left, _TAG_REDUCE)
     if step.recvs:
-        _accumulate(ring.xp, src, dst, ring.rbuf[0, : hi - lo], lo, hi, ring.acc, divide_by)
+        _accumulate(ring, src, dst, ring.rbuf[0, : hi - lo], lo, hi, divide_by)
 
 
 def _pipelined_step(ring, step, src, dst, divide_by: int) -> None:
@@ -159,7 +170,7 @@ def _pipelined_step(ring, step, src, dst, divide_by: int) -> None:
         step.post_send(p)
     for p, (lo, hi) in enumerate(step.recvs):
         step.rreqs[p].Wait()
-        _accumulate(ring.xp, src, dst, ring.rbuf[p % depth, : hi - lo], lo, hi, ring.acc, divide_by)
+        _accumulate(ring, src, dst, ring.rbuf[p % depth, : hi - lo], lo, hi, divide_by)
         step.post_recv(p + depth)
         step.post_send(p + depth)
     for q in range(len(step.recvs) + depth, len(step.sends)):
@@ -167,21 +178,23 @@ def _pipelined_step(ring, step, src, dst, divide_by: int) -> None:
     _comm._MPI.Request.Waitall(step.sreqs)
 
 
-def _accumulate(xp, src, dst, got, lo: int, hi: int, acc, divide_by: int) -> None:
-    """dst[lo:hi] = src[lo:hi] + got (divided by ``divide_by`` when non-zero), with no temporaries.
+def _accumulate(ring, src, dst, got, lo: int, hi: int, divide_by: int) -> None:
+    """dst[lo:hi] = combine(src[lo:hi], got) (divided by ``divide_by`` when non-zero), with no temporaries;
+    ``combine`` is ``ring.combine`` (add for "sum"/"mean", maximum or minimum).
 
-    Half types (``acc`` is a float32 scratch piece): the sum and the division are done in float32 and
-    rounded to half once, when stored.
+    Half types (``ring.acc`` is a float32 scratch piece): the reduction and the division are done in
+    float32 and rounded to half once, when stored.
     """
+    xp, acc, combine = ring.xp, ring.acc, ring.combine
     if acc is not None:
         a = acc[: hi - lo]
-        xp.add(src[lo:hi], got.view(src.dtype), out=a, dtype=F32)
+        combine(src[lo:hi], got.view(src.dtype), out=a, dtype=F32)
         if divide_by:
             xp.divide(a, divide_by, out=a)
         dst[lo:hi] = a
     else:
         out = dst[lo:hi]
-        xp.add(src[lo:hi], got, out=out)
+        combine(src[lo:hi], got, out=out)
         if divide_by:
             xp.divide(out, divide_by, out=out)
 

@@ -27,7 +27,6 @@ operations on identical inputs (the low-rank products that must agree are comput
 
 from __future__ import annotations
 
-from ...backend import bfloat16
 from .base import CompressionError, Compressor, key_hash, payload_nbytes
 from .cast import BF16Compressor, FP16Compressor, NoCompression
 from .exchange import allgather_payloads, allreduce, check_pair, reduce
@@ -39,5 +38,5 @@ from .sparse import RandomKCompressor, TopKCompressor
 __all__ = [
     "COMPRESSORS", "BF16Compressor", "CompressionError", "Compressor", "FP16Compressor", "NoCompression",
     "PowerSGDCompressor", "QSGDCompressor", "RandomKCompressor", "SignSGDCompressor", "TopKCompressor",
-    "allgather_payloads", "allreduce", "bfloat16", "check_pair", "get", "key_hash", "payload_nbytes", "reduce",
+    "allgather_payloads", "allreduce", "check_pair", "get", "key_hash", "payload_nbytes", "reduce",
 ]

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ...backend import bfloat16, get_array_module
+from ...backend import get_array_module, is_float_dtype
 from ...spec import boolean, integer, is_int, is_real, real
 
 __all__ = ["CompressionError", "Compressor", "key_hash", "payload_nbytes"]
@@ -240,7 +240,7 @@ def check_reduce_args(c: Compressor, key, segments, flat, step) -> None:
         raise TypeError(f"{c.spec}.reduce: flat must be a NumPy array, got {type(flat).__name__}")
     if flat.ndim != 1 or not flat.flags.c_contiguous or not flat.flags.writeable:
         raise ValueError(f"{c.spec}.reduce: flat must be a writeable contiguous 1-D array, got shape {flat.shape}")
-    if flat.dtype.kind != "f" and flat.dtype != bfloat16:
+    if not is_float_dtype(flat.dtype):
         raise ValueError(f"{c.spec}.reduce: flat must be a floating array, got dtype {flat.dtype}")
     if not is_int(step) or step < 0:
         raise ValueError(f"{c.spec}.reduce: step must be a non-negative integer, got {step!r}")

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ...backend import bfloat16
+from ...backend import bfloat16_dtype
 from .base import CompressionError, Compressor
 
 __all__ = ["BF16Compressor", "FP16Compressor", "NoCompression"]
@@ -50,10 +50,13 @@ class BF16Compressor(FP16Compressor):
     """``bf16``: as fp16 with bfloat16 (float32's exponent range, 8-bit significand); needs ml_dtypes."""
 
     name = "bf16"
-    wire = bfloat16
+
+    @property
+    def wire(self):  # looked up when a bf16 compressor is used, so importing dtrain never loads ml_dtypes
+        return bfloat16_dtype()
 
     def __init__(self) -> None:
-        if bfloat16 is None:
+        if bfloat16_dtype() is None:
             raise CompressionError("bf16 compression needs the ml_dtypes package (bfloat16 for NumPy): "
                                    "pip install ml_dtypes")
         super().__init__()

@@ -41,6 +41,13 @@ def eps(dtype) -> float:
     return finfo_eps(dtype)
 
 
+def bf16():
+    """ml_dtypes' bfloat16 dtype (None without ml_dtypes), loaded by dtrain on first use."""
+    from dtrain.backend import bfloat16_dtype
+
+    return bfloat16_dtype()
+
+
 def tiny(dtype) -> float:
     """The smallest subnormal: the absolute rounding floor of a result that lands among subnormals."""
     from dtrain.backend import bfloat16
@@ -85,7 +92,7 @@ def check_world(world, C) -> None:
 
 def check_closed_forms(world, C) -> None:
     n = world.size
-    dtypes = [np.float16, np.float32, np.float64] + ([C.bfloat16] if C.bfloat16 is not None else [])
+    dtypes = [np.float16, np.float32, np.float64] + ([bf16()] if bf16() is not None else [])
     for count in (*COUNTS_BASE, max(n - 1, 0), n + 1):
         i3 = np.arange(count) % 3
         for dtype in dtypes:
@@ -109,7 +116,7 @@ def check_closed_forms(world, C) -> None:
 
 def check_integer_valued_exact(world, C) -> None:
     rng = np.random.default_rng(100 + world.rank)
-    dtypes = [np.float16, np.float32, np.float64] + ([C.bfloat16] if C.bfloat16 is not None else [])
+    dtypes = [np.float16, np.float32, np.float64] + ([bf16()] if bf16() is not None else [])
     for count in (*COUNTS_BASE, max(world.size - 1, 0)):
         small = rng.integers(-8, 9, count).astype(np.float64)
         for dtype in dtypes:
@@ -129,7 +136,7 @@ def check_integer_valued_exact(world, C) -> None:
 def check_random_within_tolerance(world, C) -> None:
     n = world.size
     rng = np.random.default_rng(200 + world.rank)
-    dtypes = [np.float16, np.float32, np.float64] + ([C.bfloat16] if C.bfloat16 is not None else [])
+    dtypes = [np.float16, np.float32, np.float64] + ([bf16()] if bf16() is not None else [])
     for count in (*COUNTS_BASE, max(n - 1, 0)):
         x64 = rng.standard_normal(count) * 10.0 ** rng.integers(-2, 3, count)
         for dtype in dtypes:
@@ -156,7 +163,7 @@ def check_pipelining(world, C) -> None:
     bits as the default pieces, since every element is reduced in the same order whatever the piecing."""
     n = world.size
     rng = np.random.default_rng(250 + world.rank)
-    dtypes = [np.float16, np.float32, np.float64] + ([C.bfloat16] if C.bfloat16 is not None else [])
+    dtypes = [np.float16, np.float32, np.float64] + ([bf16()] if bf16() is not None else [])
     from dtrain.distributed.algorithms.ring import RingAllreduce, ring_reduce_scatter
 
     for count in (1, max(n - 1, 0), 7, 100, 1001, 4 * n + 1):
@@ -209,7 +216,7 @@ def check_reduce_scatter_allgather(world, C) -> None:
         assert np.array_equal(C.allgather(mine, counts=lengths, comm=world), ring), f"float32 rs+ag [{count}]"
 
     # Equal counts, several dtypes and shapes: rank r contributes 1000 r + arange(k).
-    dtypes = [np.float32, np.float64, np.int8, np.int64, np.float16] + ([C.bfloat16] if C.bfloat16 is not None else [])
+    dtypes = [np.float32, np.float64, np.int8, np.int64, np.float16] + ([bf16()] if bf16() is not None else [])
     for k in (0, 1, 5, 100_001):
         for dtype in dtypes:
             mine = ((np.arange(k) % 100) + 7 * r).astype(dtype)
@@ -250,8 +257,8 @@ def check_async(world, C) -> None:
         (np.arange(17, dtype=np.int64) * (r + 1), "sum", "ring"),
         (np.zeros(0, np.float32), "mean", "ring"),
     ]
-    if C.bfloat16 is not None:
-        cases.append((rng.standard_normal(4099).astype(C.bfloat16), "sum", "ring"))
+    if bf16() is not None:
+        cases.append((rng.standard_normal(4099).astype(bf16()), "sum", "ring"))
     expected = []
     for x, op, algorithm in cases:
         y = x.copy()
@@ -321,7 +328,8 @@ def expect_value_error(fn, *words) -> None:
 def check_bad_arguments(world, C) -> None:
     n, r = world.size, world.rank
     a = np.ones(10, np.float32)
-    expect_value_error(lambda: C.allreduce(a, op="max", comm=world), "'max'", "'sum'", "'mean'", f"rank {r}")
+    expect_value_error(lambda: C.allreduce(a, op="prod", comm=world), "'prod'", "'sum'", "'mean'", "'max'", "'min'",
+                       f"rank {r}")
     expect_value_error(lambda: C.allreduce(a, algorithm="tree", comm=world), "'tree'", "'ring'", "'mpi'")
     expect_value_error(lambda: C.allreduce(a, algorithm="tree", comm=world, async_op=True), "'tree'")
     expect_value_error(lambda: C.allreduce(np.ones(4, np.int32), op="mean", comm=world), "int32", "'sum'")
