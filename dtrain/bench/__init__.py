@@ -1,6 +1,7 @@
 """Every benchmark's logic, importable from the installed package: ``dtrain bench NAME`` runs one (``dtrain
 bench --help`` lists them); the scripts in the repository's ``benchmarks/`` folder are thin entry points
-to the same ``main()`` and their results live in ``benchmarks/results``.
+to the same ``main()``. Results go to a fresh ``bench-results/DATE-TIME/`` folder unless ``--out`` says
+otherwise; the committed ones in ``benchmarks/results`` are regenerated with ``--out benchmarks/results``.
 
 Each benchmark module has ``HELP`` (one line), ``add_arguments(parser)``, ``run(args) -> exit status`` and
 ``main(argv=None)``. Shared pieces: :mod:`.machine` (CPU time, load, versions, one BLAS thread),

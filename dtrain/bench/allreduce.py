@@ -25,8 +25,8 @@ How to run
     mpiexec -n 4 dtrain bench allreduce --out /tmp/res # ... and writes the report
 
 Outputs ``allreduce.md`` (tables, diagnostics, machine, exact command) and ``allreduce.csv`` in ``--out``
-(launched runs default to benchmarks/results; under mpiexec only with ``--out``), and an nccl-tests style
-table on stdout. No assertion is made on timings (the measuring loop only checks each result equals the
+(launched runs default to a fresh ``bench-results/DATE-TIME/``; under mpiexec only with ``--out``), and an
+nccl-tests style table on stdout. No assertion is made on timings (the measuring loop only checks each result equals the
 world size).
 """
 
@@ -226,7 +226,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-diagnostics", dest="diagnostics", action="store_false",
                    help="skip the phase breakdown and the pipeline sweep")
     p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default: benchmarks/results when it launches mpiexec itself; under "
+                   help="output folder (default: a new bench-results/DATE-TIME/ when it launches mpiexec itself; under "
                         "mpiexec no files unless given)")
     p.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
 

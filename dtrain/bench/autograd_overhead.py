@@ -27,7 +27,7 @@ What is measured
     is imported (no threadpoolctl).
 
 How to run
-    /work/venv/bin/python benchmarks/autograd_overhead.py                 # writes benchmarks/results/
+    /work/venv/bin/python benchmarks/autograd_overhead.py                 # writes bench-results/DATE-TIME/
     /work/venv/bin/python benchmarks/autograd_overhead.py --iters 10 --rounds 3 --out /tmp/res
     /work/venv/bin/python benchmarks/autograd_overhead.py --impls dtrain --no-tiny --no-check  # profiling
 
@@ -53,7 +53,7 @@ import dtrain.nn.functional as F
 from .. import env
 from .machine import blas_info, fmt_load, load_avg
 from .peers import import_torch
-from .report import command_line, command_section, default_out, write_csv
+from .report import OUT_HELP, command_line, command_section, default_out, write_csv
 
 HELP = "autograd overhead: MLP forward+backward, dtrain vs hand-written NumPy vs PyTorch (1 thread)"
 
@@ -355,7 +355,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations to run")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the correctness check")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=None, help=OUT_HELP)
 
 
 def _impls(args) -> list[str]:

@@ -24,7 +24,7 @@ What is measured
     (``np.testing.assert_allclose``, rtol 1e-6); the table also says whether they are bit-identical.
 
 How to run
-    python benchmarks/checkpoint_memory.py            # = dtrain bench checkpoint_memory (benchmarks/results)
+    python benchmarks/checkpoint_memory.py            # = dtrain bench checkpoint_memory (bench-results/DATE-TIME/)
     python benchmarks/checkpoint_memory.py --blocks 32 --act tanh --out /tmp/res
 
 Outputs ``checkpoint_memory.md`` (table, machine info, exact command) and ``checkpoint_memory.csv`` in
@@ -50,7 +50,7 @@ import dtrain.nn.functional as F
 
 from .. import env
 from .machine import fmt_load, load_avg
-from .report import command_line, command_section, default_out, write_csv
+from .report import OUT_HELP, command_line, command_section, default_out, write_csv
 
 HELP = "gradient checkpointing (dt.autograd.checkpoint) on a deep MLP: peak memory and time vs plain"
 
@@ -260,7 +260,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2, help="warm-up steps per variant (default 2)")
     p.add_argument("--mem-repeats", type=int, default=3, help="tracemalloc measurements per variant (default 3)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=None, help=OUT_HELP)
 
 
 def run(args) -> int:

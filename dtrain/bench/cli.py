@@ -6,16 +6,17 @@ import argparse
 import importlib
 
 from . import BENCHMARKS
+from .report import written_outputs
 
 __all__ = ["add_parser", "main", "run"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``bench`` and its subcommands (one per module of :data:`dtrain.bench.BENCHMARKS`) to ``subparsers``."""
-    bench = subparsers.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS),
-                                  description="Benchmarks (results and the commands that made them: "
-                                              "benchmarks/results). Those that compare world sizes launch "
-                                              "mpiexec themselves; run them without mpiexec.")
+    bench = subparsers.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS), description=(
+        "Benchmarks. Each writes its report to --out (default: a new bench-results/DATE-TIME/ folder; the "
+        "committed results and the commands that made them are in benchmarks/results). Those that compare "
+        "world sizes launch mpiexec themselves; run them without mpiexec."))
     sub = bench.add_subparsers(dest="bench", required=True, metavar="NAME")
     for name in BENCHMARKS:
         module = importlib.import_module(f"{__package__}.{name}")
@@ -32,7 +33,7 @@ def run(args) -> int:
     from .machine import pin_blas_threads
 
     pin_blas_threads()
-    return importlib.import_module(f"{__package__}.{args.bench}").run(args)
+    return _run_and_report(importlib.import_module(f"{__package__}.{args.bench}"), args)
 
 
 def main(name: str, argv: list[str] | None = None) -> int:
@@ -44,4 +45,12 @@ def main(name: str, argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"{__package__}.{name}")
     p = argparse.ArgumentParser(prog=name, description=module.HELP)
     module.add_arguments(p)
-    return module.run(p.parse_args(argv))
+    return _run_and_report(module, p.parse_args(argv))
+
+
+def _run_and_report(module, args) -> int:
+    """Run a benchmark, then say where its results went when no ``--out`` chose the folder."""
+    status = module.run(args)
+    for path in written_outputs():
+        print(f"results written to {path.resolve()} (pass --out DIR to choose the folder)")
+    return status

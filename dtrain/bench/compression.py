@@ -31,7 +31,7 @@ What is measured
     cores than ranks, mpiexec oversubscribes the cores and the time per step measures that contention.
 
 How to run
-    python benchmarks/compression.py                 # = dtrain bench compression: full grid (benchmarks/results)
+    python benchmarks/compression.py                 # = dtrain bench compression: full grid (bench-results/DATE-TIME/)
     python benchmarks/compression.py --quick --out /tmp/res       # smoke run, about a minute
     python benchmarks/compression.py --models mlp --ranks 2 --specs none,topk:0.001 --seeds 0
 
@@ -60,7 +60,7 @@ from .. import env
 from ..launch import local_mpiexec
 from .compression_report import write_outputs
 from .machine import OtherLoad, load_avg
-from .report import command_line, default_out
+from .report import OUT_HELP, command_line, default_out
 
 HELP = "gradient compression on digits: accuracy vs bytes sent per compressor, model, ranks, seed"
 REPO = Path(__file__).resolve().parents[2]
@@ -233,7 +233,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds before a run is killed (default 300)")
     p.add_argument("--budget-min", type=float, default=0.0,
                    help="launch no new run after this many minutes (0: no limit; default 0)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=None, help=OUT_HELP)
 
 
 def _resolve(args) -> None:

@@ -10,7 +10,7 @@ What is measured
     The goal (reported, not asserted): dtrain >= 0.7x torch's steps per second.
 
 How to run
-    python benchmarks/gpu_step.py         # = dtrain bench gpu_step; writes benchmarks/results/gpu_step.md
+    python benchmarks/gpu_step.py         # = dtrain bench gpu_step; writes bench-results/DATE-TIME/gpu_step.md
     python benchmarks/gpu_step.py --steps 50 --repeats 5 --out /tmp/res
 
 Without CuPy and a CUDA device it says so and exits 0 without writing anything.
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .peers import import_torch, torch_twin_of
-from .report import command_line, command_section, default_out, write_markdown
+from .report import OUT_HELP, command_line, command_section, default_out, write_markdown
 
 HELP = "training-step time on one GPU: dtrain (CuPy) vs PyTorch CUDA eager (needs CuPy and a GPU)"
 MODELS = {"mlp": ((784,), {"hidden": "1024,1024"}), "cnn": ((1, 28, 28), {})}
@@ -119,7 +119,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=256, help="samples per step (default 256)")
     p.add_argument("--steps", type=int, default=30, help="steps per timed repeat (default 30)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats (default 5)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=None, help=OUT_HELP)
 
 
 def run(args) -> int:

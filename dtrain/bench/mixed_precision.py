@@ -14,7 +14,7 @@ What is measured
     to GPUs' tensor cores.
 
 How to run
-    python benchmarks/mixed_precision.py     # = dtrain bench mixed_precision (benchmarks/results)
+    python benchmarks/mixed_precision.py     # = dtrain bench mixed_precision (bench-results/DATE-TIME/)
     python benchmarks/mixed_precision.py --models mlp --epochs 1 --out /tmp/mp
 """
 
@@ -26,7 +26,7 @@ import tracemalloc
 from pathlib import Path
 
 from .. import env
-from .report import command_line, command_section, default_out, write_markdown
+from .report import OUT_HELP, command_line, command_section, default_out, write_markdown
 
 HELP = "mixed precision on digits: accuracy, speed and step memory of fp16/bf16 against fp32"
 
@@ -100,7 +100,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``dtrain bench mixed_precision``."""
     p.add_argument("--models", default="mlp,cnn", help="comma-separated zoo models (default mlp,cnn)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the model's default, 20)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=None, help=OUT_HELP)
 
 
 def run(args) -> int:

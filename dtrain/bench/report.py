@@ -5,18 +5,44 @@ from __future__ import annotations
 import csv
 import shlex
 import sys
+from datetime import datetime
 from pathlib import Path
 
-__all__ = ["command_line", "command_section", "default_out", "fmt", "ranks_label", "verdict", "write_csv",
-           "write_markdown"]
+__all__ = ["OUT_HELP", "command_line", "command_section", "committed_results", "default_out", "fmt", "ranks_label",
+           "verdict", "write_csv", "write_markdown", "written_outputs"]
+
+
+OUT_HELP = ("output folder (default: a new bench-results/DATE-TIME/ under the current folder, printed at the "
+            "end; pass --out benchmarks/results in a checkout to regenerate the committed results)")
+"""The help text of every benchmark's ``--out``."""
+
+_issued: list[Path] = []  # default folders handed out by this process, reported by written_outputs()
 
 
 def default_out(sub: str = "") -> Path:
-    """Where results go by default: the checkout's ``benchmarks/results[/sub]`` when dtrain runs from a
-    checkout (so the committed tables are regenerated in place), else ``./benchmark-results[/sub]``."""
-    checkout = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
-    base = checkout if checkout.is_dir() else Path("benchmark-results")
+    """A fresh folder for results no one asked to put elsewhere: ``bench-results/YYYYmmdd-HHMMSS-micro[/sub]``
+    under the current folder, new on every call and not yet on disk (the benchmark creates it when it
+    writes). Never the checkout's committed ``benchmarks/results``: those are regenerated only on request
+    (``--out benchmarks/results``), so a benchmark run from a checkout cannot overwrite them."""
+    while True:
+        base = Path("bench-results") / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        if base not in _issued and not base.exists():
+            break
+    _issued.append(base)
     return base / sub if sub else base
+
+
+def written_outputs() -> list[Path]:
+    """The folders from :func:`default_out` that this process really wrote results into (a rank that only
+    measured wrote none)."""
+    return [p for p in _issued if p.is_dir()]
+
+
+def committed_results(sub: str = "") -> Path | None:
+    """The checkout's committed ``benchmarks/results[/sub]`` to read from (e.g. the scaling measurements
+    ``dtrain bench simulate`` calibrates on), or None when dtrain is not run from a checkout."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / sub
+    return path if path.is_dir() else None
 
 
 def command_line() -> str:

@@ -39,9 +39,9 @@ How to run
     dtrain bench scaling --ranks 1,2,4                  # or: python benchmarks/scaling.py --ranks 1,2,4
     dtrain bench scaling --ranks 1,2 --model cnn --compression fp16 --algorithm mpi --out /tmp/sc
 
-Outputs in ``--out`` (default benchmarks/results/scaling): ``scaling.csv``, ``scaling.json`` (rows,
-probes, machine), ``scaling.md`` (tables, cost-model check, exact command), ``efficiency.png`` and
-``breakdown.png``. No assertion on timings.
+Outputs in ``--out`` (default a fresh ``bench-results/DATE-TIME/scaling``; ``--out benchmarks/results/scaling``
+regenerates the committed ones): ``scaling.csv``, ``scaling.json`` (rows, probes, machine), ``scaling.md``
+(tables, cost-model check, exact command), ``efficiency.png`` and ``breakdown.png``. No assertion on timings.
 """
 
 
@@ -59,7 +59,7 @@ import numpy as np
 from .machine import OtherLoad, machine_info, mpi_library
 from .peers import slowest
 from .ranks import launch_worker, under_mpiexec
-from .report import command_line, default_out
+from .report import OUT_HELP, command_line, default_out
 from .scaling_model import validation_table
 from .scaling_report import MODES, markdown_table, summarize, write_csv, write_report
 
@@ -330,7 +330,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--comm-repeats", type=_positive, default=7, help="repeats of communication alone (default 7)")
     p.add_argument("--probe-repeats", type=_positive, default=9, help="repeats per all-reduce probe size (default 9)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per mpiexec launch (default 600)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/scaling)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=OUT_HELP.replace("benchmarks/results", "benchmarks/results/scaling"))
     p.add_argument("--worker", metavar="JSON", default=None, help=argparse.SUPPRESS)
 
 

@@ -18,9 +18,10 @@ What it does
 
 How to run
     python benchmarks/simulate.py          # = dtrain bench simulate: uses benchmarks/results/scaling/scaling.json
-    python benchmarks/simulate.py --run    # runs dtrain bench scaling --ranks 1,2,4 first
+    python benchmarks/simulate.py --run    # runs dtrain bench scaling --ranks 1,2,4 first (into the new folder)
+    dtrain bench simulate --out benchmarks/results/costmodel   # regenerates the committed results
 
-Outputs in ``--out`` (default benchmarks/results/costmodel): ``costmodel.md`` (calibration, validation
+Outputs in ``--out`` (default a fresh ``bench-results/DATE-TIME/costmodel``): ``costmodel.md`` (calibration, validation
 table, prediction table, Horovod comparison, exact command), ``validation.csv``, ``prediction.csv``
 and ``prediction.png``.
 """
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from dtrain.distributed.costmodel import LINKS, MODELS, Link, StepModel, step_time
 
-from .report import command_line, default_out, write_csv
+from .report import OUT_HELP, command_line, committed_results, default_out, write_csv
 from .scaling_model import calibration_lines, validate, validation_table
 
 HELP = "the cost model: validated on this host's scaling sweep, then extrapolated to 4096 workers"
@@ -235,15 +236,34 @@ def prediction_lines(rows: list[dict]) -> list[str]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``dtrain bench simulate``."""
     p.add_argument("--scaling", type=Path, default=None,
-                   help="folder with scaling.json (default benchmarks/results/scaling)")
+                   help="folder with scaling.json (default: with --run, the new output folder's scaling/; "
+                        "else the checkout's committed benchmarks/results/scaling)")
     p.add_argument("--run", action="store_true", help="run dtrain bench scaling --ranks 1,2,4 into --scaling first")
     p.add_argument("--max-workers", type=int, default=4096, help="largest predicted world (default 4096)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/costmodel)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=OUT_HELP.replace("benchmarks/results", "benchmarks/results/costmodel"))
+
+
+def _folders(args) -> tuple[Path, Path]:
+    """(the folder holding scaling.json, the output folder). Measurements made by ``--run`` go next to the
+    output in one fresh folder; without ``--run`` the checkout's committed measurements are read (never
+    written)."""
+    fresh = default_out()
+    out = args.out or fresh / "costmodel"
+    if args.scaling is not None:
+        return args.scaling, out
+    if args.run:
+        return fresh / "scaling", out
+    committed = committed_results("scaling")
+    if committed is None:
+        raise SystemExit("simulate: no scaling.json to calibrate on (dtrain does not run from a checkout with "
+                         "benchmarks/results/scaling): pass --scaling DIR or --run")
+    return committed, out
 
 
 def run(args) -> int:
     """Validate the model on scaling.json, predict, and write costmodel.md, the CSVs and the plot."""
-    scaling, out = args.scaling or default_out("scaling"), args.out or default_out("costmodel")
+    scaling, out = _folders(args)
     if args.run:
         subprocess.run([sys.executable, "-m", "dtrain", "bench", "scaling", "--ranks", "1,2,4", "--out",
                         str(scaling)], check=True)

@@ -47,7 +47,7 @@ How to run
     mpiexec -n 2 dtrain bench throughput --out /tmp/res   # just the world it is launched in
 
 Outputs ``throughput.md`` (tables, time split, profile, checks, machine, exact command) and
-``throughput.csv`` in ``--out`` (default benchmarks/results). No assertion is made on timings; the
+``throughput.csv`` in ``--out`` (default a fresh bench-results/DATE-TIME/). No assertion is made on timings; the
 equivalence and checksum checks are reported (and make the exit status non-zero when they fail).
 The time split and the profile live in :mod:`dtrain.bench.throughput_split`, the report in
 :mod:`dtrain.bench.throughput_report`.
@@ -69,7 +69,7 @@ import numpy as np
 from .machine import OtherLoad, load_avg, mpi_library
 from .peers import CycledStep, checksum, import_torch, setup_torch_gloo, slowest, torch_twin_of
 from .ranks import launch_worker, under_mpiexec
-from .report import command_line, default_out
+from .report import OUT_HELP, command_line, default_out
 from .throughput_report import summarize, throughput_table, write_outputs
 from .throughput_split import BATCH, allreduce_alone, profile_steps, time_split
 
@@ -332,7 +332,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="steps of the 2-rank cProfile on rank 0 (0: skip; default 30)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch DDP peer")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=None, help=OUT_HELP)
     p.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
 
 

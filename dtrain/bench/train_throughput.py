@@ -37,7 +37,7 @@ What is measured
     profile in :mod:`dtrain.bench.train_throughput_profile`.
 
 How to run
-    python benchmarks/train_throughput.py            # = dtrain bench train_throughput (benchmarks/results)
+    python benchmarks/train_throughput.py            # = dtrain bench train_throughput (bench-results/DATE-TIME/)
     python benchmarks/train_throughput.py --steps 50 --repeats 3 --out /tmp/res
 
 Outputs ``train_throughput.md`` (table, profile, machine info, exact command) and
@@ -64,7 +64,7 @@ from dtrain import optim
 from .. import env
 from .machine import blas_info, fmt_load, load_avg
 from .peers import CycledStep, import_torch
-from .report import command_line, command_section, default_out, fmt, write_csv
+from .report import OUT_HELP, command_line, command_section, default_out, fmt, write_csv
 from .train_throughput_profile import NumpyMLPPhases, profile_lines, profile_mlp
 from .train_throughput_twins import LR, MOMENTUM, TorchRaw, torch_twin
 
@@ -324,7 +324,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations to run")
     p.add_argument("--profile-steps", type=int, default=2000, help="steps of the MLP phase profile (0: skip it)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=None, help=OUT_HELP)
 
 
 def _impls(args) -> list[str]:

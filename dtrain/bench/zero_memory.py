@@ -13,7 +13,7 @@ How to run
     python benchmarks/zero_memory.py                 # = dtrain bench zero_memory: runs mpiexec -n 1, 2, 4 itself
     python benchmarks/zero_memory.py --ranks 1,2,3 --out /tmp/res
 
-Writes ``zero_memory.md`` (table, machine, exact command) in ``--out`` (default benchmarks/results).
+Writes ``zero_memory.md`` (table, machine, exact command) in ``--out`` (default a fresh bench-results/DATE-TIME/).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import env
 from .ranks import launch_worker, under_mpiexec
-from .report import command_line, command_section, default_out
+from .report import OUT_HELP, command_line, command_section, default_out
 
 HELP = "ZeRO stage 1: optimizer state bytes per rank and step time vs DDP + Adam (launches mpiexec itself)"
 BATCH, WARMUP, REPEATS = 64, 3, 10
@@ -140,7 +140,7 @@ def write_report(out: Path, rows: list[dict], command: str) -> Path:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``dtrain bench zero_memory``."""
     p.add_argument("--ranks", default="1,2,4", help="world sizes to launch (default 1,2,4)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=None, help=OUT_HELP)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
 
 
