@@ -59,7 +59,6 @@ __version__ = "0.1.0"
 float16 = _np.dtype(_np.float16)
 float32 = _np.dtype(_np.float32)
 float64 = _np.dtype(_np.float64)
-bfloat16 = backend.bfloat16  # None unless ml_dtypes is installed
 int32 = _np.dtype(_np.int32)
 int64 = _np.dtype(_np.int64)
 cat = concat
@@ -79,3 +78,10 @@ __all__ = [
     "optim", "rand", "randn", "relu", "set_default_dtype", "set_grad_enabled", "sigmoid", "softmax", "sqrt", "stack",
     "sum", "tanh", "tensor", "where", "zeros", "zeros_like",
 ]
+
+
+def __getattr__(name: str):
+    # dtrain.bfloat16: ml_dtypes' dtype (None without ml_dtypes), imported on first use, not with dtrain.
+    if name == "bfloat16":
+        return backend.bfloat16_dtype()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

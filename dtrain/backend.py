@@ -20,7 +20,11 @@ __all__ = [
     "accumulation_dtype",
     "Device",
     "as_device",
-    "bfloat16",
+    "bfloat16",  # noqa: F822  (resolved lazily by __getattr__ below)
+    "bfloat16_dtype",
+    "CUDA_INSTALL_HINT",
+    "DeviceUnavailableError",
+    "cuda_problem",
     "cupy_available",
     "device_of",
     "get_array_module",
@@ -28,7 +32,9 @@ __all__ = [
     "resolve_dtype",
     "set_default_dtype",
     "to_device",
+    "is_bfloat16",
     "is_float_dtype",
+    "is_half_dtype",
     "Generator",
     "default_generator",
     "manual_seed",
@@ -40,11 +46,24 @@ __all__ = [
 
 _cupy: Any = None
 _cupy_error: str | None = None
+_cupy_missing = False  # CuPy itself does not import (as opposed to: no GPU or driver)
+
+# Where CuPy comes from: its wheels are built per CUDA major version (dtrain's [cuda12]/[cuda13] extras
+# only pull these in, and exist in a checkout, not on PyPI).
+CUDA_INSTALL_HINT = ("install the CuPy build for this machine's CUDA, `pip install cupy-cuda12x` (CUDA 12) or "
+                     "`pip install cupy-cuda13x` (CUDA 13), or from a dtrain checkout `pip install -e \".[cuda12]\"`")
+
+
+class DeviceUnavailableError(ValueError, RuntimeError):
+    """A CUDA device was asked for but cannot be used here (no CuPy, no GPU, no such index).
+
+    A ValueError, like any other bad input (the CLI reports it in one line), and a RuntimeError, as before.
+    """
 
 
 def _load_cupy():
     """Return the cupy module, or None (remembering why) when it cannot be used."""
-    global _cupy, _cupy_error
+    global _cupy, _cupy_error, _cupy_missing
     if _cupy is not None or _cupy_error is not None:
         return _cupy
     try:
@@ -56,7 +75,18 @@ def _load_cupy():
         _cupy = cupy
     except Exception as exc:  # ImportError, CUDARuntimeError, ...
         _cupy_error = f"{type(exc).__name__}: {exc}"
+        _cupy_missing = isinstance(exc, ImportError)
     return _cupy
+
+
+def cuda_problem() -> str | None:
+    """Why CUDA cannot be used here, and the fix, in one line; None when it can (loads CuPy to find out)."""
+    if _load_cupy() is not None:
+        return None
+    if _cupy_missing:
+        return f"CuPy is not installed ({_cupy_error}): {CUDA_INSTALL_HINT}"
+    return (f"CuPy finds no usable GPU ({_cupy_error}): check the NVIDIA driver (nvidia-smi), "
+            "CUDA_VISIBLE_DEVICES, and that the cupy-cudaXXx wheel matches the driver's CUDA version")
 
 
 def cupy_available() -> bool:
@@ -129,19 +159,16 @@ CPU = Device("cpu")
 def _require_cupy(what: str):
     cp = _load_cupy()
     if cp is None:
-        raise RuntimeError(
-            f"device '{what}' was requested but CUDA is not usable here ({_cupy_error}). "
-            "Install CuPy with `pip install dtrain[cuda12]` or `dtrain[cuda13]` on a machine with an "
-            "NVIDIA GPU, or use device='cpu'."
-        )
+        raise DeviceUnavailableError(f"device '{what}' was requested but CUDA is not usable here: {cuda_problem()}; "
+                                     "or use device 'cpu'")
     return cp
 
 
 def as_device(device: str | Device | None) -> Device:
     """Parse ``"cpu"``, ``"cuda"``, ``"cuda:1"`` (or a Device, or None meaning cpu) into a Device.
 
-    Raises ValueError for any other spelling and RuntimeError for a CUDA device that does not exist
-    or cannot be used here.
+    Raises ValueError for any other spelling and DeviceUnavailableError (a ValueError and a RuntimeError)
+    for a CUDA device that does not exist or cannot be used here.
     """
     if device is None:
         return CPU
@@ -165,7 +192,7 @@ def as_device(device: str | Device | None) -> Device:
     n = cp.cuda.runtime.getDeviceCount()
     index = cp.cuda.Device().id if dev.index is None else dev.index
     if not 0 <= index < n:
-        raise RuntimeError(f"device 'cuda:{index}' does not exist: this machine has {n} CUDA device(s)")
+        raise DeviceUnavailableError(f"device 'cuda:{index}' does not exist: this machine has {n} CUDA device(s)")
     return Device("cuda", index)
 
 
@@ -194,16 +221,48 @@ def to_device(array, device: str | Device | None):
 # ----------------------------------------------------------------------------------------------
 
 
-def _bfloat16_dtype():
+_BF16_UNKNOWN = object()
+_bfloat16: Any = _BF16_UNKNOWN
+
+
+def bfloat16_dtype() -> np.dtype | None:
+    """NumPy's bfloat16 dtype (from ml_dtypes), or None when ml_dtypes is not installed.
+
+    ml_dtypes is imported on the first call, not with dtrain: it is most of ``import dtrain``'s time, and
+    a float32 job never needs it. ``dtrain.bfloat16`` / ``dtrain.backend.bfloat16`` call this.
+    """
+    global _bfloat16
+    if _bfloat16 is _BF16_UNKNOWN:
+        try:
+            import ml_dtypes
+
+            _bfloat16 = np.dtype(ml_dtypes.bfloat16)
+        except ImportError:
+            _bfloat16 = None
+    return _bfloat16
+
+
+def is_bfloat16(dtype) -> bool:
+    """True when ``dtype`` is ml_dtypes' bfloat16. Imports ml_dtypes only for a dtype named bfloat16 (an
+    array of that dtype exists only once ml_dtypes is loaded), so checking float32 arrays stays free."""
     try:
-        import ml_dtypes
+        dt = np.dtype(dtype)
+    except TypeError:  # "bfloat16" as a string is not a NumPy dtype name
+        return False
+    return dt.name == "bfloat16" and dt == bfloat16_dtype()
 
-        return np.dtype(ml_dtypes.bfloat16)
-    except ImportError:
-        return None
+
+def is_half_dtype(dtype) -> bool:
+    """True for the 16-bit floats, float16 and bfloat16 (summed in float32 by the collectives)."""
+    return np.dtype(dtype) == np.float16 or is_bfloat16(dtype)
 
 
-bfloat16 = _bfloat16_dtype()  # numpy dtype, or None when ml_dtypes is not installed
+def __getattr__(name: str):
+    # ``bfloat16`` stays a module attribute for users (``dtrain.backend.bfloat16``), resolved on first use.
+    if name == "bfloat16":
+        return bfloat16_dtype()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _FLOAT_NAMES = {"float16", "float32", "float64", "half", "float", "double", "bfloat16"}
 _default_dtype = np.dtype(np.float32)
@@ -216,16 +275,17 @@ def resolve_dtype(dtype) -> np.dtype:
     else (complex, strings, objects) is rejected with a ValueError naming it.
     """
     if isinstance(dtype, str) and dtype.lower() in ("bfloat16", "bf16"):
-        if bfloat16 is None:
+        bf16 = bfloat16_dtype()
+        if bf16 is None:
             raise ValueError("dtype bfloat16 needs the ml_dtypes package: pip install ml_dtypes")
-        return bfloat16
+        return bf16
     try:
         dt = np.dtype(dtype)
     except TypeError as exc:
         raise ValueError(f"unsupported dtype {dtype!r}: {exc}") from None
     if dt.kind in "fiub" and dt.itemsize <= 8:
         return dt
-    if bfloat16 is not None and dt == bfloat16:
+    if is_bfloat16(dt):
         return dt
     raise ValueError(
         f"unsupported dtype {dt} ({dtype!r}): expected a floating dtype (float16, bfloat16, float32, "
@@ -236,7 +296,7 @@ def resolve_dtype(dtype) -> np.dtype:
 def is_float_dtype(dtype) -> bool:
     """True for float16/bfloat16/float32/float64 (the dtypes that can carry gradients)."""
     dt = np.dtype(dtype)
-    return dt.kind == "f" or (bfloat16 is not None and dt == bfloat16)
+    return dt.kind == "f" or is_bfloat16(dt)
 
 
 def set_default_dtype(dtype) -> None:
@@ -264,7 +324,7 @@ def accumulation_dtype(dtype):
 def finfo_eps(dtype) -> float:
     """Machine epsilon of a floating dtype (works for bfloat16 too)."""
     dt = np.dtype(dtype)
-    if bfloat16 is not None and dt == bfloat16:
+    if is_bfloat16(dt):
         return 2.0**-7
     return float(np.finfo(dt).eps)
 

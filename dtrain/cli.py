@@ -2,7 +2,8 @@
 
 ``train`` builds the job from dtrain.train.config.OPTIONS (one table for flags, TOML keys, defaults
 and validation) and runs dtrain.train.job.run. Bad input exits with status 2 and one line on stderr
-naming the problem (on every rank under mpiexec, with the rank).
+naming the problem. Under mpiexec an error every rank raised together (a bad option, a failed agreement) is
+printed once, by rank 0; an error on one rank alone is printed by that rank, with its rank.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def _info(_args) -> int:
         lines.append(f"cupy {cupy.__version__}; CUDA devices: {cupy.cuda.runtime.getDeviceCount()} (under mpiexec "
                      "--device cuda gives each rank cuda:{local_rank % devices})")
     else:
-        lines.append(f"cupy/CUDA: unavailable ({dtrain.backend._cupy_error})")
+        lines.append(f"cupy/CUDA: unavailable: {dtrain.backend.cuda_problem()}")
     try:
         from .distributed.gpu import transport
 
@@ -46,22 +47,38 @@ def _info(_args) -> int:
     except Exception as exc:  # no MPI
         lines.append(f"collectives on GPU arrays: unavailable ({type(exc).__name__}: {exc})")
     lines.append(f"bfloat16: {'yes (ml_dtypes)' if dtrain.bfloat16 is not None else 'no (pip install ml_dtypes)'}")
+    lines += _thread_lines()
     print("\n".join(lines))
     return 0
 
 
+def _thread_lines() -> list[str]:
+    """What ``dtrain train`` would choose for the BLAS/OpenMP threads here, and the pools loaded now."""
+    from .threads import choose_threads, library_threads, pools_summary
+
+    try:
+        choice = choose_threads(library_threads=library_threads()).message + " [as dtrain train would choose]"
+    except ValueError as exc:  # a thread variable that is not a number
+        choice = f"BLAS threads: unknown ({exc})"
+    return [choice, pools_summary()]
+
+
 def _train(args) -> int:
+    from .threads import configure_threads
     from .train.config import OPTIONS, resolve_config
     from .train.job import init_world, make_sync, model_defaults, run
 
     # Under mpiexec the world comes first, so a configuration error on any one rank (MPMD command lines,
-    # per-rank config files, a bad --compression spec) is reported by every rank instead of leaving the
-    # others waiting.
+    # per-rank config files, a bad --compression spec) reaches every rank instead of leaving the others
+    # waiting. This agreement is also the one a rank with a bad command line joins (_usage_error): keep it
+    # the first collective here.
     comm = init_world()
     flags = {o.name: getattr(args, o.name) for o in OPTIONS if hasattr(args, o.name)}
     error = config = seams = None
     try:
         config = resolve_config(flags, args.config, model_defaults)
+        # BLAS/OpenMP pools sized before any compute: N ranks of machine-wide BLAS oversubscribe the cores.
+        configure_threads(config["threads"])
         seams = make_sync(config, comm)
     except ValueError as exc:
         error = exc
@@ -84,22 +101,48 @@ def _launch(args) -> int:
                   bind=args.bind, train_args=args.train_args, dry_run=args.dry_run)
 
 
+class UsageError(SystemExit):
+    """A bad command line, as argparse found it: ``parser`` (whose usage to show) and ``message``.
+
+    A SystemExit with status 2, as argparse's own error is; :func:`main` prints it (once under mpiexec).
+    """
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str):
+        super().__init__(2)
+        self.parser, self.message = parser, message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with the rank in usage errors (under mpiexec every rank prints one)."""
+    """argparse that raises UsageError (main reports it, once under mpiexec) and reports arguments no
+    parser knows from the sub-command they were given to, with that sub-command's usage."""
+
+    commands: dict | None = None  # sub-command name -> its parser (set by build_parser on the top-level parser)
 
     def error(self, message):
-        from .env import launcher_rank
+        raise UsageError(self, message)
 
-        rank = launcher_rank()
-        where = f" [rank {rank}]" if rank is not None else ""
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error:{where} {message}\n")
+    def parse_args(self, args=None, namespace=None):
+        argv = sys.argv[1:] if args is None else list(args)
+        parsed, extras = self.parse_known_args(argv, namespace)
+        if extras:
+            command = getattr(parsed, "command", None)
+            message = f"unrecognized arguments: {' '.join(extras)}"
+            if command == "launch":  # the options were meant for dtrain train: say where they go
+                from .launch import separator_hint
+
+                message += separator_hint(argv, extras)
+            (self.commands or {}).get(command, self).error(message)
+        return parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``dtrain`` argument parser: one sub-command per function below."""
     p = _Parser(prog="dtrain", description="Distributed data-parallel training over MPI.")
     sub = p.add_subparsers(dest="command", required=True)
+    p.commands = sub.choices
     info = sub.add_parser("info", help="versions, MPI library, CUDA availability")
     info.set_defaults(func=_info)
     _add_train_parser(sub)
@@ -173,12 +216,13 @@ def _add_launch_parser(sub) -> None:
 
 
 def _distributed_errors() -> tuple:
-    """Job-level errors raised on every rank (another rank failed; the ranks hold different models).
-    Importing them loads no MPI."""
+    """Job-level errors raised on every rank (another rank failed; the ranks hold different models; no MPI
+    library to run on). Importing them loads no MPI."""
     from .distributed import ModelMismatchError
+    from .distributed.comm import MPIUnavailableError
     from .train.sync import DistributedRunError
 
-    return DistributedRunError, ModelMismatchError
+    return DistributedRunError, ModelMismatchError, MPIUnavailableError
 
 
 def _write_error(line: str) -> None:
@@ -186,6 +230,61 @@ def _write_error(line: str) -> None:
     # the newline separately (unbuffered), gluing ranks' messages together.
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
+
+
+def _is_collective(exc: BaseException) -> bool:
+    """Raised on every rank together (after an agreement), so that one report, rank 0's, is enough.
+    ModelMismatchError is, by its contract, raised on every rank of the comparison."""
+    from .distributed import ModelMismatchError
+
+    return bool(getattr(exc, "collective", False)) or isinstance(exc, ModelMismatchError)
+
+
+def _report(command: str, exc: BaseException, status: int) -> int:
+    """The one ``dtrain COMMAND: error: ...`` line for bad input, then the exit status: rank 0 alone reports
+    an error every rank raised together; an error of this rank alone names the rank and ends the job."""
+    from .distributed.comm import current_world
+    from .env import launcher_rank
+
+    world = current_world()
+    if world is not None and world.size > 1 and _is_collective(exc):
+        if world.rank == 0:
+            _write_error(f"dtrain {command}: error: {exc}")
+        return status
+    rank = launcher_rank()
+    where = f" [rank {rank}]" if rank is not None else ""
+    _write_error(f"dtrain {command}: error:{where} {exc}")
+    return _abort_if_alone(exc, status)
+
+
+def _usage_error(exc: UsageError) -> int:
+    """Report a bad command line (usage line and error), exit status 2. Under mpiexec the rank joins the
+    configuration agreement of ``dtrain train`` (which the ranks whose command line parsed are in), so no rank
+    waits for it: when every rank has the same bad command line rank 0 alone prints it; a rank whose command
+    line alone is bad is named, with its error, by rank 0's report that the job failed."""
+    from .env import launcher_rank
+
+    rank = launcher_rank()
+    if rank is not None:
+        try:
+            from .train.ddp_sync import agree
+            from .train.job import init_world
+
+            comm = init_world()
+        except Exception:  # no usable MPI: every rank reports for itself
+            comm = None
+        if comm is not None:
+            try:
+                agree(comm, exc, "the configuration")
+            except UsageError:  # this rank's own error, now known to every rank
+                pass
+            if comm.rank != 0:
+                return 2
+            rank = None  # the job's report: no rank tag
+    where = f" [rank {rank}]" if rank is not None else ""
+    exc.parser.print_usage(sys.stderr)
+    _write_error(f"{exc.parser.prog}: error:{where} {exc}")
+    return 2
 
 
 def _abort_if_alone(exc: BaseException, status: int) -> int:
@@ -202,7 +301,11 @@ def _abort_if_alone(exc: BaseException, status: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the ``dtrain`` command line ``argv`` (default: sys.argv[1:]); returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        return _usage_error(exc)
     from .env import launcher_rank
     from .train.signals import TrainingInterrupted
 
@@ -215,9 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             _write_error(f"dtrain {args.command}: {exc}")
         return exc.exit_status
     except (ValueError, OSError, FloatingPointError, *_distributed_errors()) as exc:
-        # Bad input (config, data, checkpoint, numbers): one clear line, no traceback.
-        _write_error(f"dtrain {args.command}: error:{where} {exc}")
-        return _abort_if_alone(exc, 2)
+        # Bad input (config, data, checkpoint, numbers, no GPU): one clear line, no traceback.
+        return _report(args.command, exc, 2)
     except KeyboardInterrupt as exc:
         _write_error(f"dtrain {args.command}: interrupted{where}")
         return _abort_if_alone(exc, 130)

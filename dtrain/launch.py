@@ -118,6 +118,20 @@ def resolve_ranks(n: int | str, device: str, threads: int = 1, dry_run: bool = F
     return n
 
 
+def separator_hint(argv: Sequence[str], unknown: Sequence[str]) -> str:
+    """For options ``dtrain launch`` does not know (``unknown``, in the order given): where they belong, as
+    the corrected command line, with ``--`` before the first of them (``dtrain launch -n 2 -- --model cnn``).
+    ``argv``: the whole ``dtrain`` command line."""
+    argv = list(argv)
+    rest = argv[argv.index("launch") + 1:] if "launch" in argv else argv
+    first = rest.index(unknown[0]) if unknown and unknown[0] in rest else len(rest)
+    after = rest[first:]
+    if "--" in after:  # the user's own `--` came too late: one separator, before every train option
+        after.remove("--")
+    fixed = " ".join(filter(None, ("dtrain launch", shlex.join(rest[:first]), "--", shlex.join(after))))
+    return f"; options for dtrain train go after `--`: {fixed}"
+
+
 def find_mpiexec(mpiexec: str | None, python: str) -> str:
     """The launcher: ``mpiexec`` as given, else the one next to ``python`` (a venv's), else on PATH."""
     if mpiexec:

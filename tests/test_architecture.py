@@ -48,6 +48,7 @@ _BELOW_TRAIN = _FACADE | {"distributed", "dtrain"}
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "env": frozenset(),
     "spec": frozenset(),
+    "threads": frozenset({"env"}),  # sizes BLAS/OpenMP pools from what env says; only the top layers call it
     "backend": _BASE,
     "autograd": _BASE | {"backend"},
     "nn": _BASE | {"backend", "autograd"},
@@ -56,10 +57,10 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "models": _BASE | {"backend", "autograd", "nn"},
     "dtrain": _FACADE,  # `import dtrain as dt` gives the tensor API, nn, optim, data and models
     "distributed": _CORE,
-    "train": _BELOW_TRAIN,
-    "launch": _BELOW_TRAIN | {"train"},
-    "bench": _BELOW_TRAIN | {"train", "launch"},
-    "cli": _BELOW_TRAIN | {"train", "launch", "bench"},
+    "train": _BELOW_TRAIN | {"threads"},
+    "launch": _BELOW_TRAIN | {"train", "threads"},
+    "bench": _BELOW_TRAIN | {"train", "launch", "threads"},
+    "cli": _BELOW_TRAIN | {"train", "launch", "bench", "threads"},
     "__main__": frozenset({"cli"}),
 }
 

@@ -61,3 +61,50 @@ def test_manual_seed_controls_dropout():
     b = dt.nn.functional.dropout(x, 0.5).data
     np.testing.assert_array_equal(a, b)
     assert set(np.unique(a)) == {0.0, 2.0}
+
+
+# ``import dtrain`` stays fast: ml_dtypes (bfloat16) is loaded on first use, not with the package.
+
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_import_dtrain_does_not_import_ml_dtypes():
+    res = _run_python("import dtrain, sys; assert 'ml_dtypes' not in sys.modules, 'ml_dtypes imported'")
+    assert res.returncode == 0, res.stderr
+
+
+def test_the_cli_and_training_stack_do_not_import_ml_dtypes():
+    res = _run_python("import sys, dtrain.cli, dtrain.train, dtrain.distributed, dtrain.distributed.compression; "
+                  "assert 'ml_dtypes' not in sys.modules, 'ml_dtypes imported'")
+    assert res.returncode == 0, res.stderr
+
+
+def test_float32_work_does_not_import_ml_dtypes():
+    code = ("import sys, numpy as np, dtrain as dt, dtrain.nn.functional as F\n"
+            "x = dt.tensor(np.ones((2, 3), np.float32), requires_grad=True)\n"
+            "F.cross_entropy(x, [0, 1]).backward()\n"
+            "assert dt.backend.is_float_dtype(x.dtype) and not dt.backend.is_half_dtype(x.dtype)\n"
+            "assert 'ml_dtypes' not in sys.modules, 'ml_dtypes imported'")
+    res = _run_python(code)
+    assert res.returncode == 0, res.stderr
+
+
+def test_bfloat16_names_still_resolve_for_users():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    assert dt.bfloat16 == bf16
+    assert backend.bfloat16 == bf16
+    from dtrain.backend import bfloat16
+
+    assert bfloat16 == bf16
+    assert backend.is_bfloat16(bf16) and backend.is_half_dtype(bf16) and backend.is_float_dtype(bf16)
+    assert not backend.is_bfloat16(np.float16) and backend.is_half_dtype(np.float16)
+    assert backend.resolve_dtype("bf16") == bf16
+
+
+def test_unknown_attributes_are_still_attribute_errors():
+    with pytest.raises(AttributeError, match="module 'dtrain' has no attribute 'bfloat17'"):
+        dt.bfloat17
+    with pytest.raises(AttributeError, match=r"module 'dtrain\.backend' has no attribute 'bfloat17'"):
+        backend.bfloat17

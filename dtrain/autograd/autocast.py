@@ -18,9 +18,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-import numpy as np
-
-from ..backend import bfloat16, is_float_dtype, resolve_dtype
+from ..backend import is_float_dtype, is_half_dtype, resolve_dtype
 
 __all__ = ["autocast", "autocast_dtype", "cast_inputs"]
 
@@ -39,8 +37,7 @@ def autocast(dtype="float16", enabled: bool = True) -> Iterator[None]:
         yield
         return
     dt = resolve_dtype(dtype)
-    allowed = {np.dtype(np.float16)} | ({np.dtype(bfloat16)} if bfloat16 is not None else set())
-    if dt not in allowed:
+    if not is_half_dtype(dt):
         raise ValueError(f"autocast: dtype must be float16 or bfloat16, got {dt}")
     previous = autocast_dtype()
     _state.dtype = dt

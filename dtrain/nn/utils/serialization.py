@@ -22,7 +22,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ...autograd.tensor import Tensor
-from ...backend import bfloat16
+from ...backend import bfloat16_dtype, is_bfloat16
 
 __all__ = ["SerializationError", "atomic_write", "load_npz", "load_safetensors", "save_npz", "save_safetensors"]
 
@@ -37,7 +37,7 @@ _CODES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int
 
 def _code_of(dtype: np.dtype) -> str:
     dtype = dtype.newbyteorder("=")  # a big-endian array is stored too (the writer makes it little-endian)
-    if bfloat16 is not None and dtype == bfloat16:
+    if is_bfloat16(dtype):
         return "BF16"
     for code, t in _CODES.items():
         if dtype == np.dtype(t):
@@ -47,10 +47,11 @@ def _code_of(dtype: np.dtype) -> str:
 
 def _dtype_of(code: str, path: str, name: str) -> np.dtype:
     if code == "BF16":
-        if bfloat16 is None:
+        bf16 = bfloat16_dtype()
+        if bf16 is None:
             raise SerializationError(f"{path}: tensor {name!r} is bfloat16, which needs ml_dtypes: "
                                      "pip install ml_dtypes")
-        return bfloat16
+        return bf16
     if code not in _CODES:
         raise SerializationError(f"{path}: tensor {name!r} has unsupported dtype {code!r}")
     return np.dtype(_CODES[code])
@@ -223,10 +224,11 @@ def load_npz(path: str, with_metadata: bool = False):
         raise SerializationError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
     for name, a in arrays.items():
         if a.dtype.kind == "V" and a.dtype.itemsize == 2 and a.dtype.names is None:  # how np.save writes bfloat16
-            if bfloat16 is None:
+            bf16 = bfloat16_dtype()
+            if bf16 is None:
                 raise SerializationError(f"{path}: array {name!r} is bfloat16, which needs ml_dtypes: "
                                          "pip install ml_dtypes")
-            arrays[name] = a.view(bfloat16)
+            arrays[name] = a.view(bf16)
     raw = arrays.pop(_NPZ_METADATA_KEY, None)
     try:
         metadata = json.loads(raw.tobytes().decode()) if raw is not None else {}
