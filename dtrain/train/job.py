@@ -21,7 +21,7 @@ from ..optim import lr_scheduler as sched
 from ..threads import configure_threads
 from .checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from .checkpointing import Checkpointing
-from .config import ConfigError, parse_checkpoint_every, resume_changes
+from .config import MOMENTUM_OPTIMIZERS, ConfigError, parse_checkpoint_every, resume_changes
 from .log import RankLogger
 from .options import EarlyStopping, TrainOptions
 from .reporting import ReportOptions, check_out_dir
@@ -52,7 +52,7 @@ def _load_data(cfg: dict):
 
 def _optimizer(cfg: dict, params):
     kwargs = {"weight_decay": cfg["weight_decay"], "l1": cfg["l1"]}
-    if cfg["optimizer"] in ("sgd", "rmsprop"):
+    if cfg["optimizer"] in MOMENTUM_OPTIMIZERS:
         kwargs["momentum"] = cfg["momentum"]
     return optim.create(cfg["optimizer"], params, lr=cfg["lr"], **kwargs)
 
