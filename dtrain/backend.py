@@ -252,9 +252,19 @@ def is_bfloat16(dtype) -> bool:
     return dt.name == "bfloat16" and dt == bfloat16_dtype()
 
 
+_IS_HALF: dict = {}
+
+
 def is_half_dtype(dtype) -> bool:
-    """True for the 16-bit floats, float16 and bfloat16 (summed in float32 by the collectives)."""
-    return np.dtype(dtype) == np.float16 or is_bfloat16(dtype)
+    """True for the 16-bit floats, float16 and bfloat16 (summed in float32 by the collectives).
+
+    Remembered per NumPy dtype: the collectives ask it several times per call, on their hot path."""
+    found = _IS_HALF.get(dtype) if isinstance(dtype, np.dtype) else None
+    if found is None:
+        found = bool(np.dtype(dtype) == np.float16) or is_bfloat16(dtype)
+        if isinstance(dtype, np.dtype):
+            _IS_HALF[dtype] = found
+    return found
 
 
 def __getattr__(name: str):

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from .env import THREAD_VARIABLES, launch_info, set_thread_env, thread_settings, usable_cores
+from .spec import is_int
 
 __all__ = ["ThreadChoice", "choose_threads", "configure_threads", "library_threads", "pools_summary",
            "reset_threads"]
@@ -92,7 +93,7 @@ def choose_threads(requested: int | None = None, environ: Mapping[str, str] | No
     info = launch_info(environ)
     per_rank = info.launcher is not None
     if requested is not None:
-        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
+        if not is_int(requested) or requested < 0:
             raise ValueError(f"--threads must be a non-negative integer (0: leave the libraries' defaults), "
                              f"got {requested!r}")
         if requested == 0:

@@ -48,7 +48,7 @@ _BELOW_TRAIN = _FACADE | {"distributed", "dtrain"}
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "env": frozenset(),
     "spec": frozenset(),
-    "threads": frozenset({"env"}),  # sizes BLAS/OpenMP pools from what env says; only the top layers call it
+    "threads": frozenset({"env", "spec"}),  # sizes BLAS/OpenMP pools from what env says; only the top layers call it
     "backend": _BASE,
     "autograd": _BASE | {"backend"},
     "nn": _BASE | {"backend", "autograd"},

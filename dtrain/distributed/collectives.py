@@ -28,6 +28,7 @@ import numpy as np
 
 from ..autograd import Tensor
 from ..backend import bfloat16_dtype, get_array_module, is_bfloat16
+from ..spec import is_int
 from . import comm as _comm
 from .algorithms import PIPELINE_BYTES, PIPELINE_DEPTH, AllreduceAlgorithm, chunk_bounds, ring_allreduce_bytes
 from .algorithms import get as get_algorithm
@@ -85,7 +86,9 @@ def resolve_comm(comm, what: str) -> Communicator:
     return comm
 
 
-def _check_array(array, what: str, comm: Communicator, inplace: bool):
+def check_array(array, what: str, comm: Communicator, inplace: bool):
+    """TypeError/ValueError naming the rank unless ``array`` is a numeric array (C-contiguous and writeable
+    when the collective works ``inplace``); returns its array module."""
     xp = get_array_module(array)
     if not isinstance(array, xp.ndarray):
         raise TypeError(f"{what} (rank {comm.rank}): expected a NumPy/CuPy array, got {type(array).__name__}")
@@ -140,7 +143,7 @@ def _check_counts(counts, array, comm: Communicator) -> list[int]:
     if counts is None:
         return [int(array.size)] * n
     counts = list(counts)
-    if len(counts) != n or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0 for c in counts):
+    if len(counts) != n or any(not is_int(c) or c < 0 for c in counts):
         raise ValueError(f"allgather (rank {comm.rank}): counts must be {n} non-negative integers (one per "
                          f"rank), got {counts!r}")
     counts = [int(c) for c in counts]
@@ -183,7 +186,7 @@ def allreduce(array, op: str = "mean", algorithm="ring", comm: Communicator | No
     comm = resolve_comm(comm, "allreduce")
     _check_op(op, "allreduce", comm)
     algo = _check_algorithm(algorithm, array, "allreduce", comm, op)
-    _check_array(array, "allreduce", comm, inplace=True)
+    check_array(array, "allreduce", comm, inplace=True)
     _check_reduce_dtype(array.dtype, op, "allreduce", comm)
     flat, mean = array.reshape(-1), op == "mean"
     if async_op:
@@ -196,19 +199,11 @@ def _allreduce_job(comm: Communicator, algo: AllreduceAlgorithm, flat, mean: boo
     if flat.size and comm.size > 1:
         with comm.watch(f"allreduce {algo.name}"):
             if not algo.host_staging:
-                _run_allreduce(algo, comm, flat, mean, op)
+                algo.allreduce(comm, flat, mean, op)
                 return array
             with on_host(comm, flat, "allreduce") as wire:
-                _run_allreduce(algo, comm, wire, mean, op)
+                algo.allreduce(comm, wire, mean, op)
     return array
-
-
-def _run_allreduce(algo: AllreduceAlgorithm, comm: Communicator, flat, mean: bool, op: str) -> None:
-    # ``op`` only when not "sum": an algorithm written for allreduce(comm, flat, mean) keeps working.
-    if op == "sum":
-        algo.allreduce(comm, flat, mean)
-    else:
-        algo.allreduce(comm, flat, False, op)
 
 
 def reduce_scatter(array, op: str = "sum", comm: Communicator | None = None, async_op: bool = False):
@@ -223,7 +218,7 @@ def reduce_scatter(array, op: str = "sum", comm: Communicator | None = None, asy
     """
     comm = resolve_comm(comm, "reduce_scatter")
     _check_op(op, "reduce_scatter", comm)
-    _check_array(array, "reduce_scatter", comm, inplace=False)
+    check_array(array, "reduce_scatter", comm, inplace=False)
     _check_reduce_dtype(array.dtype, op, "reduce_scatter", comm)
     xp = get_array_module(array)
     flat = xp.ascontiguousarray(array).reshape(-1)
@@ -264,7 +259,7 @@ def allgather(array, counts=None, comm: Communicator | None = None, async_op: bo
     """
     comm = resolve_comm(comm, "allgather")
     algo = _check_algorithm(algorithm, array, "allgather", comm)
-    _check_array(array, "allgather", comm, inplace=False)
+    check_array(array, "allgather", comm, inplace=False)
     counts = _check_counts(counts, array, comm)
     xp = get_array_module(array)
     flat = xp.ascontiguousarray(array).reshape(-1)
@@ -299,9 +294,9 @@ def broadcast(array, root: int = 0, comm: Communicator | None = None, async_op: 
     [0, 1, 2]
     """
     comm = resolve_comm(comm, "broadcast")
-    if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or not 0 <= root < comm.size:
+    if not is_int(root) or not 0 <= root < comm.size:
         raise ValueError(f"broadcast (rank {comm.rank}): root must be a rank in [0, {comm.size}), got {root!r}")
-    _check_array(array, "broadcast", comm, inplace=True)
+    check_array(array, "broadcast", comm, inplace=True)
     if async_op:
         return comm.submit(f"broadcast(root={root}, {array.dtype}[{array.size}])", _broadcast_job, array, int(root))
     return _broadcast_job(comm, array, int(root))
@@ -360,7 +355,7 @@ def all_gather(tensor_list, tensor, group: Communicator | None = None, async_op:
     """
     comm = resolve_comm(group, "all_gather")
     src = _array_of(tensor)
-    xp = _check_array(src, "all_gather", comm, inplace=False)
+    xp = check_array(src, "all_gather", comm, inplace=False)
     algo = _check_algorithm(algorithm, src, "all_gather", comm)
     outs = _check_gather_list(tensor_list, src, xp, comm)
     flat = xp.ascontiguousarray(src).reshape(-1)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 from ..autograd.function import is_grad_enabled
 from ..nn.module import Module
+from ..spec import is_real
 from .algorithms import get as get_algorithm
 from .collectives import broadcast
 from .comm import Communicator, get_world
@@ -59,12 +60,9 @@ class DistributedDataParallel(Module):
         super().__init__()
         if not isinstance(module, Module):
             raise TypeError(f"DistributedDataParallel wraps an nn.Module, got {type(module).__name__}")
-        if not isinstance(bucket_cap_mb, (int, float)) or isinstance(bucket_cap_mb, bool) or not bucket_cap_mb > 0:
+        if not is_real(bucket_cap_mb) or not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb must be a positive number, got {bucket_cap_mb!r}")
-        try:
-            algo = get_algorithm(algorithm)
-        except ValueError:
-            raise ValueError(f"algorithm must be 'ring', 'hierarchical', 'mpi' or 'nccl', got {algorithm!r}") from None
+        algo = get_algorithm(algorithm, "DistributedDataParallel")  # the registry names the algorithms
         self.module = module
         self.comm = comm or get_world()
         self.algorithm = algo.name

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..env import timeout_from_env
+from ..spec import is_real
 
 __all__ = ["ABORT_EXIT_CODE", "DEFAULT_TIMEOUT", "Watchdog", "default_timeout"]
 
@@ -113,11 +114,10 @@ class Watchdog:
     # -- configuration -------------------------------------------------------------------------
     def configure(self, timeout: float, stall_warning: float | None = None) -> None:
         """Set the deadline (seconds, 0: none) and the stall warning (None: half the deadline)."""
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (timeout >= 0) \
-                or not math.isfinite(timeout):
+        if not is_real(timeout) or not timeout >= 0 or not math.isfinite(timeout):
             raise ValueError(f"timeout must be a number of seconds >= 0 (0: no deadline), got {timeout!r}")
-        if stall_warning is not None and (isinstance(stall_warning, bool) or not isinstance(stall_warning, (int, float))
-                                          or not stall_warning >= 0 or not math.isfinite(stall_warning)):
+        if stall_warning is not None and (not is_real(stall_warning) or not stall_warning >= 0
+                                          or not math.isfinite(stall_warning)):
             raise ValueError(f"stall_warning must be a number of seconds >= 0 or None, got {stall_warning!r}")
         self.timeout = float(timeout)
         self.stall_warning = float(stall_warning) if stall_warning is not None else self.timeout / 2

@@ -43,6 +43,7 @@ from ..autograd.tensor import Tensor
 from ..backend import get_array_module
 from ..nn.parameter import Parameter
 from ..optim.optimizer import Optimizer, zero_grads
+from ..spec import is_real
 from .collectives import allgather, allreduce, broadcast, chunk_bounds, reduce_scatter
 from .comm import Communicator, get_world
 
@@ -173,8 +174,7 @@ class ZeroRedundancyOptimizer:
                 loss = closure()
         weighted = num_samples is not None
         if weighted:
-            if isinstance(num_samples, bool) or not isinstance(num_samples, (int, float, np.integer, np.floating)) \
-                    or not num_samples >= 0:
+            if not is_real(num_samples) or not num_samples >= 0:
                 raise ValueError(f"ZeroRedundancyOptimizer.step (rank {self.comm.rank}): num_samples must be a "
                                  f"non-negative number, got {num_samples!r}")
             self._counts[0] = float(num_samples)

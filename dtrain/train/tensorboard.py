@@ -22,6 +22,7 @@ import glob
 import math
 import os
 
+from ..spec import is_real
 from .config import require_tensorboardx
 
 __all__ = ["TensorBoardWriter", "scalars"]
@@ -38,7 +39,7 @@ def scalars(record: dict) -> dict[str, float]:
             continue
         items = value.items() if isinstance(value, dict) else ((None, value),)
         for sub, v in items:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+            if not is_real(v) or not math.isfinite(float(v)):
                 continue
             out[key if sub is None else f"{key}/{sub}"] = float(v)
     return out

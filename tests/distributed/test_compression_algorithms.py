@@ -56,3 +56,18 @@ def test_a_hook_runs_on_a_world_of_one_without_being_called():
 
     (ddp(dt.tensor(np.ones((2, 3), np.float32))) ** 2).sum().backward()
     assert calls == [] and ddp.module.weight.grad is not None
+
+
+def test_unknown_algorithm_is_named_with_the_registry():
+    with pytest.raises(ValueError, match=r"^DistributedDataParallel: unknown algorithm 'tree': expected one of "
+                                         r"'ring', 'mpi', 'hierarchical', 'nccl'$"):
+        dist.DistributedDataParallel(nn.Linear(3, 2), algorithm="tree")
+
+
+def test_compressed_allreduce_checks_its_array_and_op():
+    x = np.ones((4, 6))
+    with pytest.raises(ValueError, match=r"allreduce \(rank 0\): works in place and needs a C-contiguous array"):
+        dist.allreduce(x[:, ::2], op="sum", compression="topk:0.5")
+    with pytest.raises(ValueError, match=r"^allreduce \(rank 0\): op 'max' with compression 'fp16': a compressed "
+                                         r"all-reduce sums: expected 'sum' or 'mean'$"):
+        dist.allreduce(x, op="max", compression="fp16")

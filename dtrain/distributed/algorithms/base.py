@@ -5,8 +5,8 @@ NCCL, device) array, called only after :mod:`dtrain.distributed.collectives` val
 
 * ``allreduce(comm, flat, mean, op="sum")``: replace ``flat`` with the reduction over the ranks, in place:
   the sum (divided by the world size when ``mean``), or with ``op`` "max"/"min" the elementwise maximum or
-  minimum (``mean`` is then False). ``op`` is passed only when it is not "sum", so an algorithm written
-  for the three-argument form keeps working; it lists the ops it supports in ``reduce_ops``;
+  minimum (``mean`` is then False). An algorithm lists the ops it implements in ``reduce_ops``; the
+  collectives refuse the others before anything is sent;
 * ``allgather(comm, buf, counts)``: ``buf`` (uint8) holds every rank's block, ``counts[r]`` bytes for
   rank r, in rank order, with this rank's block filled in; afterwards every block is filled.
 
@@ -20,9 +20,10 @@ from __future__ import annotations
 import numpy as np
 
 from ...backend import is_half_dtype
+from ...spec import is_int
 from .. import comm as _comm
 
-__all__ = ["REDUCE_OPS", "AllreduceAlgorithm", "chunk_bounds", "host_sync", "is_half", "mpi_op", "mpi_type", "wire"]
+__all__ = ["REDUCE_OPS", "AllreduceAlgorithm", "chunk_bounds", "host_sync", "mpi_op", "mpi_type", "wire"]
 
 F32 = np.dtype(np.float32)
 U16 = np.dtype(np.uint16)
@@ -79,10 +80,6 @@ def chunk_bounds(count: int, parts: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
 def offsets_of(counts: list[int]) -> list[tuple[int, int]]:
     """``[start, stop)`` of consecutive blocks of the given lengths."""
     out, pos = [], 0
@@ -92,21 +89,9 @@ def offsets_of(counts: list[int]) -> list[tuple[int, int]]:
     return out
 
 
-_IS_HALF: dict = {}
-
-
-def is_half(dtype) -> bool:
-    """:func:`dtrain.backend.is_half_dtype` remembered per dtype: it is asked several times per all-reduce
-    (the ring's hot path), and answering it afresh costs microseconds each time."""
-    found = _IS_HALF.get(dtype)
-    if found is None:
-        found = _IS_HALF[dtype] = is_half_dtype(dtype)
-    return found
-
-
 def wire(flat):
     """The array as it travels: half types as uint16 words, everything else as itself."""
-    return flat.view(U16) if is_half(flat.dtype) else flat
+    return flat.view(U16) if is_half_dtype(flat.dtype) else flat
 
 
 def host_sync(xp) -> None:

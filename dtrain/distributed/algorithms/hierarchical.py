@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...backend import get_array_module
+from ...backend import get_array_module, is_half_dtype
 from .. import comm as _comm
-from .base import F32, REDUCE_OPS, AllreduceAlgorithm, host_sync, is_half, mpi_op, mpi_type, offsets_of, wire
+from .base import F32, REDUCE_OPS, AllreduceAlgorithm, host_sync, mpi_op, mpi_type, offsets_of, wire
 from .ring import RingAllreduce, ring_allgather
 
 __all__ = ["HierarchicalAllreduce", "LeaderView"]
@@ -41,7 +41,7 @@ class HierarchicalAllreduce(AllreduceAlgorithm):
         xp = get_array_module(flat)
         node, leaders = comm.node_comm, comm.leader_comm
         work = flat
-        if is_half(flat.dtype):  # reduces in float32, rounded to half once at the end
+        if is_half_dtype(flat.dtype):  # reduces in float32, rounded to half once at the end
             work = comm.buffer("hier.acc", flat.size, F32, xp)
             work[...] = flat
         mtype = mpi_type(work.dtype)

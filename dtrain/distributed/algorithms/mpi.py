@@ -8,9 +8,9 @@ crossing nodes whenever the world spans nodes.
 
 from __future__ import annotations
 
-from ...backend import get_array_module
+from ...backend import get_array_module, is_half_dtype
 from .. import comm as _comm
-from .base import F32, REDUCE_OPS, AllreduceAlgorithm, is_half, mpi_op, mpi_type, offsets_of
+from .base import F32, REDUCE_OPS, AllreduceAlgorithm, mpi_op, mpi_type, offsets_of
 
 __all__ = ["MPIAllreduce"]
 
@@ -25,7 +25,7 @@ class MPIAllreduce(AllreduceAlgorithm):
         MPI = _comm._MPI
         xp = get_array_module(flat)
         work = flat
-        if is_half(flat.dtype):
+        if is_half_dtype(flat.dtype):
             work = comm.buffer("mpi.acc", flat.size, F32, xp)
             work[...] = flat
         comm.record_send(work.nbytes, comm.node_count > 1)

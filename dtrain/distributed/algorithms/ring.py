@@ -22,9 +22,10 @@ NumPy's ``maximum``.
 
 from __future__ import annotations
 
-from ...backend import get_array_module
+from ...backend import get_array_module, is_half_dtype
+from ...spec import is_int
 from .. import comm as _comm
-from .base import F32, REDUCE_OPS, AllreduceAlgorithm, chunk_bounds, host_sync, is_half, mpi_type, offsets_of, wire
+from .base import F32, REDUCE_OPS, AllreduceAlgorithm, chunk_bounds, host_sync, mpi_type, offsets_of, wire
 
 __all__ = ["PIPELINE_BYTES", "PIPELINE_DEPTH", "RingAllreduce", "ring_allgather", "ring_allreduce_bytes",
            "ring_reduce_scatter"]
@@ -51,7 +52,7 @@ class RingAllreduce(AllreduceAlgorithm):
 
     def __init__(self, pipeline_bytes: int = PIPELINE_BYTES, pipeline_depth: int = PIPELINE_DEPTH):
         for what, v in (("pipeline_bytes", pipeline_bytes), ("pipeline_depth", pipeline_depth)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if not is_int(v) or v < 1:
                 raise ValueError(f"RingAllreduce: {what} must be a positive integer, got {v!r}")
         self.pipeline_bytes, self.pipeline_depth = pipeline_bytes, pipeline_depth
 
@@ -123,7 +124,7 @@ class _Ring:
         self.piece = max(1, pipeline_bytes // wire(src).dtype.itemsize)
         longest = min(self.piece, bounds[0][1] - bounds[0][0])  # chunk 0 is the longest
         self.rbuf = comm.buffer("ring.recv", (depth, max(1, longest)), wire(src).dtype, self.xp)
-        self.acc = comm.buffer("ring.acc", max(1, longest), F32, self.xp) if is_half(src.dtype) else None
+        self.acc = comm.buffer("ring.acc", max(1, longest), F32, self.xp) if is_half_dtype(src.dtype) else None
 
 
 def ring_reduce_scatter(comm, src, dst, bounds, mean: bool, pipeline_bytes: int = PIPELINE_BYTES,

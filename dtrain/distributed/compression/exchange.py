@@ -25,7 +25,7 @@ import numpy as np
 
 from ...backend import get_array_module
 from ..algorithms import get as get_algorithm
-from ..collectives import allgather, resolve_comm
+from ..collectives import allgather, check_array, resolve_comm
 from ..collectives import allreduce as plain_allreduce
 from .base import CompressionError, Compressor, check_reduce_args
 from .registry import get as get_compressor
@@ -119,10 +119,12 @@ def allreduce(array, op: str = "mean", algorithm="ring", comm=None, async_op: bo
         return plain_allreduce(array, op=op, algorithm=algorithm, comm=comm, async_op=async_op)
     comm = resolve_comm(comm, "allreduce")
     compressor = get_compressor(compression)
+    check_array(array, "allreduce", comm, inplace=True)
     if array.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError(f"allreduce (rank {comm.rank}): compression needs float32/float64, got {array.dtype}")
     if op not in ("sum", "mean"):
-        raise ValueError(f"allreduce (rank {comm.rank}): unknown op {op!r}: expected one of 'sum', 'mean'")
+        raise ValueError(f"allreduce (rank {comm.rank}): op {op!r} with compression {compressor.spec!r}: a "
+                         "compressed all-reduce sums: expected 'sum' or 'mean'")
     check_pair(compressor, algorithm)
     job = functools.partial(_compressed_job, compressor=compressor, shape=array.shape, algorithm=algorithm)
     flat = array.reshape(-1)

@@ -85,12 +85,12 @@ def random_data(world) -> None:
 
 
 class SumOnly(AllreduceAlgorithm):
-    """An algorithm written before max/min: the three-argument allreduce, no ``reduce_ops``."""
+    """A user's algorithm that sums only: it keeps the base class's ``reduce_ops`` ("sum")."""
 
     name = "sum-only"
 
-    def allreduce(self, comm, flat, mean):
-        RingAllreduce().allreduce(comm, flat, mean)
+    def allreduce(self, comm, flat, mean, op="sum"):
+        RingAllreduce().allreduce(comm, flat, mean, op)
 
 
 def legacy_algorithm(world) -> None:
