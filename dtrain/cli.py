@@ -1,4 +1,4 @@
-"""The ``dtrain`` command line: ``dtrain info``, ``dtrain train``, ``dtrain launch`` and ``dtrain bench NAME``.
+"""The ``dtrain`` command line: ``dtrain info``, ``train``, ``launch``, ``bench NAME`` and ``cluster``.
 
 ``train`` builds the job from dtrain.train.config.OPTIONS (one table for flags, TOML keys, defaults
 and validation) and runs dtrain.train.job.run. Bad input exits with status 2 and one line on stderr
@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
     _add_launch_parser(sub)
+    from .cluster.cli import add_parser as add_cluster_parser
+
+    add_cluster_parser(sub)
     return p
 
 

@@ -59,8 +59,9 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "distributed": _CORE,
     "train": _BELOW_TRAIN | {"threads"},
     "launch": _BELOW_TRAIN | {"train", "threads"},
-    "bench": _BELOW_TRAIN | {"train", "launch", "threads"},
-    "cli": _BELOW_TRAIN | {"train", "launch", "bench", "threads"},
+    "cluster": frozenset({"env", "spec", "launch"}),  # namespaces, links, MPICH placement: no model, no MPI import
+    "bench": _BELOW_TRAIN | {"train", "launch", "threads", "cluster"},
+    "cli": _BELOW_TRAIN | {"train", "launch", "bench", "threads", "cluster"},
     "__main__": frozenset({"cli"}),
 }
 

@@ -1,0 +1,94 @@
+"""Running a benchmark's ranks on a virtual cluster (:mod:`dtrain.cluster`): ``--cluster KxM --link RATE``.
+
+A benchmark that takes these options brings up a cluster of K nodes (every link shaped to RATE, one
+node slower with ``--link-of``) for its run, starts M ranks per node through it (MPICH over TCP, so the
+bytes between nodes cross the shaped links) and takes it down at the end, also on failure. The cluster is
+named ``bench`` (it must not be up already). Without ``--cluster`` nothing changes: ranks share memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+__all__ = ["BENCH_CLUSTER", "ClusterShape", "add_cluster_arguments", "cluster_label", "cluster_session",
+           "parse_shape"]
+
+BENCH_CLUSTER = "bench"
+
+
+@dataclass(frozen=True)
+class ClusterShape:
+    """K nodes with M ranks each."""
+
+    nodes: int
+    ppn: int
+
+    def __str__(self) -> str:
+        return f"{self.nodes}x{self.ppn}"
+
+
+def parse_shape(text: str) -> ClusterShape:
+    """argparse type of ``--cluster``: ``KxM`` (K nodes, M ranks per node), e.g. ``4x1``."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if m is None or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise argparse.ArgumentTypeError(f"expected KxM (K nodes, M ranks per node), e.g. 4x1, got {text!r}")
+    return ClusterShape(int(m.group(1)), int(m.group(2)))
+
+
+def _rate(text: str) -> str:
+    from ..cluster import parse_rate
+
+    try:
+        parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _link_of(text: str) -> tuple[int, str]:
+    node, sep, rate = text.partition("=")
+    if not sep or not node.isdigit():
+        raise argparse.ArgumentTypeError(f"expected NODE=RATE, e.g. 3=250mbit, got {text!r}")
+    return int(node), _rate(rate)
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser, default_link: str = "1gbit") -> None:
+    """``--cluster KxM``, ``--link RATE`` and ``--link-of NODE=RATE``."""
+    g = p.add_argument_group("virtual cluster (root; see docs/cluster.md)")
+    g.add_argument("--cluster", type=parse_shape, default=None, metavar="KxM",
+                   help="run the ranks on a virtual cluster of K nodes, M ranks per node (default: this host's "
+                        "shared memory)")
+    g.add_argument("--link", type=_rate, default=default_link, metavar="RATE",
+                   help=f"with --cluster: every node's link rate, tc units (default {default_link})")
+    g.add_argument("--link-of", type=_link_of, action="append", default=[], metavar="NODE=RATE",
+                   help="with --cluster: one node's link rate (repeatable), e.g. 3=250mbit for a straggler")
+
+
+@contextlib.contextmanager
+def cluster_session(args, nodes: int | None = None) -> Iterator:
+    """The benchmark's cluster for the ``with`` block (None without ``--cluster``): ``nodes`` (default K of
+    ``--cluster``) nodes at ``--link``, taken down at the end whatever happens."""
+    shape = getattr(args, "cluster", None)
+    if shape is None:
+        yield None
+        return
+    from ..cluster import VirtualCluster
+
+    cluster = VirtualCluster.up(nodes or shape.nodes, args.link, dict(args.link_of), name=BENCH_CLUSTER)
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+
+
+def cluster_label(args) -> str:
+    """``"4x1 nodes x ranks, 1gbit links (node 3: 250mbit)"``, or ``"shared memory"`` without --cluster."""
+    shape = getattr(args, "cluster", None)
+    if shape is None:
+        return "shared memory (one host)"
+    slow = ", ".join(f"node {i}: {r}" for i, r in args.link_of)
+    return f"virtual cluster {shape} (nodes x ranks per node), {args.link} links" + (f" ({slow})" if slow else "")
