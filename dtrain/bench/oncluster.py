@@ -3,21 +3,28 @@
 A benchmark that takes these options brings up a cluster of K nodes (every link shaped to RATE, one
 node slower with ``--link-of``) for its run, starts M ranks per node through it (MPICH over TCP, so the
 bytes between nodes cross the shaped links) and takes it down at the end, also on failure. The cluster is
-named ``bench`` (it must not be up already). Without ``--cluster`` nothing changes: ranks share memory.
+named ``bench`` (``DTRAIN_BENCH_CLUSTER`` names another, so that two benchmarks can run at once); one of
+that name already up is taken down first. Without ``--cluster`` nothing changes: ranks share memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["BENCH_CLUSTER", "ClusterShape", "add_cluster_arguments", "cluster_label", "cluster_session",
-           "parse_shape"]
+__all__ = ["BENCH_CLUSTER", "ClusterShape", "add_cluster_arguments", "bench_cluster_name", "cluster_label",
+           "cluster_session", "parse_shape"]
 
 BENCH_CLUSTER = "bench"
+
+
+def bench_cluster_name() -> str:
+    """The benchmark cluster's name: ``DTRAIN_BENCH_CLUSTER``, else ``bench``."""
+    return os.environ.get("DTRAIN_BENCH_CLUSTER", BENCH_CLUSTER)
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,8 @@ def cluster_session(args, nodes: int | None = None) -> Iterator:
         return
     from ..cluster import VirtualCluster
 
-    cluster = VirtualCluster.up(nodes or shape.nodes, args.link, dict(args.link_of), name=BENCH_CLUSTER)
+    VirtualCluster.teardown(bench_cluster_name())  # a left-over of an interrupted run may have another size
+    cluster = VirtualCluster.up(nodes or shape.nodes, args.link, dict(args.link_of), name=bench_cluster_name())
     try:
         yield cluster
     finally:
