@@ -102,6 +102,7 @@ class Communicator:
             blocks of ``DTRAIN_RANKS_PER_NODE`` consecutive ranks when that variable is set).
         node_count: the number of nodes (ranks with ``local_rank == 0``).
         node_of: for every rank of ``comm``, the rank of its node's leader (equal entries: same node).
+        hosts: for every rank of ``comm``, its host name (``MPI_Get_processor_name``).
         bytes_sent, bytes_inter_node: bytes this rank handed to MPI send calls on this communicator, and
             the part addressed to other nodes (:meth:`record_send`).
         cache: objects derived from this communicator and kept for its life (the leaders' view, the NCCL
@@ -138,7 +139,10 @@ class Communicator:
             leaders = comm.Split(0 if self.local_rank == 0 else MPI.UNDEFINED, self.rank)
             # Which node each rank is on, named by the rank of its leader: the ring uses it to count the
             # bytes that cross nodes.
-            self.node_of = tuple(int(x) for x in comm.allgather(local.bcast(self.rank, root=0)))  # tiny messages
+            # Host names too, for messages that name where a rank runs (the watchdog's missing ranks).
+            layout = comm.allgather((local.bcast(self.rank, root=0), MPI.Get_processor_name()))  # tiny messages
+            self.node_of = tuple(int(leader) for leader, _ in layout)
+            self.hosts = tuple(str(host) for _, host in layout)
             self.node_count = len(set(self.node_of))
         self.node_comm = local
         self.leader_comm = None if leaders == MPI.COMM_NULL else leaders
@@ -357,7 +361,7 @@ def _make_watchdog(base, world: Communicator):
     except ValueError:  # a malformed DTRAIN_TIMEOUT: the job's configuration check reports it
         timeout = DEFAULT_TIMEOUT
     ctl = base.Dup() if world.size > 1 and world.supports_async else None
-    return Watchdog(ctl, world.rank, world.size, timeout=timeout)
+    return Watchdog(ctl, world.rank, world.size, timeout=timeout, hosts=world.hosts)
 
 
 def set_timeout(timeout: float, stall_warning: float | None = None) -> None:

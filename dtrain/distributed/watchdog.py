@@ -91,11 +91,14 @@ class Watchdog:
         timeout: seconds a collective may take before the job is aborted (0: never).
         stall_warning: seconds before a warning naming the late ranks (None: timeout / 2; 0: never).
         abort: what to call with an exit status on timeout (default: MPI_Abort on COMM_WORLD).
+        hosts: every rank's host name (the world's ``Communicator.hosts``): a job on several hosts names the
+            host of each missing or late rank ("every rank on host h2" points at a node or its link).
     """
 
     def __init__(self, ctl, rank: int, size: int, timeout: float = DEFAULT_TIMEOUT, stall_warning: float | None = None,
-                 abort=None):
+                 abort=None, hosts=None):
         self.ctl, self.rank, self.size = ctl, rank, size
+        self.hosts = tuple(hosts) if hosts is not None else None  # every rank's host name, when known
         self._stacks: dict[int, list[_Op]] = {}
         self._seq: dict[str, int] = {}
         self._last: tuple[str, Any, float] | None = None  # (operation, step, when it finished)
@@ -324,10 +327,11 @@ class Watchdog:
                 behind.append((r, _where(a)))
         parts = []
         if silent:
-            parts.append(f"missing rank{'s' if len(silent) > 1 else ''} {_ranks(silent)} did not answer within "
+            where = _on_hosts(self.hosts, silent)
+            parts.append(f"missing rank{'s' if len(silent) > 1 else ''} {_ranks(silent)}{where} did not answer within "
                          f"{self.grace:g} s (dead, hung or unreachable)")
         if behind:
-            parts.append("late: " + "; ".join(f"rank {r} {w}" for r, w in behind))
+            parts.append("late: " + "; ".join(f"rank {r}{_on_hosts(self.hosts, [r])} {w}" for r, w in behind))
         if not silent and not behind:
             parts.append("every rank has reached it, so the collective itself is stuck (mismatched operations "
                          "across ranks, or a network failure)")
@@ -335,6 +339,19 @@ class Watchdog:
             parts.append(f"rank{'s' if len(waiting) > 1 else ''} {_ranks(waiting)} "
                          f"{'are' if len(waiting) > 1 else 'is'} waiting in it too")
         return "; ".join(parts)
+
+
+def _on_hosts(hosts, ranks) -> str:
+    """`` (every rank on host h1; ranks 3 of h2)``: where ``ranks`` run, when the job spans several hosts."""
+    if hosts is None or len(set(hosts)) < 2:
+        return ""
+    parts = []
+    for host in dict.fromkeys(hosts[r] for r in sorted(ranks)):
+        mine = [r for r in ranks if hosts[r] == host]
+        whole = len(mine) == sum(1 for h in hosts if h == host)
+        parts.append(f"every rank on host {host}" if whole else f"rank{'s' if len(mine) > 1 else ''} "
+                     f"{_ranks(mine)} of host {host}")
+    return " (" + "; ".join(parts) + ")"
 
 
 def _what(outer: _Op, inner: _Op) -> str:

@@ -38,3 +38,14 @@ def test_divergence_guard_names_the_ranks_and_the_first_differing_parameter(run_
     res = run_mpi(SCRIPT, 3, "divergence", timeout=120)
     for r in range(3):
         assert f"divergence OK rank {r}" in res.stdout
+
+
+def test_missing_and_late_ranks_are_placed_on_their_hosts_when_the_job_spans_several():
+    from dtrain.distributed.watchdog import _on_hosts
+
+    hosts = ("n0", "n0", "n1", "n1")
+    assert _on_hosts(hosts, [2, 3]) == " (every rank on host n1)"  # a dead node or its link
+    assert _on_hosts(hosts, [3]) == " (rank 3 of host n1)"
+    assert _on_hosts(hosts, [1, 2, 3]) == " (rank 1 of host n0; every rank on host n1)"
+    assert _on_hosts(("n0",) * 4, [3]) == ""  # one host: nothing to add
+    assert _on_hosts(None, [3]) == ""  # hosts unknown
