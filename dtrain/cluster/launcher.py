@@ -10,11 +10,14 @@ M consecutive ranks per node.
 The transport is chosen so that bytes between nodes really cross the links: MPICH's default UCX netmod
 would talk between namespaces through shared memory, so the ranks get ``MPICH_CH4_NETMOD=ofi
 FI_PROVIDER=tcp FI_TCP_IFACE=eth0`` (ranks on one node still use shared memory, as on a real node).
-Open MPI is refused, with the reason, by :func:`check_mpiexec`.
+Open MPI (``--mpiexec`` pointing at its ``mpiexec``; 5.x tested) gets the same through its own flags: the
+daemons start through the same script, TCP is pinned to the cluster subnet and the PML is ob1
+(:func:`job_command`).
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -24,7 +27,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from ..env import thread_env
+from ..env import THREAD_VARIABLES, thread_env
 from ..launch import is_open_mpi, local_mpiexec, mpiexec_version
 from .net import ClusterError, kill_pids, namespace_pids
 
@@ -39,11 +42,6 @@ TRANSPORT_ENV = {"MPICH_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp", "FI_TCP_IFACE"
 JOB_TAG = "DTRAIN_CLUSTER_JOB"  # in every process of a job, so that the job's leftovers can be found
 KILL_GRACE_S = 2.0
 
-OPEN_MPI_REASON = (
-    "Open MPI's mpirun is not supported on the virtual cluster: its daemons (prted/orted) and its TCP "
-    "transports would each need the namespace launcher and interface pinning (plm_rsh_agent, "
-    "btl_tcp_if_include, oob_tcp_if_include), which dtrain does not set up yet; use MPICH's mpiexec "
-    "(pip install mpich), or pass --mpiexec PATH to one")
 
 
 def write_launcher(cluster: VirtualCluster) -> None:
@@ -87,8 +85,9 @@ def placement(cluster: VirtualCluster, n: int, ppn: int | None = None) -> list[t
     return [(node.address, min(ppn, n - i * ppn)) for i, node in enumerate(cluster.nodes[:used])]
 
 
-def check_mpiexec(mpiexec: str | None) -> str:
-    """The MPICH mpiexec to launch with (given, else this Python's, else PATH's); ClusterError otherwise."""
+def check_mpiexec(mpiexec: str | None) -> tuple[str, str]:
+    """The launcher (given, else this Python's mpiexec, else PATH's) and its flavour: ``"mpich"`` (Hydra),
+    ``"openmpi5"`` (PRRTE) or ``"openmpi4"`` (ORTE); ClusterError for anything else."""
     exe = mpiexec or local_mpiexec()
     if exe is None:
         raise ClusterError("no mpiexec found next to the interpreter or on PATH: pip install mpich")
@@ -97,28 +96,50 @@ def check_mpiexec(mpiexec: str | None) -> str:
     except ValueError as exc:
         raise ClusterError(str(exc)) from None
     if is_open_mpi(version):
-        raise ClusterError(OPEN_MPI_REASON)
+        return exe, "openmpi4" if "openrte" in version.lower() else "openmpi5"
     if "hydra" not in version.lower():
-        raise ClusterError(f"{exe} is not MPICH's mpiexec (Hydra); `--version` said: {version.strip()[:200]}")
-    return exe
+        raise ClusterError(f"{exe} is neither MPICH's mpiexec (Hydra) nor Open MPI's; `--version` said: "
+                           f"{version.strip()[:200]}")
+    return exe, "mpich"
 
 
 PLACEMENTS = ("block", "cyclic")
 
 
 def job_command(cluster: VirtualCluster, n: int, argv: Sequence[str], ppn: int | None = None,
-                mpiexec: str | None = None, order: str = "block") -> list[str]:
+                mpiexec: str | None = None, order: str = "block", forward: Sequence[str] = ()) -> list[str]:
     """The mpiexec command line that runs ``argv`` on ``n`` ranks of ``cluster``. ``order``: ``"block"``
     (ranks 0..M-1 on node 0, the next M on node 1...) or ``"cyclic"`` (rank r on node r mod nodes used: every
-    neighbour of a flat ring on another node, what a topology-blind placement such as Slurm's cyclic gives)."""
+    neighbour of a flat ring on another node, what a topology-blind placement such as Slurm's cyclic gives).
+    ``forward``: environment variables Open MPI must pass to the ranks (Hydra passes them all)."""
     used = placement(cluster, n, ppn)
     if order not in PLACEMENTS:
         raise ValueError(f"placement {order!r}: expected one of {', '.join(PLACEMENTS)}")
-    hosts = ",".join(f"{addr}:{count if order == 'block' else 1}" for addr, count in used)
     if not argv:
         raise ValueError("no command to run: give it after --, e.g. -- dtrain train --epochs 1")
-    return [check_mpiexec(mpiexec), "-launcher", "ssh", "-launcher-exec", str(cluster.launcher_path),
-            "-localhost", cluster.bridge_address, "-hosts", hosts, "-n", str(n), *argv]
+    exe, flavour = check_mpiexec(mpiexec)
+    if flavour == "mpich":
+        hosts = ",".join(f"{addr}:{count if order == 'block' else 1}" for addr, count in used)
+        return [exe, "-launcher", "ssh", "-launcher-exec", str(cluster.launcher_path),
+                "-localhost", cluster.bridge_address, "-hosts", hosts, "-n", str(n), *argv]
+    return [exe, *_open_mpi_flags(cluster, flavour, used, order), "-n", str(n),
+            *(a for name in forward for a in ("-x", name)), *argv]
+
+
+def _open_mpi_flags(cluster: VirtualCluster, flavour: str, used: list[tuple[str, int]], order: str) -> list[str]:
+    """Open MPI across the nodes: daemons started through the cluster's launcher (PRRTE's ``plm_ssh_agent``,
+    ORTE's ``plm_rsh_agent``), control and data over TCP on the cluster subnet only, the ob1 PML (not UCX,
+    which would use shared memory between namespaces), ``sm``/``vader`` within a node. No
+    ``--oversubscribe``: with it, Open MPI 5 put every rank on the first node."""
+    subnet = f"198.18.{cluster.subnet}.0/24"
+    daemon = (["--prtemca", "plm_ssh_agent", str(cluster.launcher_path), "--prtemca", "oob_tcp_if_include", subnet]
+              if flavour == "openmpi5" else
+              ["--mca", "plm_rsh_agent", str(cluster.launcher_path), "--mca", "oob_tcp_if_include", subnet])
+    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    hosts = ",".join(f"{addr}:{count}" for addr, count in used)
+    local = "sm" if flavour == "openmpi5" else "vader"
+    return [*root, *daemon, "--host", hosts, "--map-by", "node" if order == "cyclic" else "slot",
+            "--mca", "pml", "ob1", "--mca", "btl", f"tcp,self,{local}", "--mca", "btl_tcp_if_include", subnet]
 
 
 def job_env(extra: Mapping[str, str] | None = None, threads: int = 1) -> dict[str, str]:
@@ -129,6 +150,13 @@ def job_env(extra: Mapping[str, str] | None = None, threads: int = 1) -> dict[st
     return environ
 
 
+def forwarded(environ: Mapping[str, str], extra: Mapping[str, str] | None) -> list[str]:
+    """The variables a job sets for its ranks (what Open MPI's ``-x`` must name): the thread counts, the
+    transport, PATH/PYTHONPATH, every ``DTRAIN_*``, the caller's ``extra`` and the job's tag."""
+    keep = {*THREAD_VARIABLES, *TRANSPORT_ENV, "PATH", "PYTHONPATH", JOB_TAG, *(extra or {})}
+    return sorted(k for k in environ if k in keep or k.startswith("DTRAIN_"))
+
+
 def run_job(cluster: VirtualCluster, n: int, argv: Sequence[str], *, ppn: int | None = None,
             env: Mapping[str, str] | None = None, timeout: float | None = None, capture: bool = False,
             mpiexec: str | None = None, threads: int = 1, order: str = "block") -> subprocess.CompletedProcess:
@@ -136,10 +164,10 @@ def run_job(cluster: VirtualCluster, n: int, argv: Sequence[str], *, ppn: int | 
     stderr as text when ``capture``). ``timeout``: after so many seconds the job is killed and the status is
     124. When mpiexec ends, every process the job left in the nodes (a proxy cut off behind a dead link) is
     killed, so no rank outlives its job. ``order``: rank placement, see :func:`job_command`."""
-    cmd = job_command(cluster, n, argv, ppn, mpiexec, order)
     tag = uuid.uuid4().hex
     environ = job_env(env, threads)
     environ[JOB_TAG] = tag
+    cmd = job_command(cluster, n, argv, ppn, mpiexec, order, forward=forwarded(environ, env))
     pipe = subprocess.PIPE if capture else None
     sys.stdout.flush()
     proc = subprocess.Popen(cmd, env=environ, stdout=pipe, stderr=pipe, text=True)
@@ -190,5 +218,7 @@ def reap_job(cluster: VirtualCluster, tag: str) -> None:
 def describe(cluster: VirtualCluster, n: int, argv: Sequence[str], ppn: int | None = None) -> str:
     """The job's mpiexec command with its transport variables, shell-quoted (``--dry-run``)."""
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in TRANSPORT_ENV.items())
-    return f"{env} {shlex.join(job_command(cluster, n, argv, ppn))}"
+    environ = job_env()
+    environ[JOB_TAG] = "(a fresh id per job)"
+    return f"{env} {shlex.join(job_command(cluster, n, argv, ppn, forward=forwarded(environ, None)))}"
 
