@@ -49,6 +49,7 @@ def test_open_mpi_command_pins_daemons_and_tcp_to_the_cluster(tmp_path, version,
     assert f"--mca btl tcp,self,{local_btl} --mca btl_tcp_if_include 198.18.7.0/24" in line
     assert "-n 4 -x OMP_NUM_THREADS -x PYTHONPATH python x.py" in line
     assert "--oversubscribe" not in cmd  # with it Open MPI 5 put every rank on the first node
+    assert "--mca mpi_yield_when_idle 1" in line  # ... but the nodes do share this machine's cores
     cyclic = job_command(cluster, 4, ["true"], mpiexec=exe, order="cyclic")
     assert cyclic[cyclic.index("--map-by") + 1] == "node"
 
