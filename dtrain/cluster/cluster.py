@@ -133,13 +133,13 @@ class VirtualCluster:
         """Build cluster ``name`` with ``nodes`` nodes, every link at ``link`` (``"1gbit"`` or bits/s) except
         those in ``link_of`` (node index -> rate). Already up with as many nodes: the rates are set again
         and the same cluster returned. Raises ClusterError (not root, no netns, up with another size)."""
-        problem = net.support_problem()
-        if problem:
-            raise ClusterError(problem)
         _check_name(name)
         if not isinstance(nodes, int) or isinstance(nodes, bool) or not 1 <= nodes <= MAX_NODES:
             raise ValueError(f"--nodes {nodes!r}: expected an integer from 1 to {MAX_NODES}")
-        rates = _rates(nodes, link, link_of or {})
+        rates = _rates(nodes, link, link_of or {})  # bad input is named before the machine is asked
+        problem = net.support_problem()
+        if problem:
+            raise ClusterError(problem)
         with _lock():
             if cls._state_path(name).exists():
                 cluster = cls.attach(name)
@@ -281,10 +281,14 @@ def _lock():
 
 
 def _free_subnet() -> int:
+    """The lowest /24 of 198.18.S.0 no cluster uses: by the state files, and by the addresses of the links
+    this machine has (a cluster whose state lives under another DTRAIN_CLUSTER_STATE)."""
     used = set()
     for path in state_dir().glob("*.json"):
         with contextlib.suppress(ValueError, OSError, KeyError):
             used.add(json.loads(path.read_text())["subnet"])
+    out = net.run(["ip", "-o", "-4", "addr", "show"], check=False).stdout
+    used.update(int(s) for s in re.findall(r"inet 198\.18\.(\d+)\.\d+/", out))
     for s in range(1, 255):
         if s not in used:
             return s

