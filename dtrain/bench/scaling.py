@@ -29,7 +29,7 @@ What is measured
 
     Probes for the cost model (``dtrain.distributed.costmodel``), in each world of >= 2 ranks: all-reduce
     times at a few sizes (``measure_allreduce``, ring and the chosen algorithm) and the rate of the
-    local addition (``np.add`` of 4 MB, all ranks at once) for gamma.
+    local addition (``np.add`` of 4 MB, all ranks at once) for gamma. ``--probe-repeats 0`` skips the all-reduce probes.
 
     The host is reported as it is: cores usable by this process, and each world size flagged
     "oversubscribed" when it has more ranks than cores (there, time-sharing of cores shows up as
@@ -38,6 +38,19 @@ What is measured
 How to run
     dtrain bench scaling --ranks 1,2,4                  # or: python benchmarks/scaling.py --ranks 1,2,4
     dtrain bench scaling --ranks 1,2 --model cnn --compression fp16 --algorithm mpi --out /tmp/sc
+    dtrain bench scaling --cluster 4x1 --link 1gbit --ranks 1,2,4 --modes weak   # ranks on a virtual cluster
+    dtrain bench scaling --cluster 4x1 --ranks 1,2,4 --modes weak --model mlp,cnn --overlap on,off \
+        --bucket-mb 1,4,25                                            # a sweep over variants, one report
+
+On a virtual cluster (``--cluster KxM --link RATE``, root; :mod:`dtrain.bench.oncluster`) the cluster of
+K nodes comes up once; a world of n ranks runs on the first ceil(n / M) nodes, M consecutive ranks per
+node, so every byte between ranks on different nodes crosses a link shaped to RATE. The nodes still
+share this host's cores: a world with more ranks than cores is flagged "oversubscribed" as above.
+
+Lists in ``--model``, ``--bucket-mb`` or ``--overlap`` (``on,off``) make a sweep over every combination
+(:mod:`dtrain.bench.scaling_sweep`): one launch per variant and world size (the 1-rank world once per
+model: DDP at one rank communicates nothing), all-reduce probes once, and one combined report with the
+cost model calibrated on the probes and extrapolated (:mod:`dtrain.bench.scaling_extrapolate`).
 
 Outputs in ``--out`` (default a fresh ``bench-results/DATE-TIME/scaling``; ``--out benchmarks/results/scaling``
 regenerates the committed ones): ``scaling.csv``, ``scaling.json`` (rows, probes, machine), ``scaling.md``
@@ -57,11 +70,13 @@ from pathlib import Path
 import numpy as np
 
 from .machine import OtherLoad, machine_info, mpi_library
+from .oncluster import add_cluster_arguments, cluster_label, cluster_session
 from .peers import slowest
 from .ranks import launch_worker, under_mpiexec
 from .report import OUT_HELP, command_line, default_out
 from .scaling_model import validation_table
 from .scaling_report import MODES, markdown_table, summarize, write_csv, write_report
+from .scaling_sweep import result_args, sweep, variants
 
 PROBE_SIZES = (4 << 10, 32 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20)
 INPUTS = {"mlp": (784,), "cnn": (1, 28, 28)}
@@ -98,7 +113,7 @@ class _Run:
         self.model, shape = _build(args)
         self.opt = optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.ddp = DistributedDataParallel(self.model, bucket_cap_mb=args.bucket_mb, compression=args.compression,
-                                           overlap=True, algorithm=args.algorithm, comm=world)
+                                           overlap=args.overlap, algorithm=args.algorithm, comm=world)
         rng = np.random.default_rng(1000 + world.rank)
         self.batches = [(rng.standard_normal((self.batch, *shape)).astype(np.float32),
                          rng.integers(0, 10, self.batch)) for _ in range(4)]
@@ -165,6 +180,7 @@ def _record(run: _Run, args, mode: str, every: np.ndarray, alone_all: np.ndarray
         "model": args.model, "params": int(sum(p.data.size for p in run.model.parameters() if p.requires_grad)),
         "grad_bytes": int(sum(b.buffer.nbytes for b in ddp.buckets)),
         "buckets_bytes": [int(b.buffer.nbytes) for b in ddp.buckets], "bucket_mb": args.bucket_mb,
+        "overlap": bool(ddp.overlap),
         "algorithm": args.algorithm, "compression": ddp.compressor.spec,
         "exchange": getattr(ddp.compressor, "exchange", "allreduce"),
         "wire_ratio": (sent / raw) if raw else 1.0, "steps": args.steps,
@@ -216,7 +232,7 @@ def probe(world, args) -> dict:
         times.append(time.perf_counter() - t0)
     copy = slowest(cw, float(np.median(times[5:]))) / a.nbytes
     out = {"gamma_s_per_byte": gamma, "copy_s_per_byte": copy, "allreduce": []}
-    if world.size > 1:
+    if world.size > 1 and args.probe_repeats > 0:
         algs = ("ring",) if args.algorithm == "ring" else ("ring", args.algorithm)
         out["allreduce"] = measure_allreduce(PROBE_SIZES, algs, repeats=args.probe_repeats, warmup=2, comm=world)
         out["allreduce_worker"] = _probe_worker_thread(world, algs, args.probe_repeats)
@@ -265,7 +281,8 @@ def worker(args) -> None:
 
 def _worker_flags(args) -> list[str]:
     flags = ["--model", args.model, "--batch", str(args.batch), "--global-batch", str(args.global_batch),
-             "--bucket-mb", str(args.bucket_mb), "--algorithm", args.algorithm, "--steps", str(args.steps),
+             "--bucket-mb", str(args.bucket_mb), "--overlap", "on" if args.overlap else "off",
+             "--algorithm", args.algorithm, "--steps", str(args.steps),
              "--warmup", str(args.warmup), "--comm-repeats", str(args.comm_repeats),
              "--probe-repeats", str(args.probe_repeats), "--modes", ",".join(args.modes)]
     if args.compression:
@@ -275,11 +292,16 @@ def _worker_flags(args) -> list[str]:
     return flags
 
 
-def launch(n: int, args, json_path: Path) -> dict:
-    """Run the sweep's rank side in a world of ``n``; its result, with the cores other processes kept busy."""
+def launch(n: int, args, json_path: Path, cluster=None) -> dict:
+    """Run the sweep's rank side in a world of ``n`` (on ``cluster``, ``--cluster``'s M ranks per node, when
+    given); its result, with the cores other processes kept busy and the nodes used."""
+    ppn = args.cluster.ppn if cluster is not None else n
     with OtherLoad() as load:
-        launch_worker(__name__, n, json_path, _worker_flags(args), timeout=args.timeout)
+        launch_worker(__name__, n, json_path, _worker_flags(args), timeout=args.timeout, cluster=cluster, ppn=ppn)
     world = json.loads(json_path.read_text())
+    world["nodes"], world["ppn"] = -(-n // ppn), min(ppn, n)
+    for r in world["records"]:  # the cost model places the ranks on nodes as they ran
+        r["nodes"], r["ppn"] = world["nodes"], world["ppn"]
     # Cores kept busy by other processes during this launch: the machine's busy CPU time minus ours.
     world["other_load"] = None if load.cores_busy is None else round(load.cores_busy, 2)
     return world
@@ -304,6 +326,37 @@ def _modes(text: str) -> list[str]:
     return ms
 
 
+def _one_or_list(values: list):
+    # One value stays a plain value (what the single-variant benchmark always took); several make a sweep.
+    return values[0] if len(values) == 1 else values
+
+
+def _models(text: str) -> str | list[str]:
+    ms = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    if not ms or any(m not in INPUTS for m in ms):
+        raise argparse.ArgumentTypeError(f"--model takes {', '.join(sorted(INPUTS))} or a comma-separated list of "
+                                         f"them, got {text!r}")
+    return _one_or_list(ms)
+
+
+def _bucket_mbs(text: str) -> float | list[float]:
+    try:
+        bs = list(dict.fromkeys(float(t) for t in text.split(",") if t.strip()))
+    except ValueError:
+        bs = []
+    if not bs or any(not b > 0 for b in bs):
+        raise argparse.ArgumentTypeError(f"--bucket-mb takes positive numbers (MiB), comma-separated like 1,4,25, "
+                                         f"got {text!r}")
+    return _one_or_list(bs)
+
+
+def _overlaps(text: str) -> bool | list[bool]:
+    words = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    if not words or any(w not in ("on", "off") for w in words):
+        raise argparse.ArgumentTypeError(f"--overlap takes on, off or on,off, got {text!r}")
+    return _one_or_list([w == "on" for w in words])
+
+
 def _positive(text: str) -> int:
     v = int(text)
     if v < 1:
@@ -311,27 +364,40 @@ def _positive(text: str) -> int:
     return v
 
 
+def _count(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``dtrain bench scaling`` (shared with benchmarks/scaling.py)."""
     p.add_argument("--ranks", type=_ranks, default=[1, 2, 4], help="world sizes to launch (default 1,2,4)")
     p.add_argument("--modes", type=_modes, default=list(MODES), help="weak, strong or both (default weak,strong)")
-    p.add_argument("--model", choices=sorted(INPUTS), default="mlp", help="zoo model (default mlp)")
+    p.add_argument("--model", type=_models, default="mlp",
+                   help=f"zoo model, or a comma-separated list to sweep ({', '.join(sorted(INPUTS))}; default mlp)")
     p.add_argument("--hidden", default="1024,1024", help="MLP hidden widths (default 1024,1024)")
     p.add_argument("--batch", type=_positive, default=64, help="weak scaling: samples per rank (default 64)")
     p.add_argument("--global-batch", type=_positive, default=256,
                    help="strong scaling: global samples per step (default 256)")
-    p.add_argument("--bucket-mb", type=float, default=2.0,
-                   help="DDP bucket size in MB (default 2: several buckets, so overlap is possible)")
+    p.add_argument("--bucket-mb", type=_bucket_mbs, default=2.0,
+                   help="DDP bucket size in MiB, or a comma-separated list to sweep (default 2: several buckets, "
+                        "so overlap is possible)")
+    p.add_argument("--overlap", type=_overlaps, default=True,
+                   help="DDP overlap of communication with backward: on, off, or on,off to sweep (default on)")
     p.add_argument("--algorithm", choices=("ring", "mpi", "hierarchical"), default="ring",
                    help="all-reduce algorithm (default ring)")
     p.add_argument("--compression", default=None, help="compression spec, e.g. fp16, powersgd:4 (default none)")
     p.add_argument("--steps", type=_positive, default=15, help="timed steps per world size and mode (default 15)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--comm-repeats", type=_positive, default=7, help="repeats of communication alone (default 7)")
-    p.add_argument("--probe-repeats", type=_positive, default=9, help="repeats per all-reduce probe size (default 9)")
+    p.add_argument("--probe-repeats", type=_count, default=9,
+                   help="repeats per all-reduce probe size; 0 skips the probes (default 9)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per mpiexec launch (default 600)")
     p.add_argument("--out", type=Path, default=None,
                    help=OUT_HELP.replace("benchmarks/results", "benchmarks/results/scaling"))
+    add_cluster_arguments(p)
     p.add_argument("--worker", metavar="JSON", default=None, help=argparse.SUPPRESS)
 
 
@@ -339,31 +405,37 @@ def _validate_before_launch(args) -> None:
     if under_mpiexec():
         raise ValueError("the scaling sweep launches mpiexec -n K itself for each K of --ranks: run it without "
                          "mpiexec (e.g. dtrain bench scaling --ranks 1,2,4)")
-    _build(args)  # a bad --hidden fails here, before anything is launched
+    for v in variants(args):
+        _build(v)  # a bad --hidden fails here, before anything is launched
     if args.compression:
         from dtrain.distributed.compression import get
 
         get(args.compression)
+    if args.cluster is not None and -(-max(args.ranks) // args.cluster.ppn) > args.cluster.nodes:
+        raise ValueError(f"--ranks {max(args.ranks)} does not fit on --cluster {args.cluster} ({args.cluster.nodes} "
+                         f"nodes x {args.cluster.ppn} ranks): expected at most {args.cluster.nodes * args.cluster.ppn}")
 
 
 def run(args) -> int:
     """``dtrain bench scaling``: one mpiexec per world size, then the combined report (or, with the hidden
-    ``--worker``, the rank side)."""
+    ``--worker``, the rank side); with lists of variants, the sweep of :mod:`dtrain.bench.scaling_sweep`."""
     if args.worker:
-        worker(args)
+        worker(variants(args)[0])
         return 0
     _validate_before_launch(args)
+    if len(variants(args)) > 1:
+        return sweep(args, launch)
+    args = variants(args)[0]
     t0, mach, worlds = time.perf_counter(), machine_info(), []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, cluster_session(args) as cluster:
         for n in args.ranks:
             print(f"scaling: {n} rank(s){' (oversubscribed)' if n > mach['cores'] else ''} ...", flush=True)
-            worlds.append(launch(n, args, Path(tmp) / f"world{n}.json"))
+            worlds.append(launch(n, args, Path(tmp) / f"world{n}.json", cluster))
     rows = summarize(worlds, mach["cores"])
     out = args.out or default_out("scaling")
     out.mkdir(parents=True, exist_ok=True)
-    result = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                       if k not in ("func", "worker", "bench")},
-              "machine": mach, "worlds": worlds, "rows": rows, "wall_s": time.perf_counter() - t0}
+    result = {"args": result_args(args), "placement": cluster_label(args), "machine": mach, "worlds": worlds,
+              "rows": rows, "wall_s": time.perf_counter() - t0}
     write_csv(out / "scaling.csv", rows)
     files = write_report(out, result, rows, command_line())
     (out / "scaling.json").write_text(json.dumps(result, indent=1))

@@ -66,9 +66,11 @@ def predict_record(r: dict, cal: dict, cores: int, compute_s: float, optimizer_s
     comp = Compression(min(1.0, max(1e-6, r["wire_ratio"])), r["exchange"])
     # A rank's communication thread runs on a core of its own only if the host has two per rank.
     eff = 1.0 if cores >= 2 * n else 0.0
+    # Ranks per node as they ran: all on one host's memory, or --cluster's M per node on a virtual cluster.
     return step_time(model, b, n, cal["link"], _model_algorithm(r["algorithm"]),
-                     buckets=[float(x) for x in r["buckets_bytes"]], ranks_per_node=n, compression=comp,
-                     overlap_efficiency=eff, control_message=True)
+                     buckets=[float(x) for x in r["buckets_bytes"]], ranks_per_node=r.get("ppn", n),
+                     compression=comp, overlap=r.get("overlap", True), overlap_efficiency=eff,
+                     control_message=True)
 
 
 def validate(result: dict, calib_world: int = 2) -> tuple[list[dict], dict]:

@@ -51,14 +51,20 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     report.write_csv(path, CSV_FIELDS, rows)
 
 
+def host_cell(r: dict) -> str:
+    """The table cell saying how many ranks shared how many cores, in bold when oversubscribed."""
+    if r["oversubscribed"]:
+        return f"**oversubscribed** ({r['world_size']} ranks / {r['cores']} cores)"
+    return f"{r['world_size']} ranks / {r['cores']} cores"
+
+
 def markdown_table(rows: list[dict]) -> list[str]:
     """The scaling table: one line per (mode, world size), times in ms."""
     out = ["| mode | ranks | batch/rank | global batch | step ms | compute ms | exposed comm ms | overlapped comm ms "
            "| optimizer ms | other ms | samples/s | speedup | efficiency | compute slowdown | host |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        host = f"**oversubscribed** ({r['world_size']} ranks / {r['cores']} cores)" if r["oversubscribed"] else \
-            f"{r['world_size']} ranks / {r['cores']} cores"
+        host = host_cell(r)
         out.append(f"| {r['mode']} | {r['world_size']} | {r['per_rank_batch']} | {r['global_batch']} | "
                    f"{r['step_s'] * 1e3:.1f} | {r['compute_s'] * 1e3:.1f} | {r['exposed_s'] * 1e3:.1f} | "
                    f"{r['overlapped_s'] * 1e3:.1f} | {r['optimizer_s'] * 1e3:.1f} | {r['other_s'] * 1e3:.1f} | "
@@ -109,6 +115,17 @@ def _plot_efficiency(plt, out: Path, rows: list[dict], title: str) -> None:
     plt.close(fig)
 
 
+def step_bars(ax, x, width: float, rows: list[dict]):
+    """Stacked bars of each row's step (ms): compute, exposed communication, optimizer, other; their tops."""
+    bottom = np.zeros(len(rows))
+    for key, label, color in (("compute_s", "compute", "tab:blue"), ("exposed_s", "exposed comm", "tab:red"),
+                              ("optimizer_s", "optimizer", "tab:green"), ("other_s", "other", "tab:gray")):
+        v = np.array([r[key] * 1e3 for r in rows])
+        ax.bar(x, v, width, bottom=bottom, label=label, color=color)
+        bottom += v
+    return bottom
+
+
 def _plot_breakdown(plt, out: Path, rows: list[dict], title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=False)
     for ax, mode in zip(axes, MODES):
@@ -117,12 +134,7 @@ def _plot_breakdown(plt, out: Path, rows: list[dict], title: str) -> None:
             ax.set_visible(False)
             continue
         x = np.arange(len(rs))
-        bottom = np.zeros(len(rs))
-        for key, label, color in (("compute_s", "compute", "tab:blue"), ("exposed_s", "exposed comm", "tab:red"),
-                                  ("optimizer_s", "optimizer", "tab:green"), ("other_s", "other", "tab:gray")):
-            v = np.array([r[key] * 1e3 for r in rs])
-            ax.bar(x - 0.18, v, 0.34, bottom=bottom, label=label, color=color)
-            bottom += v
+        bottom = step_bars(ax, x - 0.18, 0.34, rs)
         ov = np.array([r["overlapped_s"] * 1e3 for r in rs])
         ex = np.array([min(r["exposed_s"], r["comm_s"]) * 1e3 for r in rs])
         ax.bar(x + 0.18, ex, 0.34, color="tab:red", alpha=0.45, label="comm alone: part exposed in the step")
@@ -141,20 +153,35 @@ def _plot_breakdown(plt, out: Path, rows: list[dict], title: str) -> None:
 
 
 
-def write_report(out: Path, result: dict, rows: list[dict], command: str) -> list[str]:
-    """Write scaling.md (and the plots) to ``out``; return the names of the files written (with the CSV
-    and JSON the caller writes)."""
+def placement_lines(result: dict, cores: int) -> list[str]:
+    """Where the ranks ran: one host's shared memory, or the virtual cluster (whose nodes share the cores)."""
+    placement = result.get("placement", "shared memory (one host)")
+    lines = [f"Ranks ran on: {placement}."]
+    if result["args"].get("cluster"):
+        nodes = ", ".join(f"{w['world_size']} rank(s) on {w['nodes']} node(s)" for w in result["worlds"]
+                          if "nodes" in w)
+        lines[0] += (f" {nodes}. Bytes between nodes cross tc-shaped TCP links (no latency emulation); the nodes "
+                     f"are namespaces that **share this host's {cores} cores**, so compute does not scale with "
+                     "nodes the way it would on real machines.")
+    return [*lines, ""]
+
+
+def write_report(out: Path, result: dict, rows: list[dict], command: str, plots: bool = True) -> list[str]:
+    """Write scaling.md (and, unless ``plots`` is False, the plots) to ``out``; return the names of the files
+    written (with the CSV and JSON the caller writes)."""
     args, mach = result["args"], result["machine"]
     title = (f"{args['model']} ({rows[0]['params']:,} params), {args['algorithm']}, compression "
-             f"{rows[0]['compression']}, {args['bucket_mb']:g} MB buckets; {mach['cores']} cores")
-    pngs = plot(out, rows, title)
+             f"{rows[0]['compression']}, {args['bucket_mb']:g} MiB buckets; {mach['cores']} cores")
+    pngs = plot(out, rows, title) if plots else []
     over = sorted({r["world_size"] for r in rows if r["oversubscribed"]})
     lines = ["# Strong and weak scaling of DDP training", "",
              f"Model `{args['model']}` ({rows[0]['params']:,} parameters, {rows[0]['grad_bytes'] / 2**20:.1f} MiB "
-             f"of gradients in {rows[0]['buckets']} bucket(s) of <= {args['bucket_mb']:g} MB), all-reduce "
+             f"of gradients in {rows[0]['buckets']} bucket(s) of <= {args['bucket_mb']:g} MiB), all-reduce "
              f"`{args['algorithm']}`, compression `{rows[0]['compression']}`; weak: {args['batch']} samples per "
              f"rank; strong: global batch {args['global_batch']}. {args['steps']} timed steps after "
-             f"{args['warmup']} warm-up steps per world size and mode. Times are ms per step.", ""]
+             f"{args['warmup']} warm-up steps per world size and mode; DDP overlap "
+             f"{'on' if args.get('overlap', True) else 'off'}. Times are ms per step.", "",
+             *placement_lines(result, mach["cores"])]
     if over:
         lines += [f"**This host has {mach['cores']} usable cores.** World size(s) {', '.join(map(str, over))}: "
                   "oversubscribed. Ranks time-share cores, so their numbers measure contention, not the "
@@ -187,7 +214,8 @@ def write_report(out: Path, result: dict, rows: list[dict], command: str) -> lis
         result["validation"] = vrows
     except ValueError as exc:
         lines += ["## Cost model check", "", f"Not available: {exc}", ""]
-    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in pngs] + [""]
+    if pngs:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in pngs] + [""]
     lines += ["## Machine", "", *[f"- {k}: {v}" for k, v in mach.items()],
               f"- MPI: {result['worlds'][0].get('mpi', '?')}; thread level {result['worlds'][0].get('thread_level')}",
               f"- wall time of the sweep: {result['wall_s']:.1f} s", "",
