@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import report
 from .cluster_straggler_report import TBF_EFFICIENCY, write_report
-from .cluster_train import cluster_by_default, train_on_cluster
+from .cluster_train import train_on_cluster
 from .oncluster import add_cluster_arguments, cluster_label, cluster_session
 
 __all__ = ["HELP", "TBF_EFFICIENCY", "add_arguments", "parse_warnings", "run", "slow_links", "step_model"]
@@ -42,8 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default 0.5: above the 1gbit ring's ~0.2 s per step, below the straggler's ~0.8 s)")
     p.add_argument("--run-timeout", type=float, default=300.0,
                    help="seconds one training run may take before it is killed (default 300)")
-    add_cluster_arguments(p)
-    cluster_by_default(p, "4x1")
+    add_cluster_arguments(p, default_shape="4x1")
     p.add_argument("--out", type=Path, default=None, help=report.OUT_HELP)
 
 

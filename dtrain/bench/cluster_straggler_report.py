@@ -100,7 +100,7 @@ def _blame(ws: list[dict], slow_ranks: list[int], setup: int) -> str:
         return (f"No stall warning fired in a training step{aside}: no collective of a step waited past "
                 f"--stall-warning, so the slow node's rank(s) {sorted(slow)} went unnamed.")
     named = {x for w in ws for x in w["named_ranks"]}
-    forms = Counter("blames no rank: 'every rank has reached it'" if not w["named_ranks"] else
+    forms = Counter("blames no rank: 'every rank is inside it'" if not w["named_ranks"] else
                     f"blames ranks {w['named_ranks']}" for w in ws)
     summary = "; ".join(f"{n} line(s) {f}" for f, n in forms.most_common()) + aside
     if named == slow:

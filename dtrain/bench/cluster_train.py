@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import env
 from .ranks import _checkout_path
 
-__all__ = ["POLL_S", "TrainRun", "cluster_by_default", "oversubscription_note", "train_on_cluster",
+__all__ = ["POLL_S", "TrainRun", "oversubscription_note", "train_on_cluster",
            "training_seconds"]
 
 POLL_S = 0.05  # how often the host looks for a new metrics record (the resolution of `seen_s`)
@@ -126,14 +126,3 @@ def oversubscription_note(ranks: int) -> str | None:
         return None
     return (f"**Oversubscribed:** {ranks} ranks on {cores} cores: the nodes share this machine's CPUs, so "
             "compute (and compression) time is inflated by ranks waiting for a core; link time is not.")
-
-
-def cluster_by_default(p, shape: str) -> None:
-    """Make ``--cluster`` (from :func:`~dtrain.bench.oncluster.add_cluster_arguments`) default to ``shape``
-    for a benchmark that only runs on a virtual cluster, and say so in its help."""
-    from .oncluster import parse_shape
-
-    p.set_defaults(cluster=parse_shape(shape))
-    for action in p._actions:  # argparse keeps no public handle on an added option
-        if action.dest == "cluster":
-            action.help = f"K nodes, M ranks per node of the virtual cluster (default {shape})"

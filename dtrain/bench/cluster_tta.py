@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from . import report
-from .cluster_train import cluster_by_default, train_on_cluster, training_seconds
+from .cluster_train import train_on_cluster, training_seconds
 from .cluster_tta_report import GOAL_SPEEDUP, write_report
 from .oncluster import add_cluster_arguments, cluster_label, cluster_session
 
@@ -57,8 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
     p.add_argument("--run-timeout", type=float, default=600.0,
                    help="seconds one training run may take before it is killed (default 600)")
-    add_cluster_arguments(p)
-    cluster_by_default(p, "4x1")
+    add_cluster_arguments(p, default_shape="4x1")
     p.add_argument("--out", type=Path, default=None, help=report.OUT_HELP)
 
 

@@ -63,12 +63,18 @@ def _link_of(text: str) -> tuple[int, str]:
     return int(node), _rate(rate)
 
 
-def add_cluster_arguments(p: argparse.ArgumentParser, default_link: str = "1gbit") -> None:
-    """``--cluster KxM``, ``--link RATE`` and ``--link-of NODE=RATE``."""
+def add_cluster_arguments(p: argparse.ArgumentParser, default_link: str = "1gbit",
+                          default_shape: str | None = None) -> None:
+    """``--cluster KxM``, ``--link RATE`` and ``--link-of NODE=RATE``. ``default_shape`` (e.g. ``"4x1"``): the
+    benchmark only runs on a virtual cluster, of this shape unless told otherwise."""
     g = p.add_argument_group("virtual cluster (root; see docs/cluster.md)")
-    g.add_argument("--cluster", type=parse_shape, default=None, metavar="KxM",
-                   help="run the ranks on a virtual cluster of K nodes, M ranks per node (default: this host's "
-                        "shared memory)")
+    if default_shape is None:
+        shape_help = ("run the ranks on a virtual cluster of K nodes, M ranks per node (default: this host's "
+                      "shared memory)")
+    else:
+        shape_help = f"K nodes, M ranks per node of the virtual cluster (default {default_shape})"
+    g.add_argument("--cluster", type=parse_shape, metavar="KxM", help=shape_help,
+                   default=None if default_shape is None else parse_shape(default_shape))
     g.add_argument("--link", type=_rate, default=default_link, metavar="RATE",
                    help=f"with --cluster: every node's link rate, tc units (default {default_link})")
     g.add_argument("--link-of", type=_link_of, action="append", default=[], metavar="NODE=RATE",

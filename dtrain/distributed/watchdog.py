@@ -333,8 +333,8 @@ class Watchdog:
         if behind:
             parts.append("late: " + "; ".join(f"rank {r}{_on_hosts(self.hosts, [r])} {w}" for r, w in behind))
         if not silent and not behind:
-            parts.append("every rank has reached it, so the collective itself is stuck (mismatched operations "
-                         "across ranks, or a network failure)")
+            parts.append("every rank is inside it, so the collective itself is slow or stuck (a slow or failed "
+                         "link, or mismatched operations across ranks)")
         elif waiting:
             parts.append(f"rank{'s' if len(waiting) > 1 else ''} {_ranks(waiting)} "
                          f"{'are' if len(waiting) > 1 else 'is'} waiting in it too")

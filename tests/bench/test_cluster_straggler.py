@@ -44,8 +44,8 @@ def test_warnings_are_parsed_with_the_ranks_they_blame():
     stderr = "\n".join([
         "some other line",
         "dtrain: warning: [rank 0] collective 'DDP gradient bucket 0 (none)' (step 4, bucket 0) (inside 'allreduce "
-        "ring') has waited 0.5 s for its peers: every rank has reached it, so the collective itself is stuck "
-        "(mismatched operations across ranks, or a network failure); the job is aborted at 60 s (--timeout)",
+        "ring') has waited 0.5 s for its peers: every rank is inside it, so the collective itself is slow or stuck "
+        "(a slow or failed link, or mismatched operations across ranks); the job is aborted at 60 s (--timeout)",
         "dtrain: warning: [rank 2] collective 'agree on setup' has waited 0.6 s for its peers: late: rank 3 (every "
         "rank on host x-node3) is not in a collective; it last finished 'x' 6.8 s ago; rank 1 is in 'y', step 2 "
         "for 0.1 s; ranks 0, 4 are waiting in it too",

@@ -42,7 +42,9 @@ def staging(world):
 def main():
     world = dist.init()
     n, r = world.size, world.rank
-    sizes = (1, 7, 1000, 300_001)  # 300_001 float64 > the ring's pipeline piece: the pipelined path
+    # 300_001 float64 > the ring's pipeline piece: the ring's pipelined path; 1_200_001 float32/64/int64 >
+    # the hierarchical piece (4 MiB): the node's reduce and broadcast pipelined with the leaders' ring.
+    sizes = (1, 7, 1000, 300_001, 1_200_001)
     for dtype in ("float64", "float32", "int64", "float16", "bfloat16"):
         if dtype == "bfloat16" and dtrain.bfloat16 is None:
             continue
