@@ -97,3 +97,14 @@ def test_verdicts_compare_the_ring_with_its_bound_and_mpi():
                                                                                reference=True)], cores=2)
     lines = "\n".join(report.verdicts(with_ref, 2))
     assert "1 of 1" in lines and "host ceiling" in lines and "4.00x this link bound" in lines
+
+
+def test_the_faster_dtrain_algorithm_is_compared_with_mpi():
+    launch = _launch(10**9, 0.010, 0.008)  # the flat ring slower than a node-aware MPI_Allreduce ...
+    nbytes = launch["rows"][0]["size_bytes"]
+    launch["rows"].append({"size_bytes": nbytes, "algorithm": "hierarchical", "time_s": 0.006, "min_time_s": 0.006,
+                           "algbw_GBps": nbytes / 0.006 / 1e9, "busbw_GBps": nbytes / 0.006 / 1e9, "repeats": 3})
+    lines = report.best_vs_mpi(report.report_rows([launch], cores=2), nbytes)
+    assert "- x 2x1: hierarchical 1.33x MPI_Allreduce (>= MPI)" in lines  # ... and hierarchical faster than both
+    slow = report.best_vs_mpi(report.report_rows([_launch(10**9, 0.010, 0.008)], cores=2), nbytes)
+    assert "- x 2x1: ring 0.80x MPI_Allreduce (< MPI)" in slow
