@@ -593,3 +593,24 @@ def test_qsgd_blocks_keep_the_variance_down():
     assert errors["qsgd:4"] < 5.7 and errors["qsgd:4:bucket=0"] > 5 * errors["qsgd:4"]
     with pytest.raises(C.CompressionError, match="bucket must be an integer >= 0"):
         C.get("qsgd:4:bucket=-1")
+
+
+def test_powersgd_reuses_its_work_arrays_without_changing_a_bit():
+    """The memory doubles as step 1's M and lowrank writes into reused arrays (no fresh matrix-sized pages per
+    step); the results must be the bits of the plain formulas: G + memory, and p @ q.T as outer products."""
+    from dtrain.distributed.compression.powersgd import lowrank
+
+    rng = np.random.default_rng(5)
+    p, q = rng.standard_normal((64, 3)).astype(np.float32), rng.standard_normal((48, 3)).astype(np.float32)
+    plain = p[:, :1] * q[:, 0] + p[:, 1:2] * q[:, 1] + p[:, 2:3] * q[:, 2]
+    out, tmp = np.full((64, 48), np.nan, np.float32), np.full((64, 48), np.nan, np.float32)
+    assert lowrank(p, q, out, tmp) is out and np.array_equal(out, plain) and np.array_equal(lowrank(p, q), plain)
+
+    c = C.PowerSGDCompressor(2, start_iter=0)
+    g = rng.standard_normal((64, 48)).astype(np.float32)
+    first = c._matrix("w", g)  # no memory yet: a copy the compressor owns
+    assert not np.shares_memory(first, g) and np.array_equal(first, g)
+    mem = rng.standard_normal((64, 48)).astype(np.float32)
+    c.set_memory("w", mem.copy())
+    m = c._matrix("w", g)
+    assert np.shares_memory(m, c.memory("w")) and np.array_equal(m, g + mem)

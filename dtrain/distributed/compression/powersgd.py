@@ -55,13 +55,16 @@ def orthonormalize(p: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(cols.T)
 
 
-def lowrank(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """``p @ q.T`` as a sum of outer products with ufuncs (bitwise reproducible, unlike BLAS)."""
-    out = np.multiply(p[:, :1], q[:, 0])
-    tmp = np.empty_like(out)
-    for j in range(1, p.shape[1]):
-        np.multiply(p[:, j:j + 1], q[:, j], out=tmp)
-        out += tmp
+def lowrank(p: np.ndarray, q: np.ndarray, out: np.ndarray | None = None, tmp: np.ndarray | None = None) -> np.ndarray:
+    """``p @ q.T`` as a sum of outer products with ufuncs (bitwise reproducible, unlike BLAS), into ``out``
+    when given (``tmp``: scratch of the same shape; both reused across steps, so that no step pays for
+    fresh pages of a matrix-sized array)."""
+    out = np.multiply(p[:, :1], q[:, 0], out=out)
+    if p.shape[1] > 1:
+        tmp = np.empty_like(out) if tmp is None else tmp
+        for j in range(1, p.shape[1]):
+            np.multiply(p[:, j:j + 1], q[:, j], out=tmp)
+            out += tmp
     return out
 
 
@@ -94,6 +97,7 @@ class PowerSGDCompressor(Compressor):
         self.seed = check_int(self.name, SEED_EXPECTED, seed, 0)
         self.error_feedback = bool(ef)
         self._q: dict[str, np.ndarray] = {}
+        self._work: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # lowrank's output and scratch, per shape
         self._layouts: dict[str, list[tuple[str, tuple[int, ...], int, int]]] = {}
         self.spec = (f"powersgd:{self.rank}" + ("" if self.start_iter == 10 else f":start={self.start_iter}")
                      + ("" if self.error_feedback else ":ef=0") + (f":seed={self.seed}" if self.seed else ""))
@@ -133,13 +137,22 @@ class PowerSGDCompressor(Compressor):
         for (name, *_), m, p_hat, q in zip(mats, ms, p_hats, qs):
             np.matmul(m.T, p_hat, out=q)  # step 5
             if self.error_feedback:
-                m -= lowrank(p_hat, q)
+                m -= lowrank(p_hat, q, *self._scratch(m.shape, dtype))
                 self.set_memory(name, m)
         total(qbuf)  # step 6
-        for (name, _, lo, hi), p_hat, q in zip(mats, p_hats, qs):
-            flat[lo:hi] = lowrank(p_hat, q).reshape(-1)  # step 7
+        for (name, _, lo, hi), m, p_hat, q in zip(mats, ms, p_hats, qs):
+            # step 7, straight into the bucket (where m may live without error feedback: m is used up)
+            lowrank(p_hat, q, flat[lo:hi].reshape(m.shape), self._scratch(m.shape, dtype)[1])
             self._set_q(name, q.copy(), step)
         return list(zip(p_hats, qs))
+
+    def _scratch(self, shape: tuple[int, ...], dtype) -> tuple[np.ndarray, np.ndarray]:
+        """Two matrix-sized work arrays per shape and dtype, kept across steps (not state: never saved)."""
+        key = (tuple(shape), np.dtype(dtype).str)
+        pair = self._work.get(key)
+        if pair is None:
+            pair = self._work[key] = (np.empty(shape, dtype), np.empty(shape, dtype))
+        return pair
 
     def _layout(self, key: str, segments) -> list[tuple[str, tuple[int, ...], int, int]]:
         layout, lo = [], 0
@@ -172,7 +185,13 @@ class PowerSGDCompressor(Compressor):
     # -- state per parameter name --------------------------------------------------------------
 
     def _matrix(self, name: str, x: np.ndarray) -> np.ndarray:
-        return self.with_memory(name, x.reshape(x.shape[0], -1))
+        """Step 1: ``M = G + memory``, summed into the memory's own array (no fresh matrix per step; the
+        same bits as ``G + memory``), which step 5 turns into the next memory."""
+        x = x.reshape(x.shape[0], -1)
+        mem = self._memory.get(name) if self.error_feedback else None
+        if mem is None or mem.shape != x.shape or mem.dtype != x.dtype:
+            return self.with_memory(name, x)  # the first step, or the base class's checks and error
+        return np.add(mem, x, out=mem)
 
     def _get_q(self, name: str, cols: int, dtype) -> np.ndarray:
         q = self._q.get(name)
