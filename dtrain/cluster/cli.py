@@ -66,13 +66,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     up.add_argument("--link", default="1gbit", metavar="RATE", help="every link's rate, tc units (default 1gbit)")
     up.add_argument("--link-of", type=_link_of, action="append", default=[], metavar="NODE=RATE",
                     help="one node's link rate (repeatable), e.g. 3=250mbit")
-    run = sub.add_parser("run", help="run a command on N ranks across the nodes (MPICH's mpiexec)")
+    run = sub.add_parser("run", help="run a command on N ranks across the nodes (MPICH's or Open MPI's mpiexec)")
     run.add_argument("-n", "--np", dest="np", type=_positive, required=True, metavar="N", help="ranks")
     run.add_argument("--ppn", type=_positive, default=None, metavar="M",
                      help="ranks per node (default: N spread evenly, ceil(N / nodes))")
     run.add_argument("--deadline", type=_seconds, default=None, metavar="S",
                      help="kill the job after S seconds (exit status 124)")
-    run.add_argument("--mpiexec", default=None, metavar="PATH", help="MPICH's mpiexec (default: this Python's)")
+    run.add_argument("--mpiexec", default=None, metavar="PATH",
+                     help="MPICH's or Open MPI's mpiexec (default: this Python's, else PATH's); Open MPI needs a "
+                          "Python whose mpi4py loads Open MPI in the command")
     run.add_argument("--dry-run", action="store_true", help="print the mpiexec command and exit")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command each rank runs")
     fault = sub.add_parser("fault", help="break, mend or reshape one node's link")
@@ -121,7 +123,7 @@ def _run(args) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     cluster = VirtualCluster.attach(args.name)
     if args.dry_run:
-        print(describe(cluster, args.np, argv, args.ppn))
+        print(describe(cluster, args.np, argv, args.ppn, args.mpiexec))
         return 0
     return cluster.run(args.np, argv, ppn=args.ppn, timeout=args.deadline, mpiexec=args.mpiexec).returncode
 

@@ -219,10 +219,11 @@ def reap_job(cluster: VirtualCluster, tag: str) -> None:
         kill_pids(pids, grace=KILL_GRACE_S)
 
 
-def describe(cluster: VirtualCluster, n: int, argv: Sequence[str], ppn: int | None = None) -> str:
+def describe(cluster: VirtualCluster, n: int, argv: Sequence[str], ppn: int | None = None,
+             mpiexec: str | None = None) -> str:
     """The job's mpiexec command with its transport variables, shell-quoted (``--dry-run``)."""
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in TRANSPORT_ENV.items())
     environ = job_env()
     environ[JOB_TAG] = "(a fresh id per job)"
-    return f"{env} {shlex.join(job_command(cluster, n, argv, ppn, forward=forwarded(environ, None)))}"
+    return f"{env} {shlex.join(job_command(cluster, n, argv, ppn, mpiexec, forward=forwarded(environ, None)))}"
 

@@ -54,3 +54,11 @@ def test_ddp_training_runs_across_nodes_under_open_mpi(cluster):
     assert "world size 4" in done.stdout and "done: " in done.stdout
     # The default MLP's gradients (9,610 float32) cross the links at every one of its 46 steps.
     assert cluster.link_bytes() - before > 46 * 9_610 * 4
+
+
+def test_dry_run_describes_the_open_mpi_command_it_would_run(tmp_path):
+    from dtrain.cluster.launcher import describe
+
+    line = describe(fake_cluster(2), 4, ["python", "x.py"], mpiexec=fake_mpiexec(tmp_path, "mpiexec (Open MPI) 5.0.11"))
+    assert line.startswith("MPICH_CH4_NETMOD=ofi FI_PROVIDER=tcp FI_TCP_IFACE=eth0 ")
+    assert "--prtemca plm_ssh_agent" in line and "-x DTRAIN_CLUSTER_JOB -x" in line and line.endswith("python x.py")
