@@ -45,10 +45,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..cluster.cli import rate_arg
 from .allreduce import _csv, _size
 from .allreduce_report import MB, fmt_size
 from .machine import load_avg, machine_info, mpi_library
-from .oncluster import _rate, bench_cluster_name, parse_shape
+from .oncluster import bench_cluster_name, parse_shape
 from .ranks import launch_worker
 from .report import OUT_HELP, command_line, default_out
 
@@ -167,9 +168,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shapes", type=_csv(parse_shape), default=[parse_shape(s) for s in ("2x1", "2x2", "4x1", "4x2")],
                    help="cluster shapes KxM (K >= 2 nodes, M ranks per node), comma-separated (default "
                         "2x1,2x2,4x1,4x2)")
-    p.add_argument("--links", type=_csv(_rate), default=["1gbit", "2gbit"],
+    p.add_argument("--links", type=_csv(rate_arg), default=["1gbit", "2gbit"],
                    help="link rates, tc units, comma-separated (default 1gbit,2gbit)")
-    p.add_argument("--reference-link", type=_rate, default=None, metavar="RATE",
+    p.add_argument("--reference-link", type=rate_arg, default=None, metavar="RATE",
                    help="also run every shape at this rate, far above the others (e.g. 20gbit), as the host's "
                         "ceiling: what the CPUs can move when the links do not limit (default: none)")
     p.add_argument("--sizes", type=_csv(_bytes), default=[4 * MB, 16 * MB, 64 * MB],

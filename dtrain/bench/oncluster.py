@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ..cluster.cli import link_of_arg, rate_arg
+
 __all__ = ["BENCH_CLUSTER", "ClusterShape", "add_cluster_arguments", "bench_cluster_name", "cluster_label",
            "cluster_session", "parse_shape"]
 
@@ -46,23 +48,6 @@ def parse_shape(text: str) -> ClusterShape:
     return ClusterShape(int(m.group(1)), int(m.group(2)))
 
 
-def _rate(text: str) -> str:
-    from ..cluster import parse_rate
-
-    try:
-        parse_rate(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _link_of(text: str) -> tuple[int, str]:
-    node, sep, rate = text.partition("=")
-    if not sep or not node.isdigit():
-        raise argparse.ArgumentTypeError(f"expected NODE=RATE, e.g. 3=250mbit, got {text!r}")
-    return int(node), _rate(rate)
-
-
 def add_cluster_arguments(p: argparse.ArgumentParser, default_link: str = "1gbit",
                           default_shape: str | None = None) -> None:
     """``--cluster KxM``, ``--link RATE`` and ``--link-of NODE=RATE``. ``default_shape`` (e.g. ``"4x1"``): the
@@ -75,9 +60,9 @@ def add_cluster_arguments(p: argparse.ArgumentParser, default_link: str = "1gbit
         shape_help = f"K nodes, M ranks per node of the virtual cluster (default {default_shape})"
     g.add_argument("--cluster", type=parse_shape, metavar="KxM", help=shape_help,
                    default=None if default_shape is None else parse_shape(default_shape))
-    g.add_argument("--link", type=_rate, default=default_link, metavar="RATE",
+    g.add_argument("--link", type=rate_arg, default=default_link, metavar="RATE",
                    help=f"with --cluster: every node's link rate, tc units (default {default_link})")
-    g.add_argument("--link-of", type=_link_of, action="append", default=[], metavar="NODE=RATE",
+    g.add_argument("--link-of", type=link_of_arg, action="append", default=[], metavar="NODE=RATE",
                    help="with --cluster: one node's link rate (repeatable), e.g. 3=250mbit for a straggler")
 
 

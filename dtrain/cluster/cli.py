@@ -11,7 +11,9 @@ import argparse
 import json
 import sys
 
-__all__ = ["add_parser"]
+from ..launch import positive_int_arg
+
+__all__ = ["add_parser", "link_of_arg", "rate_arg"]
 
 EPILOG = """examples:
   dtrain cluster up --nodes 4 --link 1gbit                    4 nodes, every link shaped to 1 Gbit/s
@@ -24,23 +26,23 @@ EPILOG = """examples:
 Needs root, iproute2 (ip, tc) and, for --drop, nftables. docs/cluster.md: a scaling study on it."""
 
 
-def _link_of(text: str) -> tuple[int, str]:
-    node, sep, rate = text.partition("=")
-    if not sep or not node.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"expected NODE=RATE (e.g. 3=250mbit), got {text!r}")
+def rate_arg(text: str) -> str:
+    """argparse type of a link rate (``1gbit``, ``250mbit``): the text, once :func:`~.net.parse_rate` accepts it."""
     from .net import parse_rate
 
     try:
-        parse_rate(rate)
+        parse_rate(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return int(node), rate
+    return text
 
 
-def _positive(text: str) -> int:
-    if text.isdigit() and int(text) > 0:
-        return int(text)
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+def link_of_arg(text: str) -> tuple[int, str]:
+    """argparse type of ``--link-of NODE=RATE``: (node index, rate text)."""
+    node, sep, rate = text.partition("=")
+    if not sep or not node.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected NODE=RATE (e.g. 3=250mbit), got {text!r}")
+    return int(node), rate_arg(rate)
 
 
 def _seconds(text: str) -> float:
@@ -62,13 +64,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = cl.add_subparsers(dest="cluster_command", required=True, metavar="{up,run,fault,status,down}")
     up = sub.add_parser("up", help="build the cluster (idempotent: up again resets the link rates)")
-    up.add_argument("--nodes", type=_positive, required=True, metavar="K", help="number of nodes")
+    up.add_argument("--nodes", type=positive_int_arg, required=True, metavar="K", help="number of nodes")
     up.add_argument("--link", default="1gbit", metavar="RATE", help="every link's rate, tc units (default 1gbit)")
-    up.add_argument("--link-of", type=_link_of, action="append", default=[], metavar="NODE=RATE",
+    up.add_argument("--link-of", type=link_of_arg, action="append", default=[], metavar="NODE=RATE",
                     help="one node's link rate (repeatable), e.g. 3=250mbit")
     run = sub.add_parser("run", help="run a command on N ranks across the nodes (MPICH's or Open MPI's mpiexec)")
-    run.add_argument("-n", "--np", dest="np", type=_positive, required=True, metavar="N", help="ranks")
-    run.add_argument("--ppn", type=_positive, default=None, metavar="M",
+    run.add_argument("-n", "--np", dest="np", type=positive_int_arg, required=True, metavar="N", help="ranks")
+    run.add_argument("--ppn", type=positive_int_arg, default=None, metavar="M",
                      help="ranks per node (default: N spread evenly, ceil(N / nodes))")
     run.add_argument("--deadline", type=_seconds, default=None, metavar="S",
                      help="kill the job after S seconds (exit status 124)")
