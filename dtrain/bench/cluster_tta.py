@@ -1,8 +1,8 @@
 """Time to accuracy on a virtual cluster: how much sooner gradient compression reaches a test accuracy when
 the gradients cross shaped links.
 
-One ``dtrain train`` run per compression spec (default ``none,fp16,powersgd:2,topk:0.01``) on K nodes x 1
-rank (``--cluster 4x1 --link 1gbit``), every run with the same model, data, seed and schedule; only the
+One ``dtrain train`` run per compression spec (default ``none,fp16,powersgd:2,powersgd:1:start=0,topk:0.01``)
+on K nodes x 1 rank (``--cluster 4x1 --link 1gbit``), every run with the same model, data, seed and schedule; only the
 gradient synchronisation differs. The model is a wide MLP on digits (``--hidden 2048,2048``: 4.3 M
 parameters, 17 MB of float32 gradients per step, so the ring all-reduce's ~26 MB per rank per step takes
 ~0.2 s on a 1 Gbit/s link, while the rest of the step, forward and backward of 4 samples per rank and the
@@ -30,7 +30,7 @@ __all__ = ["DEFAULT_COMPRESSIONS", "GOAL_SPEEDUP", "HELP", "add_arguments", "run
            "train_flags"]
 
 HELP = "time to a test accuracy on a virtual cluster, per gradient compression (root)"
-DEFAULT_COMPRESSIONS = ("none", "fp16", "powersgd:2", "topk:0.01")
+DEFAULT_COMPRESSIONS = ("none", "fp16", "powersgd:2", "powersgd:1:start=0", "topk:0.01")
 
 
 def _compressions(text: str) -> list[str]:
