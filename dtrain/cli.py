@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shlex
 import sys
 
 import numpy as np
@@ -94,9 +95,35 @@ def _train(args) -> int:
     return 0
 
 
+def _train_config(train_args) -> dict:
+    """``dtrain train TRAIN_ARGS`` parsed and resolved as a rank would (UsageError / ConfigError when bad), for a
+    supervisor that must know the run's folders before it starts anything."""
+    from .train.config import OPTIONS, resolve_config
+    from .train.job import model_defaults
+
+    try:
+        targs = build_parser().parse_args(["train", *train_args])
+    except UsageError as exc:
+        raise ValueError(f"dtrain train {shlex.join(train_args)}: {exc}") from None
+    flags = {o.name: getattr(targs, o.name) for o in OPTIONS if hasattr(targs, o.name)}
+    return resolve_config(flags, targs.config, model_defaults)
+
+
 def _launch(args) -> int:
     from .launch import launch
 
+    if args.max_restarts is not None:
+        if args.dry_run:
+            raise ValueError("--dry-run shows one mpiexec command; with --max-restarts each attempt's is printed "
+                             "when it starts")
+        from .elastic import launch_elastic
+
+        return launch_elastic(args.np, args.train_args, _train_config(args.train_args),
+                              max_restarts=args.max_restarts, min_ranks=args.min_ranks, hosts_cmd=args.hosts_cmd,
+                              device=args.device, mpiexec=args.mpiexec, python=args.python, threads=args.threads,
+                              bind=args.bind)
+    if args.hosts_cmd is not None:
+        raise ValueError("--hosts-cmd goes with --max-restarts (it says where each attempt may run)")
     return launch(args.np, device=args.device, mpiexec=args.mpiexec, python=args.python, threads=args.threads,
                   bind=args.bind, train_args=args.train_args, dry_run=args.dry_run)
 
@@ -152,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_launch_parser(sub)
     from .cluster.cli import add_parser as add_cluster_parser
 
-    add_cluster_parser(sub)
+    add_cluster_parser(sub, supervise=_cluster_elastic)
     return p
 
 
@@ -181,6 +208,21 @@ def _add_train_parser(sub) -> None:
             kwargs["metavar"] = "PATH"
         tr.add_argument(opt.flag, dest=opt.name, **kwargs)
     tr.set_defaults(func=_train)
+
+
+def _non_negative_int(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+
+
+def _cluster_elastic(args, argv) -> int:
+    """``dtrain cluster run --max-restarts``: the elastic supervisor on the virtual cluster."""
+    from .elastic import cluster_elastic, split_train_command
+
+    _, train_args = split_train_command(argv)
+    return cluster_elastic(args.name, args.np, argv, _train_config(train_args), max_restarts=args.max_restarts,
+                           min_ranks=args.min_ranks, ppn=args.ppn, mpiexec=args.mpiexec)
 
 
 def _add_launch_parser(sub) -> None:
@@ -214,6 +256,15 @@ def _add_launch_parser(sub) -> None:
                     help="pin each rank to a core, socket or NUMA domain, or nowhere (default: MPI's own default)")
     la.add_argument("--dry-run", action="store_true",
                     help="dry run: print the exact mpiexec command (shell-quoted, one line) and exit")
+    la.add_argument("--max-restarts", type=_non_negative_int, default=None, metavar="R",
+                    help="elastic: supervise the job and, when a rank or a node fails (killed, hung past --timeout, "
+                         "lost), relaunch it from the last good checkpoint on the hosts still alive, up to R times "
+                         "(needs --out or --checkpoint-dir after --; --checkpoint-every defaults to 60s)")
+    la.add_argument("--min-ranks", type=positive_int_arg, default=1, metavar="K",
+                    help="with --max-restarts: give up when fewer than K ranks can be started (default 1)")
+    la.add_argument("--hosts-cmd", default=None, metavar="SCRIPT",
+                    help="with --max-restarts: a command printing the live hosts, one HOST:SLOTS per line "
+                         "(Horovod's host-discovery format), run before every attempt (default: this machine)")
     la.add_argument("train_args", nargs="*", metavar="-- TRAIN_ARGS", help="options for dtrain train, after --")
     la.set_defaults(func=_launch)
 

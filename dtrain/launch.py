@@ -197,14 +197,16 @@ def local_launch_flags(mpiexec: str) -> tuple[str, ...]:
 
 def build_command(n: int, *, mpiexec: str, version_text: str, python: str, device: str = "cpu",
                   threads: int = 1, bind: str | None = None, train_args: Sequence[str] = (),
-                  environ: Mapping[str, str] | None = None, is_root: bool | None = None) -> list[str]:
+                  environ: Mapping[str, str] | None = None, is_root: bool | None = None,
+                  hosts: Sequence[tuple[str, int]] | None = None) -> list[str]:
     """The mpiexec command line that starts ``python -m dtrain train`` on ``n`` ranks of this machine.
 
     ``version_text`` is what ``mpiexec --version`` printed (it picks MPICH or Open MPI flags);
     ``environ`` (default os.environ) supplies the ``DTRAIN_*`` and ``CUDA_VISIBLE_DEVICES`` to forward.
     E.g. ``build_command(2, mpiexec="mpiexec", version_text="HYDRA", python="python3", environ={})`` is
     ``mpiexec -n 2 -genv OMP_NUM_THREADS 1 ... -genv BLIS_NUM_THREADS 1 python3 -m dtrain train`` as a list
-    (every variable of ``dtrain.env.THREAD_VARIABLES``).
+    (every variable of ``dtrain.env.THREAD_VARIABLES``). ``hosts``: ``[(host, ranks), ...]`` to place the
+    ranks on (MPICH ``-hosts h:n,...``, Open MPI ``--host h:n,...``); default this machine.
     """
     environ = os.environ if environ is None else environ
     if bind is not None and bind not in BIND_CHOICES:
@@ -216,8 +218,11 @@ def build_command(n: int, *, mpiexec: str, version_text: str, python: str, devic
     if "CUDA_VISIBLE_DEVICES" in environ:
         forward.append("CUDA_VISIBLE_DEVICES")
     cmd = [mpiexec, "-n", str(n)]
+    placed = ",".join(f"{host}:{count}" for host, count in hosts) if hosts else None
     if is_open_mpi(version_text):
         cmd += open_mpi_local_flags(version_text, is_root)
+        if placed:
+            cmd += ["--host", placed]
         if bind is not None:
             # Open MPI 5 (PRRTE) calls a socket a "package"; 4.x (ORTE) still says "socket".
             legacy = re.search("openrte", version_text, re.IGNORECASE) is not None
@@ -227,6 +232,8 @@ def build_command(n: int, *, mpiexec: str, version_text: str, python: str, devic
         for var in forward:
             cmd += ["-x", var]
     else:
+        if placed:
+            cmd += ["-hosts", placed]
         if bind is not None:
             cmd += ["-bind-to", bind]
         for var in THREAD_VARIABLES:

@@ -60,8 +60,9 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "train": _BELOW_TRAIN | {"threads"},
     "launch": _BELOW_TRAIN | {"train", "threads"},
     "cluster": frozenset({"env", "spec", "launch"}),  # namespaces, links, MPICH placement: no model, no MPI import
+    "elastic": frozenset({"env", "spec", "launch", "cluster", "train"}),  # supervises jobs: relaunches, no model
     "bench": _BELOW_TRAIN | {"train", "launch", "threads", "cluster"},
-    "cli": _BELOW_TRAIN | {"train", "launch", "bench", "threads", "cluster"},
+    "cli": _BELOW_TRAIN | {"train", "launch", "bench", "threads", "cluster", "elastic"},
     "__main__": frozenset({"cli"}),
 }
 

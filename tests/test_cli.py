@@ -78,7 +78,7 @@ def bad_npz(tmp_path):
     (["--epochs", "0"], "--epochs must be > 0, got 0"),
     (["--batch-size", "5000"], "batch_size 5000 is larger than the data set (1437 samples)"),
     (["--dropout", "1.5"], "--dropout must be in [0, 1), got 1.5"),
-    (["--checkpoint-every", "often"], "--checkpoint-every must be N (steps) or Ne (epochs)"),
+    (["--checkpoint-every", "often"], "--checkpoint-every must be N (steps), Ne (epochs) or Ns / Nm (seconds / minutes of wall-clock time)"),
     (["--compression", "zip"], "unknown compression 'zip': expected one of none, fp16, bf16, powersgd:RANK"),
     (["--compression", "topk:0"], "topk RATIO must be a number in (0, 1], got 0"),
     (["--compression", "randomk:1.5"], "randomk RATIO must be a number in (0, 1], got 1.5"),

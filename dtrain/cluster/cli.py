@@ -45,6 +45,13 @@ def link_of_arg(text: str) -> tuple[int, str]:
     return int(node), rate_arg(rate)
 
 
+def _count(text: str) -> int:
+    """argparse type of ``--max-restarts``: a non-negative integer."""
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -55,8 +62,9 @@ def _seconds(text: str) -> float:
     return value
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``cluster`` and its subcommands to the ``dtrain`` parser."""
+def add_parser(subparsers, supervise=None) -> argparse.ArgumentParser:
+    """Add ``cluster`` and its subcommands to the ``dtrain`` parser. ``supervise(args, argv) -> status``: what
+    ``run --max-restarts`` calls (the elastic layer above this one; without it the option is not offered)."""
     cl = subparsers.add_parser(
         "cluster", help="a virtual cluster on this machine: namespaces as nodes, shaped links (root)",
         description="A virtual cluster: K network namespaces joined by veth links to a bridge, each link shaped "
@@ -78,6 +86,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help="MPICH's or Open MPI's mpiexec (default: this Python's, else PATH's); Open MPI needs a "
                           "Python whose mpi4py loads Open MPI in the command")
     run.add_argument("--dry-run", action="store_true", help="print the mpiexec command and exit")
+    if supervise is not None:
+        run.add_argument("--max-restarts", type=_count, default=None, metavar="R",
+                         help="supervise dtrain train: after a failure (a rank or node lost, a deadline) relaunch "
+                              "it on the nodes whose link is up, from the last good checkpoint, up to R times")
+        run.add_argument("--min-ranks", type=positive_int_arg, default=1, metavar="K",
+                         help="with --max-restarts: give up when fewer than K ranks can be started (default 1)")
+        run.set_defaults(supervise=supervise)
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command each rank runs")
     fault = sub.add_parser("fault", help="break, mend or reshape one node's link")
     fault.add_argument("--node", type=int, required=True, metavar="I", help="node index")
@@ -127,6 +142,11 @@ def _run(args) -> int:
     if args.dry_run:
         print(describe(cluster, args.np, argv, args.ppn, args.mpiexec))
         return 0
+    if getattr(args, "max_restarts", None) is not None:
+        if args.deadline is not None:
+            raise ValueError("--deadline and --max-restarts do not go together (a supervised job ends by itself; "
+                             "dtrain train --timeout bounds each collective)")
+        return args.supervise(args, argv)
     return cluster.run(args.np, argv, ppn=args.ppn, timeout=args.deadline, mpiexec=args.mpiexec).returncode
 
 

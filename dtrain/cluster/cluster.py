@@ -197,6 +197,10 @@ class VirtualCluster:
         self.down()
 
     # -- links ------------------------------------------------------------------------------------
+    def live_nodes(self) -> list[Node]:
+        """The nodes whose link is up (neither ``fault --down`` nor ``--drop``): where a job can run now."""
+        return [node for node in self.nodes if node.link_state == "up"]
+
     def node(self, index: int) -> Node:
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self.nodes):
             raise ValueError(f"node {index!r}: cluster {self.name!r} has nodes 0 to {len(self.nodes) - 1}")

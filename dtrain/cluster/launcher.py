@@ -160,6 +160,23 @@ def forwarded(environ: Mapping[str, str], extra: Mapping[str, str] | None) -> li
     return sorted(k for k in environ if k in keep or k.startswith("DTRAIN_"))
 
 
+def job_launch(cluster: VirtualCluster, n: int, argv: Sequence[str], *, ppn: int | None = None,
+               env: Mapping[str, str] | None = None, mpiexec: str | None = None, threads: int = 1,
+               order: str = "block", nodes: Sequence[int] | None = None) -> tuple[list[str], dict[str, str], str]:
+    """(command, environment, job tag) of a job of ``argv`` on ``n`` ranks of ``cluster``; ``nodes``: the
+    indices of the nodes to place it on (default all, in order). Run it, then :func:`reap_job` the tag."""
+    tag = uuid.uuid4().hex
+    environ = job_env(env, threads)
+    environ[JOB_TAG] = tag
+    target = cluster
+    if nodes is not None:
+        chosen = [cluster.node(i) for i in nodes]
+        if not chosen:
+            raise ValueError("no node to run on")
+        target = type(cluster)(cluster.name, cluster.subnet, chosen)  # the same cluster, seen through fewer nodes
+    return job_command(target, n, argv, ppn, mpiexec, order, forward=forwarded(environ, env)), environ, tag
+
+
 def run_job(cluster: VirtualCluster, n: int, argv: Sequence[str], *, ppn: int | None = None,
             env: Mapping[str, str] | None = None, timeout: float | None = None, capture: bool = False,
             mpiexec: str | None = None, threads: int = 1, order: str = "block") -> subprocess.CompletedProcess:
@@ -167,10 +184,7 @@ def run_job(cluster: VirtualCluster, n: int, argv: Sequence[str], *, ppn: int | 
     stderr as text when ``capture``). ``timeout``: after so many seconds the job is killed and the status is
     124. When mpiexec ends, every process the job left in the nodes (a proxy cut off behind a dead link) is
     killed, so no rank outlives its job. ``order``: rank placement, see :func:`job_command`."""
-    tag = uuid.uuid4().hex
-    environ = job_env(env, threads)
-    environ[JOB_TAG] = tag
-    cmd = job_command(cluster, n, argv, ppn, mpiexec, order, forward=forwarded(environ, env))
+    cmd, environ, tag = job_launch(cluster, n, argv, ppn=ppn, env=env, mpiexec=mpiexec, threads=threads, order=order)
     pipe = subprocess.PIPE if capture else None
     sys.stdout.flush()
     proc = subprocess.Popen(cmd, env=environ, stdout=pipe, stderr=pipe, text=True)

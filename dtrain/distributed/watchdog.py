@@ -104,6 +104,8 @@ class Watchdog:
         self._last: tuple[str, Any, float] | None = None  # (operation, step, when it finished)
         self.step: int | None = None  # the training step, set by the training loop
         self._abort_fn = abort
+        self.suspects: list[int] = []  # the ranks the last inspection found missing or behind
+        self.on_deadline = None  # called (ranks, hosts, step, message) just before a deadline aborts the job
         self._wake = threading.Event()
         self._stopped = False
         self._thread: threading.Thread | None = None
@@ -225,8 +227,15 @@ class Watchdog:
 
     def _expire(self, outer: _Op, inner: _Op, waited: float) -> None:
         report = self.inspect(inner)
-        _write(f"dtrain: error: [rank {self.rank}] {_what(outer, inner)} timed out after {waited:.1f} s "
-               f"(--timeout {self.timeout:g}): {report}; aborting the job (MPI_Abort, exit status {ABORT_EXIT_CODE})")
+        message = (f"[rank {self.rank}] {_what(outer, inner)} timed out after {waited:.1f} s (--timeout "
+                   f"{self.timeout:g}): {report}")
+        _write(f"dtrain: error: {message}; aborting the job (MPI_Abort, exit status {ABORT_EXIT_CODE})")
+        if self.on_deadline is not None:
+            hosts = [self.hosts[r] for r in self.suspects] if self.hosts is not None else []
+            try:
+                self.on_deadline(self.suspects, hosts, inner.step, message)
+            except Exception:  # the abort must happen whatever the hook does
+                pass
         self.abort(ABORT_EXIT_CODE)
 
     def abort(self, code: int) -> None:
@@ -318,6 +327,7 @@ class Watchdog:
         answers = self.query_peers()
         silent = [r for r, a in answers.items() if a is None]
         behind, waiting = [], []
+        self.suspects = silent
         for r, a in answers.items():
             if a is None:
                 continue
@@ -325,6 +335,7 @@ class Watchdog:
                 waiting.append(r)
             else:
                 behind.append((r, _where(a)))
+        self.suspects = sorted(silent + [r for r, _ in behind])
         parts = []
         if silent:
             where = _on_hosts(self.hosts, silent)

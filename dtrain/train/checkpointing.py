@@ -9,6 +9,7 @@ partial sums; rank 0 asks the Trainer for ``state_dict(...)`` and hands it to th
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -20,21 +21,38 @@ __all__ = ["Checkpointing"]
 
 
 class Checkpointing:
-    """Checkpoints written by ``manager`` every ``every_steps`` optimizer steps and/or ``every_epochs``
-    epochs (0: never periodically); one is always written at the end when a manager is given.
+    """Checkpoints written by ``manager`` every ``every_steps`` optimizer steps, ``every_epochs`` epochs and/or
+    ``every_seconds`` of wall-clock time (0: never periodically); one is always written at the end when a
+    manager is given.
+
+    The time-based schedule reads rank 0's clock only: rank 0 votes "due" (:meth:`time_vote`) with a step's
+    gradient sync, so every rank learns in the same step and all write after it (clocks never disagree).
 
     ``Checkpointing()`` (no manager) writes nothing, except the checkpoint of an interrupted run, which
     goes to ``out_dir/checkpoints`` when the run has an ``--out`` folder.
     """
 
-    def __init__(self, manager: CheckpointManager | None = None, every_steps: int = 0, every_epochs: int = 0):
+    def __init__(self, manager: CheckpointManager | None = None, every_steps: int = 0, every_epochs: int = 0,
+                 every_seconds: float = 0.0):
         self.manager = manager
         self.every_steps = check_int("checkpoint_every", every_steps, 0, expected="a non-negative integer")
         self.every_epochs = check_int("checkpoint_every_epochs", every_epochs, 0, expected="a non-negative integer")
+        if not isinstance(every_seconds, (int, float)) or isinstance(every_seconds, bool) or not every_seconds >= 0:
+            raise ValueError(f"checkpoint_every_seconds: expected a non-negative number, got {every_seconds!r}")
+        self.every_seconds = float(every_seconds)
+        self.last_written = time.monotonic()  # this rank's clock at the last checkpoint (or the start)
+        self.on_written = None  # called with the step after rank 0 wrote a checkpoint (the elastic progress file)
 
-    def due_after_step(self, state, n_batches: int) -> bool:
-        """A periodic checkpoint is due after this step (not at an epoch's end: the epoch's own check follows)."""
-        return bool(self.every_steps) and state.step % self.every_steps == 0 and state.batch < n_batches
+    def time_vote(self, is_main: bool) -> float:
+        """Rank 0's vote that ``every_seconds`` have passed since the last checkpoint (other ranks vote 0)."""
+        return float(is_main and self.every_seconds > 0 and time.monotonic() - self.last_written >= self.every_seconds)
+
+    def due_after_step(self, state, n_batches: int, time_votes: float = 0.0) -> bool:
+        """A periodic checkpoint is due after this step (not at an epoch's end: the epoch's own check follows).
+        ``time_votes``: the step's sum of :meth:`time_vote` over the ranks."""
+        if state.batch >= n_batches:
+            return False
+        return (bool(self.every_steps) and state.step % self.every_steps == 0) or time_votes > 0
 
     def due_after_epoch(self, state, epochs: int) -> bool:
         """A periodic checkpoint is due after this complete epoch (not after the last one: the final follows)."""
@@ -68,12 +86,15 @@ class Checkpointing:
                 path = manager.save(trainer.state_dict(rng_states=rng_states, compression_states=compression_states,
                                                        epoch_sums=(float(sums[0]), float(sums[1]), int(sums[2]))))
                 log.info(f"checkpoint: {path}")
+                if self.on_written is not None:
+                    self.on_written(st.step)
             except (CheckpointError, OSError) as exc:
                 if final:
                     error = exc
                 else:
                     log.warning(f"checkpoint at step {st.step} not written: {exc}; the previous checkpoint is "
                                 "intact and training continues")
+        self.last_written = time.monotonic()
         if final:
             collectives.agree(error)  # the final checkpoint failing is everyone's error
         return path

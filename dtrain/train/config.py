@@ -92,8 +92,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("early_stopping", int, None, "stop when the test loss has not improved for this many epochs",
            check="positive", optional=True, metavar="PATIENCE"),
     Option("checkpoint_dir", str, None, "write checkpoints to this folder", optional=True, metavar="DIR"),
-    Option("checkpoint_every", str, "0", "checkpoint every N steps, or every N epochs with 'Ne' (e.g. 2e); "
-           "0: only at the end", metavar="N|Ne"),
+    Option("checkpoint_every", str, "0", "checkpoint every N steps, every N epochs with 'Ne' (e.g. 2e), or "
+           "every N seconds / minutes of wall-clock time with 'Ns' / 'Nm' (e.g. 30s: rank 0's clock, agreed "
+           "with the step's gradient sync); 0: only at the end", metavar="N|Ne|Ns"),
     Option("keep_checkpoints", int, 3, "how many checkpoints to keep", check="positive"),
     Option("resume", str, None, "continue from the latest checkpoint in --checkpoint-dir (bare --resume), from "
            "PATH, or with 'last-good' from the newest checkpoint there that verifies (corrupt ones are skipped)",
@@ -202,13 +203,17 @@ def load_toml(path: str) -> dict:
     return out
 
 
-def parse_checkpoint_every(value: str) -> tuple[int, int]:
-    """'N' -> (N steps, 0); 'Ne' / 'Nepoch(s)' -> (0, N epochs)."""
-    m = re.fullmatch(r"\s*(\d+)\s*(e|epoch|epochs)?\s*", str(value))
-    if not m:
-        raise ConfigError(f"--checkpoint-every must be N (steps) or Ne (epochs), e.g. 500 or 2e; got {value!r}")
+def parse_checkpoint_every(value: str) -> tuple[int, int, float]:
+    """'N' -> (N steps, 0, 0); 'Ne' / 'Nepoch(s)' -> (0, N epochs, 0); 'Ns' / 'Nm' -> (0, 0, seconds)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(e|epoch|epochs|s|m)?\s*", str(value))
+    unit = m.group(2) if m else None
+    if not m or (unit not in ("s", "m") and "." in m.group(1)) or (unit in ("s", "m") and float(m.group(1)) <= 0):
+        raise ConfigError("--checkpoint-every must be N (steps), Ne (epochs) or Ns / Nm (seconds / minutes of "
+                          f"wall-clock time), e.g. 500, 2e or 30s; got {value!r}")
+    if unit in ("s", "m"):
+        return 0, 0, float(m.group(1)) * (60.0 if unit == "m" else 1.0)
     n = int(m.group(1))
-    return (0, n) if m.group(2) else (n, 0)
+    return (0, n, 0.0) if unit else (n, 0, 0.0)
 
 
 def parse_loss_scale(value) -> str:

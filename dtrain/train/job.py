@@ -22,6 +22,7 @@ from ..threads import configure_threads
 from .checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from .checkpointing import Checkpointing
 from .config import MOMENTUM_OPTIMIZERS, ConfigError, parse_checkpoint_every, resume_changes
+from .elastic import ElasticRank
 from .log import RankLogger
 from .options import EarlyStopping, TrainOptions
 from .reporting import ReportOptions, check_out_dir
@@ -146,6 +147,7 @@ def build_job(cfg: dict, sync: GradientSync | None = None, collectives: Collecti
     collectives.agree(error)
     # In a world > 1, building the Trainer wraps the model in DDP, which checks every rank holds the same model.
     trainer = _make_trainer(cfg, sync, collectives, log, *parts)
+    _supervised(trainer, collectives)
     collectives.check_same_config(cfg)
     error = None
     try:
@@ -186,8 +188,7 @@ def _build_parts(cfg: dict, collectives: Collectives):
     opt = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     scheduler = _scheduler(cfg, opt, len(train_loader))
     loss_fn, correct_fn = loss_and_accuracy(splits.task)
-    every_steps, every_epochs = parse_checkpoint_every(cfg["checkpoint_every"])
-    if (every_steps or every_epochs) and not cfg["checkpoint_dir"]:
+    if any(parse_checkpoint_every(cfg["checkpoint_every"])) and not cfg["checkpoint_dir"]:
         raise ConfigError(f"--checkpoint-every {cfg['checkpoint_every']} needs --checkpoint-dir DIR")
     if cfg["allreduce"] == "nccl" and device.type != "cuda":
         raise ConfigError(f"--allreduce nccl needs --device cuda (NCCL reduces GPU arrays), got --device "
@@ -199,6 +200,21 @@ def _build_parts(cfg: dict, collectives: Collectives):
     if cfg["resume"] == "latest" and not cfg["checkpoint_dir"]:
         raise ConfigError("--resume without a PATH needs --checkpoint-dir DIR to look for the latest checkpoint")
     return splits, model, opt, scheduler, loss_fn, correct_fn, train_loader, test_loader, dtype, device
+
+
+def _supervised(trainer: Trainer, collectives: Collectives) -> None:
+    """Under ``dtrain launch --max-restarts`` (DTRAIN_ELASTIC_DIR set): this rank's record for the supervisor,
+    rank 0's progress file, and the deadline's report of the ranks it found missing."""
+    elastic = ElasticRank.from_env(collectives.rank)
+    if elastic is None:
+        return
+    comm = getattr(collectives, "comm", None)
+    hosts = getattr(comm, "hosts", None)
+    elastic.register(hosts[collectives.rank] if hosts else None)
+    trainer.elastic = elastic
+    watchdog = getattr(comm, "watchdog", None)
+    if watchdog is not None:
+        watchdog.on_deadline = elastic.deadline_fired
 
 
 def _rank_device(spec: str, collectives: Collectives) -> str:
@@ -221,7 +237,7 @@ def _rank_device(spec: str, collectives: Collectives) -> str:
 
 def _make_trainer(cfg, sync, collectives, log, splits, model, opt, scheduler, loss_fn, correct_fn, train_loader,
                   test_loader, dtype, device) -> Trainer:
-    every_steps, every_epochs = parse_checkpoint_every(cfg["checkpoint_every"])
+    every_steps, every_epochs, every_seconds = parse_checkpoint_every(cfg["checkpoint_every"])
     manager = CheckpointManager(cfg["checkpoint_dir"], keep=cfg["keep_checkpoints"]) if cfg["checkpoint_dir"] else None
     options = TrainOptions(device=device, dtype=dtype, precision=cfg["precision"], loss_scale=cfg["loss_scale"],
                            clip_grad_norm=cfg["clip_grad_norm"], nonfinite=cfg["nonfinite"],
@@ -232,8 +248,8 @@ def _make_trainer(cfg, sync, collectives, log, splits, model, opt, scheduler, lo
         early_stopping=EarlyStopping(cfg["early_stopping"]) if cfg["early_stopping"] else None, options=options,
         report=ReportOptions(out_dir=cfg["out"], progress=cfg["progress"], monitor=cfg["monitor"],
                              tensorboard=cfg["tensorboard"]),
-        checkpoints=Checkpointing(manager, every_steps, every_epochs), sync=sync, collectives=collectives,
-        logger=log, config=cfg)
+        checkpoints=Checkpointing(manager, every_steps, every_epochs, every_seconds), sync=sync,
+        collectives=collectives, logger=log, config=cfg)
     trainer.splits = splits
     return trainer
 

@@ -113,7 +113,8 @@ class Reporter:
                         rec = json.loads(line)
                     except ValueError:
                         rec = None
-                    is_earlier = isinstance(rec, dict) and isinstance(rec.get("epoch"), int) and rec["epoch"] < epoch
+                    is_earlier = isinstance(rec, dict) and (  # events (restarts) are history: always kept
+                        (isinstance(rec.get("epoch"), int) and rec["epoch"] < epoch) or "event" in rec)
                     (kept if is_earlier else dropped).append(line if line.endswith("\n") else line + "\n")
         tmp = f"{self._metrics_path}.tmp{os.getpid()}"
         with open(tmp, "w") as f:
@@ -163,6 +164,15 @@ class Reporter:
             self._metrics_file.flush()
         if self._tensorboard is not None:
             self._tensorboard.record(r)
+
+    def event(self, r: dict, epoch: int) -> None:
+        """A line of ``metrics.jsonl`` that is not an evaluation (``{"event": ...}``, e.g. a restart), written
+        during ``epoch`` (a resumed run first cuts the file back to it). Events are kept by later resumes."""
+        if self._resume_pending:
+            self._continue_metrics(int(epoch))
+        if self._metrics_file is not None:
+            self._metrics_file.write(json.dumps(jsonable(r)) + "\n")
+            self._metrics_file.flush()
 
     @staticmethod
     def summary(state, wall: float, world_size: int, sync, checksum: str) -> dict:

@@ -98,6 +98,9 @@ class Trainer:
         self.nonfinite = NonFiniteGuard(self.options.nonfinite, self.options.loss_scale, self.collectives, self.log)
         self.signals = SignalStop(self.options.handle_signals, self.log)
         self.divergence = DivergenceGuard(self.options.check_every)
+        self._checkpoint_votes = 0.0  # the last step's time-based checkpoint votes
+        self.elastic = None  # an ElasticRank under `dtrain launch --max-restarts` (progress, restart record)
+        self._restart = None  # the restart record this attempt wrote
         self._params = [p for p in model.parameters() if p.requires_grad]
         self._net = self.sync.prepare(model)  # what forward runs through (a DDP wrapper in a world > 1)
         self.monitor = EpochMonitor(model) if self.reporter.options.monitor else None
@@ -146,11 +149,14 @@ class Trainer:
             loss_value = float(loss.item())
         # Two votes travel with this step's gradient sync (no collective of their own): "a signal asked
         # me to stop" and "my loss is non-finite". Their sums are the same on every rank.
-        self.sync.set_control([self.signals.vote(), float(not math.isfinite(loss_value))])
+        # A third: rank 0's "a time-based checkpoint is due" (--checkpoint-every 30s).
+        self.sync.set_control([self.signals.vote(), float(not math.isfinite(loss_value)),
+                               self.checkpoints.time_vote(self.log.is_main)])
         if loss is not None:
             self.nonfinite.scale(loss).backward()  # DDP averages during it
         votes = self.sync.after_backward(len(x))  # a rank with an empty shard of the batch still takes part
         self.signals.tally(votes[0])
+        self._checkpoint_votes = float(votes[2])
         # After the all-reduce every rank holds the same gradients, so every rank decides alike.
         if not self.nonfinite.check(self._params, votes[1], self.state, step, loss_value):
             return 0.0, 0.0
@@ -197,6 +203,8 @@ class Trainer:
         start = time.perf_counter()
         st = self.state
         self.reporter.open(resumed=st.step > 0)
+        if self.elastic is not None:
+            self._start_elastic()
         self.model.train()
         try:
             with self.signals.installed():
@@ -233,13 +241,15 @@ class Trainer:
                 st.seen += len(x)
                 st.batch += 1
                 st.step += 1
+                if self.elastic is not None:
+                    self.elastic.step(st.step)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_sum / len(x):.4f}", refresh=False)
                 if self.signals.stopping:
                     break
                 self.divergence.after_step(self.model, self.collectives, st.step)
-                if self.checkpoints.due_after_step(st, n_batches):
+                if self.checkpoints.due_after_step(st, n_batches, self._checkpoint_votes):
                     st.train_time += time.perf_counter() - t0  # checkpoint time is not training time
                     t0 = time.perf_counter()
                     self.checkpoints.save(self)
@@ -294,9 +304,22 @@ class Trainer:
             self.monitor.add_to(record, st.grad_flow)
         return record, samples
 
+    def _start_elastic(self) -> None:
+        """A supervised attempt: rank 0 writes progress; a restarted one records its restart (once resumed)."""
+        elastic, st = self.elastic, self.state
+        self.checkpoints.on_written = elastic.checkpointed
+        self._restart = elastic.restart_record(st.step, self.collectives.world_size)
+        if self._restart is not None:
+            r = self._restart
+            self.log.info(f"restart {r['attempt']}: resumed at step {r['resumed_step']} on {r['world_size']} ranks; "
+                          f"{r['steps_redone']} steps to redo, {r['seconds_lost']:.1f} s lost since the checkpoint")
+            self.reporter.event(r, st.epoch + 1)
+
     def _finish(self, wall: float) -> dict:
         summary = Reporter.summary(self.state, wall, self.collectives.world_size, self.sync,
                                    param_checksum(self.model))
+        if self.elastic is not None:
+            summary.update(self.elastic.summary_fields(self._restart))
         self.divergence.at_end(self.model, self.collectives, self.state.step)
         self.reporter.finish(summary, self.config, self.state)
         return summary
