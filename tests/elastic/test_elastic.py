@@ -194,3 +194,19 @@ def test_train_args_per_attempt():
     with pytest.raises(ElasticError, match="--max-restarts needs checkpoints to restart from: give dtrain train "
                                            "--out DIR or --checkpoint-dir DIR"):
         train_args_for([], {"out": None, "checkpoint_dir": None}, restart=False, have_checkpoint=False)
+
+
+def test_hosts_placement_in_both_mpi_flavours():
+    """An attempt on the hosts a script listed: MPICH's -hosts, Open MPI's --host (what --hosts-cmd produces)."""
+    from dtrain.launch import build_command
+
+    hosts = [("n1", 2), ("n2", 1)]
+    mpich = build_command(3, mpiexec="mpiexec", version_text="HYDRA build details", python="py", environ={},
+                          hosts=hosts, train_args=["--out", "o"])
+    assert mpich[:5] == ["mpiexec", "-n", "3", "-hosts", "n1:2,n2:1"] and mpich[-5:] == ["-m", "dtrain", "train",
+                                                                                          "--out", "o"]
+    ompi = build_command(3, mpiexec="mpiexec", version_text="mpiexec (Open MPI) 5.0.2", python="py",
+                         environ={"DTRAIN_ELASTIC_DIR": "/x"}, hosts=hosts, is_root=False)
+    at = ompi.index("--host")
+    assert ompi[at + 1] == "n1:2,n2:1" and ["-x", "DTRAIN_ELASTIC_DIR"] == ompi[ompi.index("DTRAIN_ELASTIC_DIR") - 1:
+                                                                                ompi.index("DTRAIN_ELASTIC_DIR") + 1]
