@@ -174,6 +174,25 @@ class CheckpointManager:
             raise CheckpointError(f"checkpoint directory {directory} exists and is not a directory")
         self.directory, self.keep = directory, keep
 
+    def remove_stale_temporaries(self) -> list[str]:
+        """Delete the ``.tmp-*`` files an earlier run left when it was killed in the middle of a write (each as
+        big as a checkpoint: repeated preemptions would fill the disk). Call it before this run writes
+        anything (rank 0, at start and on resume); returns the names removed."""
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return []
+        removed = []
+        for name in sorted(names):
+            path = os.path.join(self.directory, name)
+            if name.startswith(".tmp-") and os.path.isfile(path) and not os.path.islink(path):
+                try:
+                    os.unlink(path)
+                    removed.append(name)
+                except OSError:
+                    pass
+        return removed
+
     @property
     def manifest_path(self) -> str:
         return os.path.join(self.directory, self.MANIFEST)

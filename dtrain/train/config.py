@@ -107,7 +107,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("check_every", int, 100, "compare a checksum of the parameters across ranks every K steps (and at the "
            "end); 0: only at the end", check="nonnegative", metavar="K"),
     Option("nonfinite", str, "raise", "non-finite gradients after the all-reduce: raise an error, or skip the step "
-           "on every rank (counted and logged)", ("raise", "skip")),
+           "on every rank (counted and logged, within --max-skipped-in-a-row and --max-skipped-fraction)",
+           ("raise", "skip")),
+    Option("max_skipped_in_a_row", int, 25, "end the run with an error when this many consecutive steps were skipped "
+           "for non-finite gradients (--nonfinite skip or a dynamic loss scale)", check="positive", metavar="K"),
+    Option("max_skipped_fraction", float, 0.2, "end the run with an error when more than this fraction of the "
+           "steps were skipped (checked from step 50 on, and at the end)", check="fraction", metavar="F"),
     Option("loss_scale", str, "auto", "loss scaling: none | dynamic (scale backs off and the step is skipped on "
            "non-finite gradients, grows after 2000 good steps) | a fixed positive number; auto: dynamic with "
            "--precision fp16, else none", metavar="auto|none|dynamic|S"),

@@ -239,9 +239,15 @@ def _make_trainer(cfg, sync, collectives, log, splits, model, opt, scheduler, lo
                   test_loader, dtype, device) -> Trainer:
     every_steps, every_epochs, every_seconds = parse_checkpoint_every(cfg["checkpoint_every"])
     manager = CheckpointManager(cfg["checkpoint_dir"], keep=cfg["keep_checkpoints"]) if cfg["checkpoint_dir"] else None
+    if manager is not None and collectives.rank == 0:
+        stale = manager.remove_stale_temporaries()
+        if stale:
+            log.info(f"{cfg['checkpoint_dir']}: removed {len(stale)} partial file(s) an interrupted write left "
+                     f"({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''})")
     options = TrainOptions(device=device, dtype=dtype, precision=cfg["precision"], loss_scale=cfg["loss_scale"],
                            clip_grad_norm=cfg["clip_grad_norm"], nonfinite=cfg["nonfinite"],
-                           check_every=cfg["check_every"])
+                           check_every=cfg["check_every"], max_skipped_in_a_row=cfg["max_skipped_in_a_row"],
+                           max_skipped_fraction=cfg["max_skipped_fraction"])
     trainer = Trainer(
         model, opt, train_loader, test_loader, loss_fn=loss_fn, correct_fn=correct_fn, epochs=cfg["epochs"],
         max_steps=cfg["max_steps"], scheduler=scheduler,

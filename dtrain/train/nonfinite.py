@@ -46,8 +46,12 @@ class NonFiniteGuard:
         log: a :class:`~dtrain.train.log.RankLogger`.
     """
 
-    def __init__(self, policy: str, loss_scale, collectives, log):
+    FRACTION_FROM_STEP = 50  # the skipped fraction is judged from this step on (and at the end)
+
+    def __init__(self, policy: str, loss_scale, collectives, log, max_in_a_row: int = 25, max_fraction: float = 0.2):
         self.policy = policy
+        self.max_in_a_row, self.max_fraction = max_in_a_row, max_fraction
+        self.in_a_row = 0  # consecutive skipped steps
         self.scaler = loss_scale if isinstance(loss_scale, LossScaler) else make_loss_scaler(loss_scale)
         self.collectives, self.log = collectives, log
 
@@ -68,16 +72,37 @@ class NonFiniteGuard:
                 _unscale(params, self.scaler.scale)
         if not finite:
             self._nonfinite_step(state, step, loss_value)
+        else:
+            self.in_a_row = 0
+        if step >= self.FRACTION_FROM_STEP:
+            self.check_budget(state, step)
         return finite
+
+    def check_budget(self, state, step: int) -> None:
+        """FloatingPointError (on every rank: they all skipped the same steps) when the skipped steps exceed
+        the budget: ``max_in_a_row`` consecutive, or more than ``max_fraction`` of the ``step`` steps so far."""
+        if self.in_a_row >= self.max_in_a_row:
+            why = f"{self.in_a_row} steps in a row (--max-skipped-in-a-row {self.max_in_a_row})"
+        elif step and state.skipped_steps > self.max_fraction * step:
+            why = (f"{state.skipped_steps} of {step} steps ({100 * state.skipped_steps / step:.0f} %, more than "
+                   f"--max-skipped-fraction {self.max_fraction:g})")
+        else:
+            return
+        raise mark_collective(FloatingPointError(
+            f"training stopped at step {step} (epoch {state.epoch + 1}): non-finite gradients made it skip {why}; "
+            "the model is not learning: lower --lr, check the input data, or raise the budget"))
 
     def _nonfinite_step(self, state, step: int, loss_value: float) -> None:
         """Non-finite gradients (every rank sees the same): skip the step everywhere, or raise everywhere."""
         dynamic = self.scaler is not None and self.scaler.dynamic
         if self.policy == "skip" or dynamic:
             state.skipped_steps += 1
+            self.in_a_row += 1
             why = f"loss scale backed off to {self.scaler.scale:g}" if dynamic else "--nonfinite skip"
             self.log.warning(f"step {step} (epoch {state.epoch + 1}): non-finite gradients after the all-reduce; the "
                              f"step is skipped on every rank ({why}; {state.skipped_steps} skipped so far)")
+            if self.in_a_row >= self.max_in_a_row:
+                self.check_budget(state, step)
             return
         losses = self.collectives.allgather(loss_value if math.isfinite(loss_value) else repr(loss_value))
         bad = [r for r, v in enumerate(losses) if isinstance(v, str)]

@@ -28,6 +28,8 @@ class TrainOptions:
             naming the step and the ranks whose loss was non-finite, or "skip" the step on every rank
             (counted in ``state.skipped_steps`` and logged). A dynamic loss scale always skips and backs off.
         check_every: compare parameter digests across ranks every this many steps (0: only at the end).
+        max_skipped_in_a_row, max_skipped_fraction: the budget of skipped steps; beyond it the run ends with a
+            FloatingPointError (a run that skips most of its steps must not look like a success).
         handle_signals: on SIGINT/SIGTERM finish the current step on every rank, write a final checkpoint
             (rank 0) and raise :class:`~dtrain.train.signals.TrainingInterrupted`; a second signal
             interrupts at once.
@@ -40,6 +42,8 @@ class TrainOptions:
     clip_grad_norm: float | None = None
     nonfinite: str = "raise"
     check_every: int = 0
+    max_skipped_in_a_row: int = 25
+    max_skipped_fraction: float = 0.2
     handle_signals: bool = True
 
     def __post_init__(self):
@@ -50,6 +54,9 @@ class TrainOptions:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         check_int("check_every", self.check_every, 0, expected="a non-negative integer")
+        check_int("max_skipped_in_a_row", self.max_skipped_in_a_row, 1, expected="a positive integer")
+        if not isinstance(self.max_skipped_fraction, (int, float)) or not 0 <= self.max_skipped_fraction < 1:
+            raise ValueError(f"max_skipped_fraction must be in [0, 1), got {self.max_skipped_fraction!r}")
 
     @property
     def autocast_dtype(self) -> str | None:

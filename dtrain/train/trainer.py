@@ -44,7 +44,7 @@ from .options import EarlyStopping, TrainOptions
 from .reporting import Reporter, ReportOptions
 from .signals import SignalStop
 from .state import TrainState
-from .sync import Collectives, GradientSync, LocalCollectives, LocalGradientSync
+from .sync import Collectives, GradientSync, LocalCollectives, LocalGradientSync, mark_collective
 
 __all__ = ["Trainer"]
 
@@ -95,7 +95,8 @@ class Trainer:
         self.log = logger or RankLogger(self.collectives.rank, self.collectives.world_size)
         self.reporter = Reporter(report or ReportOptions(), self.log)
         self.checkpoints = checkpoints or Checkpointing()
-        self.nonfinite = NonFiniteGuard(self.options.nonfinite, self.options.loss_scale, self.collectives, self.log)
+        self.nonfinite = NonFiniteGuard(self.options.nonfinite, self.options.loss_scale, self.collectives, self.log,
+                                        self.options.max_skipped_in_a_row, self.options.max_skipped_fraction)
         self.signals = SignalStop(self.options.handle_signals, self.log)
         self.divergence = DivergenceGuard(self.options.check_every)
         self._checkpoint_votes = 0.0  # the last step's time-based checkpoint votes
@@ -316,6 +317,7 @@ class Trainer:
             self.reporter.event(r, st.epoch + 1)
 
     def _finish(self, wall: float) -> dict:
+        self._check_result()
         summary = Reporter.summary(self.state, wall, self.collectives.world_size, self.sync,
                                    param_checksum(self.model))
         if self.elastic is not None:
@@ -323,6 +325,23 @@ class Trainer:
         self.divergence.at_end(self.model, self.collectives, self.state.step)
         self.reporter.finish(summary, self.config, self.state)
         return summary
+
+    def _check_result(self) -> None:
+        """A run whose steps were (nearly) all skipped, or whose final losses are not finite, is an error on
+        every rank (they hold the same numbers), never a summary that looks like success."""
+        st = self.state
+        if st.step and st.skipped_steps == st.step:
+            raise mark_collective(FloatingPointError(
+                f"every one of the {st.step} steps was skipped for non-finite gradients: nothing was trained; lower "
+                "--lr or check the input data"))
+        if st.step >= self.nonfinite.FRACTION_FROM_STEP:
+            self.nonfinite.check_budget(st, st.step)
+        last = st.history[-1] if st.history else {}
+        bad = [k for k in ("train_loss", "test_loss") if isinstance(last.get(k), float) and not math.isfinite(last[k])]
+        if bad:
+            raise mark_collective(FloatingPointError(
+                f"training ended at step {st.step} with a non-finite {' and '.join(bad)} "
+                f"({', '.join(f'{k} {last[k]}' for k in bad)}); lower --lr or check the input data"))
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self, *, rng_states: list | None = None, compression_states: list | None = None,

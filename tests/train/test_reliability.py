@@ -151,3 +151,50 @@ def test_sigint_writes_a_final_checkpoint_and_the_resumed_run_is_bitwise_identic
     b = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert a["param_checksum"] == b["param_checksum"] and a["steps"] == b["steps"]
     assert math.isclose(a["test_loss"], b["test_loss"], rel_tol=0, abs_tol=0)
+
+
+# -- the budget of skipped steps (a run that skips most of its steps is an error, never a success) -----------------
+
+def test_skipping_too_many_steps_in_a_row_ends_the_run():
+    trainer = build_job(config(epochs=3, nonfinite="skip", max_skipped_in_a_row=5))
+    _poison(trainer, set(range(10, 100)))
+    with pytest.raises(FloatingPointError, match=r"training stopped at step 14 \(epoch 1\): non-finite gradients "
+                                                 r"made it skip 5 steps in a row \(--max-skipped-in-a-row 5\)"):
+        trainer.fit()
+
+
+def test_skipping_too_large_a_fraction_ends_the_run():
+    trainer = build_job(config(epochs=3, nonfinite="skip", max_skipped_fraction=0.1))
+    _poison(trainer, {s for s in range(1, 100) if s % 4 == 0})  # a quarter of the steps, never 2 in a row
+    with pytest.raises(FloatingPointError, match=r"training stopped at step 50 \(epoch 3\): non-finite gradients "
+                                                 r"made it skip 12 of 50 steps \(24 %, more than "
+                                                 r"--max-skipped-fraction 0.1\)"):
+        trainer.fit()
+
+
+def test_a_run_that_skipped_every_step_is_an_error():
+    trainer = build_job(config(epochs=1, max_steps=6, nonfinite="skip"))
+    _poison(trainer, set(range(1, 7)))
+    with pytest.raises(FloatingPointError, match="every one of the 6 steps was skipped for non-finite gradients"):
+        trainer.fit()
+
+
+def test_the_cli_example_of_the_issue_exits_2_not_0(tmp_path):
+    """`--lr 1e6 --nonfinite skip` used to skip 65 of 69 steps and exit 0 with test_loss null."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "dtrain", "train", "--epochs", "3", "--hidden", "16", "--lr", "1e6",
+                          "--nonfinite", "skip", "--out", str(tmp_path), "--no-monitor"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.splitlines()[-1].startswith("dtrain train: error: training stopped at step ")
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_stale_temporaries_of_an_interrupted_write_are_removed_at_start(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / ".tmp-abc123").write_bytes(b"\0" * 530_000)  # what a kill during a save leaves
+    (ck / "keep.txt").write_text("not ours")
+    run(config(epochs=1, max_steps=2, checkpoint_dir=str(ck)))
+    assert not (ck / ".tmp-abc123").exists() and (ck / "keep.txt").exists()
+    assert "removed 1 partial file(s) an interrupted write left (.tmp-abc123)" in capsys.readouterr().out
