@@ -210,12 +210,6 @@ def _add_train_parser(sub) -> None:
     tr.set_defaults(func=_train)
 
 
-def _non_negative_int(text: str) -> int:
-    if text.isdigit():
-        return int(text)
-    raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-
-
 def _cluster_elastic(args, argv) -> int:
     """``dtrain cluster run --max-restarts``: the elastic supervisor on the virtual cluster."""
     from .elastic import cluster_elastic, split_train_command
@@ -227,7 +221,7 @@ def _cluster_elastic(args, argv) -> int:
 
 def _add_launch_parser(sub) -> None:
     """``dtrain launch``: run ``dtrain train`` on N ranks of this machine under mpiexec."""
-    from .launch import BIND_CHOICES, DEVICES, positive_int_arg, ranks_arg
+    from .launch import BIND_CHOICES, DEVICES, non_negative_int_arg, positive_int_arg, ranks_arg
 
     la = sub.add_parser(
         "launch", help="run dtrain train on N ranks of this machine under mpiexec (-n auto: one per GPU or core)",
@@ -256,7 +250,7 @@ def _add_launch_parser(sub) -> None:
                     help="pin each rank to a core, socket or NUMA domain, or nowhere (default: MPI's own default)")
     la.add_argument("--dry-run", action="store_true",
                     help="dry run: print the exact mpiexec command (shell-quoted, one line) and exit")
-    la.add_argument("--max-restarts", type=_non_negative_int, default=None, metavar="R",
+    la.add_argument("--max-restarts", type=non_negative_int_arg, default=None, metavar="R",
                     help="elastic: supervise the job and, when a rank or a node fails (killed, hung past --timeout, "
                          "lost), relaunch it from the last good checkpoint on the hosts still alive, up to R times "
                          "(needs --out or --checkpoint-dir after --; --checkpoint-every defaults to 60s)")

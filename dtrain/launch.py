@@ -50,6 +50,13 @@ def positive_int_arg(text: str) -> int:
     raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
 
 
+def non_negative_int_arg(text: str) -> int:
+    """argparse type of a count that may be zero (``--max-restarts``)."""
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+
+
 def _count_cuda_visible(value: str) -> int:
     # CUDA stops at the first invalid entry ("-1", "", Slurm's "NoDevFiles"); entries before it are visible.
     n = 0

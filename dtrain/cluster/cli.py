@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from ..launch import positive_int_arg
+from ..launch import non_negative_int_arg, positive_int_arg
 
 __all__ = ["add_parser", "link_of_arg", "rate_arg"]
 
@@ -43,13 +43,6 @@ def link_of_arg(text: str) -> tuple[int, str]:
     if not sep or not node.strip().isdigit():
         raise argparse.ArgumentTypeError(f"expected NODE=RATE (e.g. 3=250mbit), got {text!r}")
     return int(node), rate_arg(rate)
-
-
-def _count(text: str) -> int:
-    """argparse type of ``--max-restarts``: a non-negative integer."""
-    if text.isdigit():
-        return int(text)
-    raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
 
 
 def _seconds(text: str) -> float:
@@ -87,7 +80,7 @@ def add_parser(subparsers, supervise=None) -> argparse.ArgumentParser:
                           "Python whose mpi4py loads Open MPI in the command")
     run.add_argument("--dry-run", action="store_true", help="print the mpiexec command and exit")
     if supervise is not None:
-        run.add_argument("--max-restarts", type=_count, default=None, metavar="R",
+        run.add_argument("--max-restarts", type=non_negative_int_arg, default=None, metavar="R",
                          help="supervise dtrain train: after a failure (a rank or node lost, a deadline) relaunch "
                               "it on the nodes whose link is up, from the last good checkpoint, up to R times")
         run.add_argument("--min-ranks", type=positive_int_arg, default=1, metavar="K",

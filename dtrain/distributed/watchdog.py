@@ -327,7 +327,6 @@ class Watchdog:
         answers = self.query_peers()
         silent = [r for r, a in answers.items() if a is None]
         behind, waiting = [], []
-        self.suspects = silent
         for r, a in answers.items():
             if a is None:
                 continue

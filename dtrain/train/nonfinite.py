@@ -74,7 +74,7 @@ class NonFiniteGuard:
             self._nonfinite_step(state, step, loss_value)
         else:
             self.in_a_row = 0
-        if step >= self.FRACTION_FROM_STEP:
+        if step >= self.FRACTION_FROM_STEP or self.in_a_row >= self.max_in_a_row:
             self.check_budget(state, step)
         return finite
 
@@ -101,8 +101,6 @@ class NonFiniteGuard:
             why = f"loss scale backed off to {self.scaler.scale:g}" if dynamic else "--nonfinite skip"
             self.log.warning(f"step {step} (epoch {state.epoch + 1}): non-finite gradients after the all-reduce; the "
                              f"step is skipped on every rank ({why}; {state.skipped_steps} skipped so far)")
-            if self.in_a_row >= self.max_in_a_row:
-                self.check_budget(state, step)
             return
         losses = self.collectives.allgather(loss_value if math.isfinite(loss_value) else repr(loss_value))
         bad = [r for r, v in enumerate(losses) if isinstance(v, str)]
