@@ -103,6 +103,15 @@ class ElasticRank:
         self._ck = (step, time.time())
         self.step(step)
 
+    def resumed(self, step: int) -> None:
+        """Rank 0: this attempt resumed from the checkpoint of ``step`` (its last checkpoint until it writes
+        one: a failure now loses the steps since ``step``, not since 0)."""
+        if step > 0:
+            r = self.restart or {}
+            at = r.get("checkpoint_time") if r.get("checkpoint_step") == step else None
+            self._ck = (step, float(at or time.time()))
+            self.step(step)
+
     def deadline_fired(self, ranks, hosts, step, message: str) -> None:
         """This rank's collective deadline fired: record whom it found missing (before the job is aborted)."""
         try:

@@ -309,6 +309,7 @@ class Trainer:
         """A supervised attempt: rank 0 writes progress; a restarted one records its restart (once resumed)."""
         elastic, st = self.elastic, self.state
         self.checkpoints.on_written = elastic.checkpointed
+        elastic.resumed(st.step)
         self._restart = elastic.restart_record(st.step, self.collectives.world_size)
         if self._restart is not None:
             r = self._restart

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,6 +70,25 @@ class Injector(threading.Thread):
                 self.hits.append((attempt, seen))
         except BaseException as exc:  # reported by the test
             self.error = exc
+
+
+_KILLED = re.compile(r"^rank (\d+) \(PID (\d+) on \S+\) killed by SIGKILL$")
+
+
+def assert_names_a_killed_rank(cause: str, ranks: list[int], folder: Path) -> int:
+    """``cause`` names a rank killed by SIGKILL by the PID that rank recorded, and ``ranks`` is that rank.
+
+    Not necessarily the rank the test killed: MPICH's Hydra reports the first bad exit it collects, and
+    when the others are inside a collective that can be a rank its clean-up killed a moment later (3 of 8
+    trials with a bare mpi4py program on this 2-core machine), so this checks the supervisor's reading of
+    the launcher's report."""
+    m = _KILLED.match(cause)
+    assert m, f"not 'rank R (PID P on HOST) killed by SIGKILL': {cause!r}"
+    rank, pid = int(m.group(1)), int(m.group(2))
+    record = json.loads((folder / f"rank-{rank}.json").read_text())
+    assert record["pid"] == pid, (cause, record)
+    assert ranks == [rank], (cause, ranks)
+    return rank
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300.0) -> tuple[int, str, str]:
