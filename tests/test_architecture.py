@@ -41,13 +41,14 @@ MAX_FUNCTION_LINES = 60
 # backend; models are compositions of nn layers; distributed may use everything below train but knows
 # nothing of models; train composes; launch, bench and cli sit on top.
 # ------------------------------------------------------------------------------------------------
-_BASE = frozenset({"env", "spec"})
+_BASE = frozenset({"env", "spec", "files"})
 _CORE = _BASE | {"backend", "autograd", "nn", "optim", "data"}
 _FACADE = _CORE | {"models"}
 _BELOW_TRAIN = _FACADE | {"distributed", "dtrain"}
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "env": frozenset(),
     "spec": frozenset(),
+    "files": frozenset(),  # reading user-named files safely: regular files only, size limits, guarded parsers
     "threads": frozenset({"env", "spec"}),  # sizes BLAS/OpenMP pools from what env says; only the top layers call it
     "backend": _BASE,
     "autograd": _BASE | {"backend"},
@@ -356,15 +357,15 @@ def test_named_direction_rules_hold_in_the_table():
     for low in ("autograd", "nn", "optim", "data"):
         assert not MAY_IMPORT[low] & {"distributed", "train", "cli", "bench", "launch"}, low
     assert not MAY_IMPORT["distributed"] & {"train", "cli", "bench", "launch", "models"}
-    assert MAY_IMPORT["env"] == MAY_IMPORT["spec"] == frozenset()
-    assert MAY_IMPORT["data"] <= {"env", "spec", "backend"}
+    assert MAY_IMPORT["env"] == MAY_IMPORT["spec"] == MAY_IMPORT["files"] == frozenset()
+    assert MAY_IMPORT["data"] <= {"env", "spec", "files", "backend"}
 
 
-def test_env_and_spec_import_nothing_from_dtrain():
+def test_env_spec_and_files_import_nothing_from_dtrain():
     graph = _graph()
     problems = [f"{_rel(_modules()[m])}:{line} imports {t}"
-                for m in graph if _layer(m) in ("env", "spec") for t, line in graph[m].items()]
-    assert not problems, "dtrain.env and dtrain.spec are the bottom layer:\n" + "\n".join(problems)
+                for m in graph if _layer(m) in ("env", "spec", "files") for t, line in graph[m].items()]
+    assert not problems, "dtrain.env, dtrain.spec and dtrain.files are the bottom layer:\n" + "\n".join(problems)
 
 
 def _private_uses(module: str, tree: ast.Module) -> list[str]:

@@ -1,0 +1,115 @@
+"""Reading the files a user names: only regular files, never more bytes than the format implies, and
+parsers that fail with one line instead of a traceback.
+
+Every file input of dtrain (a ``--config`` TOML, a ``--dataset`` file, a checkpoint, its ``latest.json``
+and metadata, a safetensors header) goes through here, so that
+
+* a FIFO, a socket or a device (``/dev/zero``) is refused at once instead of blocking the job or reading
+  until memory runs out (a symlink is followed: what it points to must be a regular file);
+* a file larger than its format can sensibly be is refused before it is read;
+* deeply nested JSON/TOML (``'[' * 200000``) is an error naming the file, not a ``RecursionError``.
+
+The errors are :class:`InputFileError` (a ValueError: the ranks agree on it and exit 2) naming the path.
+
+    >>> with open_regular("/dev/zero", "--config") as f:   # doctest: +SKIP
+    InputFileError: --config /dev/zero is a character device, not a regular file
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+__all__ = ["InputFileError", "MiB", "GiB", "open_regular", "parse_guarded", "read_limited", "read_json",
+           "size_of"]
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+class InputFileError(ValueError):
+    """A file the user named cannot be used; the message names it and says why."""
+
+
+def _kind(mode: int) -> str:
+    for test, what in _KINDS:
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _label(what: str, path: str) -> str:
+    return f"{what} {path}" if what else str(path)
+
+
+def open_regular(path: str, what: str = "", max_bytes: int | None = None) -> BinaryIO:
+    """``path`` opened for binary reading; InputFileError unless it is a regular file (after symlinks) of at
+    most ``max_bytes``. The open cannot block: a FIFO is opened non-blocking, seen for what it is and closed.
+    FileNotFoundError / PermissionError pass through (their callers already word those)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = _kind(st.st_mode)
+            raise InputFileError(f"{_label(what, path)} is {kind}, not a regular file")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise InputFileError(f"{_label(what, path)} is {st.st_size:,} bytes, more than the {_size(max_bytes)} "
+                                 f"such a file can sensibly be")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def size_of(path: str, what: str = "") -> int:
+    """The size of the regular file ``path`` (InputFileError if it is not one)."""
+    with open_regular(path, what) as f:
+        return os.fstat(f.fileno()).st_size
+
+
+def read_limited(path: str, what: str, max_bytes: int) -> bytes:
+    """All of the regular file ``path``, refused when over ``max_bytes`` (checked again while reading, in
+    case the file grows)."""
+    with open_regular(path, what, max_bytes) as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise InputFileError(f"{_label(what, path)} grew past {_size(max_bytes)} while it was read")
+    return data
+
+
+def parse_guarded(parse: Callable[[Any], Any], data: Any, where: str) -> Any:
+    """``parse(data)``, with a nesting too deep for the parser reported as an InputFileError naming
+    ``where`` (Python's json and tomllib recurse once per level)."""
+    try:
+        return parse(data)
+    except RecursionError:
+        raise InputFileError(f"{where}: nested too deeply to parse") from None
+
+
+def read_json(path: str, what: str, max_bytes: int = 16 * MiB) -> Any:
+    """The JSON document in ``path``: InputFileError for anything that is not a regular file of at most
+    ``max_bytes`` holding UTF-8 JSON of sane nesting, named in the message."""
+    data = read_limited(path, what, max_bytes)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{_label(what, path)} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        return parse_guarded(json.loads, text, _label(what, path))
+    except json.JSONDecodeError as exc:
+        raise InputFileError(f"{_label(what, path)} is not valid JSON: {exc}") from None
+
+
+def _size(n: int) -> str:
+    if n >= GiB and n % GiB == 0:
+        return f"{n // GiB} GiB"
+    if n >= MiB and n % MiB == 0:
+        return f"{n // MiB} MiB"
+    return f"{n:,} bytes"
