@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import platform
 import shlex
+import signal
 import sys
 
 import numpy as np
@@ -368,9 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, FloatingPointError, *_distributed_errors()) as exc:
         # Bad input (config, data, checkpoint, numbers, no GPU): one clear line, no traceback.
         return _report(args.command, exc, 2)
-    except KeyboardInterrupt as exc:
+    except KeyboardInterrupt as exc:  # Ctrl-C outside training, or a second SIGINT/SIGTERM (SecondSignal)
         _write_error(f"dtrain {args.command}: interrupted{where}")
-        return _abort_if_alone(exc, 130)
+        return _abort_if_alone(exc, 128 + getattr(exc, "signum", signal.SIGINT))
     except Exception as exc:  # a bug: the traceback, then make sure no other rank waits for this one
         import traceback
 

@@ -46,6 +46,7 @@ __all__ = [
     "launched_by_mpi",
     "launcher_rank",
     "local_rank",
+    "memory_available",
     "ranks_per_node_override",
     "set_thread_env",
     "thread_env",
@@ -298,6 +299,37 @@ def usable_cores(cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int:
     if limit is not None:
         cores = min(cores, math.floor(limit))
     return max(1, cores)
+
+
+def _cgroup_memory_room(root: Path) -> int | None:
+    """Bytes the cgroup (v2 memory.max, else v1 limit_in_bytes) still allows, None when unlimited."""
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            limit = (root / limit_file).read_text().strip()
+            if limit == "max" or int(limit) >= 1 << 60:
+                return None
+            return max(0, int(limit) - int((root / usage_file).read_text()))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def memory_available(cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int | None:
+    """Bytes this process could still allocate: the kernel's MemAvailable (/proc/meminfo), further capped by
+    a cgroup memory limit (a container's ``--memory``, a Kubernetes limit); None where neither is known."""
+    room = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                room = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    limit = _cgroup_memory_room(Path(cgroup_root))
+    if limit is not None:
+        room = limit if room is None else min(room, limit)
+    return room
 
 
 def cpu_model() -> str:

@@ -10,6 +10,7 @@ loads the data set in the matching shape.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from ..autograd.tensor import Tensor
 from ..spec import is_int
 
 __all__ = ["MODELS", "CharLSTM", "CharTransformer", "ModelSpec", "ResNet", "build_model", "count_correct",
-           "loss_and_accuracy"]
+           "dense_parameters_at_least", "loss_and_accuracy"]
 
 
 def _as_widths(hidden) -> tuple[int, ...]:
@@ -210,6 +211,19 @@ def build_model(name: str, input_shape: tuple, n_outputs: int, task: str = "clas
     if task not in spec.tasks:
         raise ValueError(f"model {name!r} handles {' or '.join(spec.tasks)} data, but the data set is a {task} task")
     return spec.build(tuple(input_shape), int(n_outputs), **{k: v for k, v in options.items() if v is not None})
+
+
+def dense_parameters_at_least(name: str, input_shape: tuple, n_outputs: int, hidden) -> int:
+    """A lower bound on the parameters of zoo model ``name`` from its dense layers alone, computed without
+    building it (so ``--hidden 200000000`` can be refused before anything is allocated): the MLP's weight
+    matrices exactly; for the other models the one hidden-size-by-outputs layer they all end with."""
+    if hidden is None:
+        return 0
+    widths = _as_widths(hidden)
+    if str(name).lower() == "mlp":
+        chain = (math.prod(input_shape), *widths, int(n_outputs))
+        return sum(a * b for a, b in itertools.pairwise(chain))
+    return widths[0] * int(n_outputs)
 
 
 def loss_and_accuracy(task: str):

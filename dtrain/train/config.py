@@ -15,7 +15,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..env import timeout_from_env
+from ..files import InputFileError, parse_guarded, read_limited
 from ..spec import is_real
 
 __all__ = ["MOMENTUM_OPTIMIZERS", "OPTIONS", "ConfigError", "Option", "load_toml", "require_tensorboardx",
@@ -182,21 +185,39 @@ def _coerce(opt: Option, value, source: str):
 
 
 def load_toml(path: str) -> dict:
-    """Read a TOML config file: a flat table of option names (dashes or underscores). Errors name the file."""
+    """Read a TOML config file: a flat table of option names (dashes or underscores), a regular file of at
+    most 1 MiB. Errors name the file; a key given twice (``batch-size`` and ``batch_size``) is one."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - Python 3.10
         import tomli as tomllib
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        raw = read_limited(path, "config file", _MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except InputFileError as exc:
+        raise ConfigError(str(exc)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: not UTF-8 text (byte {exc.start}: "
+                          f"{raw[exc.start:exc.start + 1]!r}); a binary file?") from None
+    try:
+        data = parse_guarded(tomllib.loads, text, f"config file {path}")
+    except InputFileError as exc:
+        raise ConfigError(f"{exc} (not valid TOML for a config)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    out = {}
+    return _toml_options(data, path)
+
+
+_MAX_CONFIG_BYTES = 1 << 20
+
+
+def _toml_options(data: dict, path: str) -> dict:
+    out, spelled = {}, {}
     for key, value in data.items():
         name = key.replace("-", "_")
         if isinstance(value, dict):
@@ -204,6 +225,9 @@ def load_toml(path: str) -> dict:
                               f"top level (valid keys: {', '.join(_BY_NAME)})")
         if name not in _BY_NAME:
             raise ConfigError(f"config file {path}: unknown key {key!r}; valid keys: {', '.join(_BY_NAME)}")
+        if name in spelled:
+            raise ConfigError(f"config file {path}: {spelled[name]!r} and {key!r} are the same option; keep one")
+        spelled[name] = key
         out[name] = _coerce(_BY_NAME[name], value, f"config file {path}")
     return out
 
@@ -233,6 +257,28 @@ def parse_loss_scale(value) -> str:
     if scale is None or not (math.isfinite(scale) and scale > 0):
         raise ConfigError(f"--loss-scale must be none, dynamic or a positive number, got {value!r}")
     return repr(scale)
+
+
+MIN_STALL_WARNING = 0.1  # seconds: below it every ordinary collective would be reported as stalled
+
+# The largest finite value the gradients a static loss scale multiplies are held in.
+_GRADIENT_MAX = {"fp16": (65504.0, "float16")}
+
+
+def _check_static_loss_scale(config: dict) -> None:
+    """A static --loss-scale larger than the gradients' type can hold overflows on every step: an error now,
+    not a run whose every step fails (the message used to suggest lowering --lr)."""
+    if config["loss_scale"] in ("none", "dynamic"):
+        return
+    scale = float(config["loss_scale"])
+    limit, kind = _GRADIENT_MAX.get(config["precision"], (None, None))
+    if limit is None:
+        kind = "float32" if config["precision"] != "fp32" else str(config["dtype"])
+        limit = float(np.finfo(kind).max)
+    if scale > limit:
+        raise ConfigError(f"--loss-scale {scale:g} is larger than {kind} can hold ({limit:g}): every scaled "
+                          f"gradient would overflow; use --loss-scale dynamic, or a power of two up to "
+                          f"{2.0 ** math.floor(math.log2(limit)):g}")
 
 
 def _check_momentum(config: dict, given: dict, from_toml: dict, toml_path: str | None, model: str) -> None:
@@ -327,6 +373,10 @@ def resolve_config(flags: dict, toml_path: str | None = None, model_defaults=Non
     if str(config["loss_scale"]).strip().lower() == "auto":
         config["loss_scale"] = "dynamic" if config["precision"] == "fp16" else "none"
     config["loss_scale"] = parse_loss_scale(config["loss_scale"])
+    _check_static_loss_scale(config)
+    if config["stall_warning"] is not None and config["stall_warning"] < MIN_STALL_WARNING:
+        raise ConfigError(f"--stall-warning must be at least {MIN_STALL_WARNING:g} s, got {config['stall_warning']:g}: "
+                          "a shorter wait is an ordinary collective, not a stall (every one would be reported)")
     if str(config["compression"]).strip().lower() == "auto":  # gradients travel in the compute precision
         config["compression"] = {"fp32": "none", "fp16": "fp16", "bf16": "bf16"}[config["precision"]]
     # The --compression spec itself is parsed once, where its Compressor is built: job.make_compressor.

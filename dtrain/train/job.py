@@ -15,8 +15,8 @@ import numpy as np
 
 from .. import backend, optim
 from ..data import DataLoader, load_dataset
-from ..env import launched_by_mpi
-from ..models import MODELS, build_model, loss_and_accuracy
+from ..env import launch_info, launched_by_mpi, memory_available
+from ..models import MODELS, build_model, dense_parameters_at_least, loss_and_accuracy
 from ..optim import lr_scheduler as sched
 from ..threads import configure_threads
 from .checkpoint import CheckpointError, CheckpointManager, load_checkpoint
@@ -168,7 +168,12 @@ def _build_parts(cfg: dict, collectives: Collectives):
     splits = _load_data(cfg)
     backend.set_default_dtype(dtype)
     model_options = {"hidden": cfg["hidden"], "dropout": cfg["dropout"]}
-    model = build_model(cfg["model"], splits.input_shape, splits.output_size, splits.task, **model_options)
+    _check_model_fits(cfg, splits, dtype)
+    try:
+        model = build_model(cfg["model"], splits.input_shape, splits.output_size, splits.task, **model_options)
+    except MemoryError as exc:
+        raise ConfigError(f"building the {cfg['model']} model ({_sizes(cfg)}) ran out of memory on rank {rank}: "
+                          f"{exc}") from None
     model.to(device)
     if cfg["sync_batchnorm"] and world > 1:
         from ..distributed import convert_sync_batchnorm
@@ -200,6 +205,26 @@ def _build_parts(cfg: dict, collectives: Collectives):
     if cfg["resume"] == "latest" and not cfg["checkpoint_dir"]:
         raise ConfigError("--resume without a PATH needs --checkpoint-dir DIR to look for the latest checkpoint")
     return splits, model, opt, scheduler, loss_fn, correct_fn, train_loader, test_loader, dtype, device
+
+
+def _sizes(cfg: dict) -> str:
+    return f"--hidden {cfg['hidden']}" if cfg.get("hidden") is not None else "its default sizes"
+
+
+def _check_model_fits(cfg: dict, splits, dtype: np.dtype) -> None:
+    """Refuse, before allocating anything, a model whose dense layers alone need more memory than this rank's
+    share of the node (``--hidden 200000000`` would otherwise take the machine down): per parameter its
+    weight, gradient and one optimizer or all-reduce buffer, plus the float64 draw it is initialised from."""
+    params = dense_parameters_at_least(cfg["model"], splits.input_shape, splits.output_size, cfg["hidden"])
+    need = params * (3 * dtype.itemsize + 8)
+    room = memory_available()
+    sharing = launch_info().local_size or 1
+    if room is not None and need > room / sharing:
+        share = f"this rank's 1/{sharing} share of " if sharing > 1 else ""
+        raise ConfigError(f"{_sizes(cfg)}: the {cfg['model']} model would have at least {params:,} parameters, "
+                          f"about {need / 2**30:.1f} GiB with gradients, an optimizer buffer and initialisation "
+                          f"in {dtype.name}, more than {share}the {room / 2**30:.1f} GiB of memory available; "
+                          "choose smaller widths")
 
 
 def _supervised(trainer: Trainer, collectives: Collectives) -> None:

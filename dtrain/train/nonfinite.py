@@ -67,7 +67,10 @@ class NonFiniteGuard:
         """
         finite = nonfinite_losses == 0 and all_finite(params)
         if self.scaler is not None:
-            self.scaler.update(finite)
+            try:
+                self.scaler.update(finite)
+            except FloatingPointError as exc:  # the same scale on every rank: they all raise it at this step
+                raise mark_collective(FloatingPointError(f"step {step} (epoch {state.epoch + 1}): {exc}")) from None
             if finite and self.scaler.scale != 1.0:
                 _unscale(params, self.scaler.scale)
         if not finite:
@@ -106,9 +109,12 @@ class NonFiniteGuard:
         bad = [r for r, v in enumerate(losses) if isinstance(v, str)]
         where = (f"the loss was {', '.join(f'{losses[r]} on rank {r}' for r in bad)}" if bad
                  else "the loss was finite on every rank, the gradients were not")
+        static = self.scaler.scale if self.scaler is not None and self.scaler.scale != 1.0 else None
+        advice = (f"the static --loss-scale {static:g} may overflow them: lower it or use --loss-scale dynamic"
+                  if static is not None and not bad else "lower --lr, check the input data")
         raise mark_collective(FloatingPointError(
-            f"non-finite gradients after the all-reduce at step {step} (epoch {state.epoch + 1}): {where}; lower "
-            "--lr, check the input data, or pass --nonfinite skip to skip such steps"))
+            f"non-finite gradients after the all-reduce at step {step} (epoch {state.epoch + 1}): {where}; "
+            f"{advice}, or pass --nonfinite skip to skip such steps"))
 
     def state_dict(self) -> dict | None:
         """The loss scaler's state (None without one)."""

@@ -12,7 +12,16 @@ import signal
 import threading
 from collections.abc import Iterator
 
-__all__ = ["SignalStop", "TrainingInterrupted"]
+__all__ = ["SecondSignal", "SignalStop", "TrainingInterrupted"]
+
+
+class SecondSignal(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM during a graceful stop: stop at once; the exit status is 128 + ``signum``
+    (143 for SIGTERM, 130 for SIGINT), as a shell reports a process the signal killed."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"second {signal.Signals(signum).name}")
+        self.signum = int(signum)
 
 
 class TrainingInterrupted(Exception):
@@ -73,7 +82,7 @@ class SignalStop:
     def _on_signal(self, signum, frame) -> None:
         if self.received is not None:  # the second signal: stop now
             self._restore()
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+            raise SecondSignal(signum)
         self.received = signum
         self.log.warning(f"received {signal.Signals(signum).name}: stopping after the current step on every rank; "
                          "rank 0 writes a checkpoint (send it again to stop at once)")

@@ -198,3 +198,62 @@ def test_stale_temporaries_of_an_interrupted_write_are_removed_at_start(tmp_path
     run(config(epochs=1, max_steps=2, checkpoint_dir=str(ck)))
     assert not (ck / ".tmp-abc123").exists() and (ck / "keep.txt").exists()
     assert "removed 1 partial file(s) an interrupted write left (.tmp-abc123)" in capsys.readouterr().out
+
+
+def test_a_second_sigterm_stops_at_once_and_the_exit_status_says_sigterm(monkeypatch, capsys):
+    # The graceful stop a first SIGTERM starts can be cut short by a second one: the shell's convention
+    # for a process a signal ended is 128 + its number, 143 for SIGTERM (it used to be 130, SIGINT's).
+    from dtrain import cli
+    from dtrain.train.log import RankLogger
+    from dtrain.train.signals import SecondSignal, SignalStop
+
+    stop = SignalStop(True, RankLogger())
+    with stop.installed():
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.received == signal.SIGTERM
+        with pytest.raises(SecondSignal) as info:
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert info.value.signum == signal.SIGTERM
+
+    def second_sigterm(args):
+        raise SecondSignal(signal.SIGTERM)
+
+    monkeypatch.setattr(cli, "_train", second_sigterm)
+    assert cli.main(["train", "--out", "unused"]) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "dtrain train: interrupted"
+
+
+def test_a_static_loss_scale_beyond_float16_is_refused_at_start():
+    with pytest.raises(ConfigError, match=r"^--loss-scale 1e\+300 is larger than float16 can hold \(65504\): every "
+                                          r"scaled gradient would overflow; use --loss-scale dynamic, or a power of "
+                                          r"two up to 32768$"):
+        config(precision="fp16", loss_scale="1e300")
+    with pytest.raises(ConfigError, match=r"larger than float32 can hold"):
+        config(loss_scale="1e300")
+    assert config(precision="fp16", loss_scale="1024")["loss_scale"] == "1024.0"
+
+
+def test_a_loss_scale_exhausted_on_every_rank_is_a_collective_error_naming_the_step():
+    # Every rank holds the same scale and sees the same all-reduced gradients, so every rank raises at the
+    # same step: the error is the job's (exit 2, no MPI_Abort), not "not agreed with the other ranks".
+    from types import SimpleNamespace
+
+    from dtrain.train.log import RankLogger
+    from dtrain.train.loss_scale import LossScaler
+    from dtrain.train.nonfinite import NonFiniteGuard
+    from dtrain.train.sync import LocalCollectives
+
+    guard = NonFiniteGuard("raise", LossScaler(init_scale=1.0, min_scale=0.75), LocalCollectives(), RankLogger())
+    param = SimpleNamespace(grad=np.array([np.inf]))
+    with pytest.raises(FloatingPointError, match=r"^step 7 \(epoch 2\): the gradients are non-finite even with "
+                                                 r"the loss scale at 1") as info:
+        guard.check([param], 0.0, SimpleNamespace(epoch=1, skipped_steps=0), 7, 1.0)
+    assert getattr(info.value, "collective", False)
+
+
+def test_a_stall_warning_too_short_to_mean_a_stall_is_refused():
+    # --stall-warning 1e-9 printed a warning per collective, each saying the collective itself was stuck.
+    with pytest.raises(ConfigError, match=r"^--stall-warning must be at least 0.1 s, got 1e-09: a shorter wait is an "
+                                          r"ordinary collective, not a stall"):
+        config(stall_warning=1e-9)
+    assert config(stall_warning=0.5)["stall_warning"] == 0.5
