@@ -22,14 +22,19 @@ from ..threads import configure_threads
 from .checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from .checkpointing import Checkpointing
 from .config import MOMENTUM_OPTIMIZERS, ConfigError, parse_checkpoint_every, resume_changes
+from .datacheck import data_fingerprint, data_mismatch
 from .elastic import ElasticRank
 from .log import RankLogger
 from .options import EarlyStopping, TrainOptions
 from .reporting import ReportOptions, check_out_dir
-from .sync import Collectives, GradientSync, LocalCollectives, LocalGradientSync
+from .sync import Collectives, GradientSync, LocalCollectives, LocalGradientSync, mark_collective
 from .trainer import Trainer
 
 __all__ = ["build_job", "init_world", "make_compressor", "make_sync", "model_defaults", "run"]
+
+
+class DataMismatchError(ValueError):
+    """The ranks loaded different data for the same options (raised on every rank)."""
 
 
 def model_defaults(model: str) -> dict:
@@ -149,6 +154,10 @@ def build_job(cfg: dict, sync: GradientSync | None = None, collectives: Collecti
     trainer = _make_trainer(cfg, sync, collectives, log, *parts)
     _supervised(trainer, collectives)
     collectives.check_same_config(cfg)
+    if collectives.world_size > 1:  # before the first collective whose count depends on the data
+        problem = data_mismatch(collectives.allgather(data_fingerprint(trainer.splits)))
+        if problem is not None:
+            raise mark_collective(DataMismatchError(problem))
     error = None
     try:
         _resume(cfg, trainer, log)
