@@ -19,6 +19,9 @@ declares its spec syntax and option parsers (from :mod:`dtrain.spec`: ``integer`
 
 Modules: ``registry`` (Splits, register_dataset, load_dataset, validate), ``builtin`` (digits,
 synthetic), ``mnist`` (IDX files), ``npz``, ``text``. Importing this package registers them in that order.
+``limits`` holds what every loader checks before it allocates (MAX_CLASSES, the text size limit, the memory
+a load may need) and DatasetError; files are opened with :func:`dtrain.files.open_regular` (regular files
+only: a FIFO or a device is refused at once).
 """
 
 from __future__ import annotations

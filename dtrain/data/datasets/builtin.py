@@ -8,6 +8,7 @@ import numpy as np
 
 from ...spec import boolean, choice, integer, real
 from ..dataset import ArrayDataset
+from .limits import check_classes, check_memory
 from .registry import DatasetError, Splits, fixed_split, register_dataset, standardise
 
 # ------------------------------------------------------------------------------------------------
@@ -64,6 +65,19 @@ def _load_digits(path: str | None, seed: int, *, image: bool = False) -> Splits:
 # ------------------------------------------------------------------------------------------------
 
 
+def _check_synthetic_size(n: int, features: int, classes: int | None, outputs: int | None) -> None:
+    """Refuse options whose arrays cannot exist here, before generating them: more than MAX_CLASSES classes,
+    or more memory than this process has (generating takes about 16 bytes a value of x, float64 then float32,
+    and validate() a mask over it: 24 bytes a value in all, counted the same for the regression targets)."""
+    if classes is not None:
+        check_classes("data set 'synthetic'", f"classes={classes}", classes, "use fewer classes")
+    width = outputs or 0
+    need = 24 * n * (features + width) + 8 * features * ((classes or 0) + width) + 32 * n
+    given = ", ".join(f"{key}={value}" for key, value in (("n", n), ("features", features), ("classes", classes),
+                                                           ("outputs", outputs)) if value is not None)
+    check_memory(f"data set 'synthetic': {given}", need, "use a smaller n, fewer features or fewer outputs")
+
+
 @register_dataset("synthetic", usage="synthetic", arg="options", options={
     "n": integer(minimum=1), "features": integer(minimum=1), "classes": integer(minimum=1),
     "outputs": integer(minimum=1), "task": choice("classification", "regression"), "noise": real(minimum=0),
@@ -95,6 +109,7 @@ def _load_synthetic(path: str | None, seed: int, *, n: int = 10000, features: in
         classes = 10 if classes is None else classes
         if classes < 2:
             raise DatasetError(f"data set '{name}': classes={classes}; classification needs at least 2")
+        _check_synthetic_size(n, features, classes, None)
         noise = 1.0 if noise is None else noise
         centres = rng.standard_normal((classes, features))
         y = rng.permutation(np.arange(n) % classes).astype(np.int64)
@@ -105,6 +120,7 @@ def _load_synthetic(path: str | None, seed: int, *, n: int = 10000, features: in
             raise DatasetError(f"data set '{name}': classes={classes} applies to task=classification; "
                                "use outputs= for regression")
         outputs = 1 if outputs is None else outputs
+        _check_synthetic_size(n, features, None, outputs)
         noise = 0.1 if noise is None else noise
         weight = rng.standard_normal((features, outputs)) / np.sqrt(features)
         x = rng.standard_normal((n, features))

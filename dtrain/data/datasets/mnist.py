@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
+from typing import IO
 
 import numpy as np
 
+from ...files import MiB, open_regular
 from ...spec import boolean
 from ..dataset import ArrayDataset
+from .limits import check_memory, one_line
 from .registry import DatasetError, Splits, register_dataset
 
 MNIST_MEAN = 0.1307
@@ -22,6 +26,7 @@ MNIST_STD = 0.3081
 
 _IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 _IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+_CHUNK = 16 * MiB
 _MNIST_FILES = {
     "train_images": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
     "train_labels": ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
@@ -34,54 +39,95 @@ def _find_idx_file(directory: str, names: tuple[str, ...]) -> str:
     for base in names:
         for candidate in (base, base + ".gz"):
             path = os.path.join(directory, candidate)
-            if os.path.isfile(path):
+            if os.path.lexists(path):  # a FIFO, device or directory of that name is found, then refused by name
                 return path
     raise DatasetError(f"mnist: missing file {os.path.join(directory, names[0])} (or .gz) in {directory}")
 
 
-def _read_bytes(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if path.endswith(".gz"):
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DatasetError(f"{path} is not a valid gzip file (corrupt or truncated download?): {exc}") from None
-    return raw
+def _read_upto(stream: IO[bytes], n: int) -> bytes:
+    """Up to ``n`` bytes of ``stream`` (fewer at its end), read in chunks: a header that declares more data
+    than there is costs no more memory than the data that is there."""
+    data = bytearray()
+    while len(data) < n:
+        chunk = stream.read(min(_CHUNK, n - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def _header_dims(path: str, head: bytes, magic: int, where: str) -> tuple[int, ...]:
+    """The dimensions an IDX header declares, after checking its length, magic number and zero dimensions."""
+    ndim = magic & 0xFF
+    header_len = 4 + 4 * ndim
+    if len(head) < header_len:
+        raise DatasetError(f"{path}: {where} too short for an IDX header ({len(head)} bytes, need {header_len})")
+    (found,) = struct.unpack(">I", head[:4])
+    if found != magic:
+        raise DatasetError(f"{path}: wrong magic number 0x{found:08x}, expected 0x{magic:08x} "
+                           f"({'images' if ndim == 3 else 'labels'} of unsigned bytes); not an MNIST IDX file?")
+    dims = struct.unpack(f">{ndim}I", head[4:header_len])
+    if 0 in dims:
+        raise DatasetError(f"{path}: header has a zero dimension {' x '.join(map(str, dims))}: no data")
+    return dims
+
+
+def _size_problem(path: str, dims: tuple[int, ...], have: int, where: str, at_least: bool = False) -> str:
+    expected = math.prod(dims)  # Python ints: 2**32-1 cubed does not wrap around
+    problem = "truncated" if have < expected else "has trailing bytes"
+    shown = f"more than {expected}" if at_least else str(have)
+    return (f"{path}: {problem}: the header says {' x '.join(map(str, dims))} = {expected} bytes of data, "
+            f"{where} has {shown}")
+
+
+def _read_idx_stream(path: str, stream: IO[bytes], magic: int, file_size: int | None) -> np.ndarray:
+    """The array of an IDX stream: ``file_size`` is the plain file's size (checked against the header before
+    any data is read), None for a gzip stream (whose data is read only up to what the header declares)."""
+    header_len = 4 + 4 * (magic & 0xFF)
+    where = "the file" if file_size is not None else "the decompressed file"
+    dims = _header_dims(path, _read_upto(stream, header_len), magic, where.removeprefix("the "))
+    expected = math.prod(dims)
+    if file_size is not None and file_size - header_len != expected:
+        raise DatasetError(_size_problem(path, dims, file_size - header_len, where))
+    # The bytes, then (in _load_mnist) a float32 copy: 5 bytes a pixel.
+    check_memory(f"{path}: the header's {' x '.join(map(str, dims))} bytes of data", 5 * expected,
+                 "is the file corrupt?")
+    data = _read_upto(stream, expected + 1)
+    if len(data) != expected:
+        raise DatasetError(_size_problem(path, dims, len(data), where, at_least=len(data) > expected))
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def read_idx(path: str, magic: int) -> np.ndarray:
     """Read an IDX file of unsigned bytes (plain or .gz) after checking its header against the data.
+
+    Only a regular file is opened (a FIFO or a device is refused at once), and the header is checked (magic
+    number, no zero dimension, the size it declares against the file's, and against memory) before the data
+    is read. Every error names the file, the declared dimensions and what the file has.
 
     Args:
         path: the file.
         magic: the expected magic number (0x00000803 for images, 0x00000801 for labels).
 
     Returns:
-        A uint8 array shaped as the header says (read-only view on the file's bytes).
+        A uint8 array shaped as the header says (read-only, over the file's bytes).
     """
-    raw = _read_bytes(path)
-    ndim = magic & 0xFF
-    header_len = 4 + 4 * ndim
-    if len(raw) < header_len:
-        raise DatasetError(f"{path}: file too short for an IDX header ({len(raw)} bytes, need {header_len})")
-    (found,) = struct.unpack(">I", raw[:4])
-    if found != magic:
-        raise DatasetError(f"{path}: wrong magic number 0x{found:08x}, expected 0x{magic:08x} "
-                           f"({'images' if ndim == 3 else 'labels'} of unsigned bytes); not an MNIST IDX file?")
-    dims = struct.unpack(f">{ndim}I", raw[4:header_len])
-    if any(d == 0 for d in dims[1:]):
-        raise DatasetError(f"{path}: header has a zero dimension {dims}")
-    expected = int(np.prod(dims, dtype=np.int64))
-    have = len(raw) - header_len
-    if have != expected:
-        problem = "truncated" if have < expected else "has trailing bytes"
-        raise DatasetError(f"{path}: {problem}: the header says {' x '.join(map(str, dims))} = {expected} bytes "
-                           f"of data, the file has {have}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(dims)
+    try:
+        f = open_regular(path, "mnist")
+    except OSError as exc:  # PermissionError, ...; a FIFO or device is an InputFileError (a ValueError)
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with f:
+        if not path.endswith(".gz"):
+            try:
+                return _read_idx_stream(path, f, magic, os.fstat(f.fileno()).st_size)
+            except OSError as exc:
+                raise DatasetError(f"cannot read {path}: {one_line(exc)}") from None
+        try:
+            with gzip.GzipFile(fileobj=f, mode="rb") as stream:
+                return _read_idx_stream(path, stream, magic, None)
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+            raise DatasetError(f"{path} is not a valid gzip file (corrupt or truncated download?): "
+                               f"{one_line(exc)}") from None
 
 
 def _read_mnist_split(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:

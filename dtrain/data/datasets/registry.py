@@ -18,6 +18,7 @@ import numpy as np
 
 from ...spec import SpecError, check_int, is_int, parse_spec
 from ..dataset import ArrayDataset
+from .limits import MAX_CLASSES, DatasetError, one_line
 
 __all__ = ["DatasetError", "Splits", "dataset_names", "fixed_split", "load_dataset", "register_dataset",
            "standardise", "validate"]
@@ -28,10 +29,6 @@ TASKS = ("classification", "regression", "lm")
 # change with the run's --seed, or test accuracy would not be comparable across runs.
 _SPLIT_SEED = 20240229
 _TRAIN_FRACTION = 0.8
-
-
-class DatasetError(ValueError):
-    """A data set cannot be loaded or is invalid (the message names the file or data set and the problem)."""
 
 
 @dataclass
@@ -192,7 +189,11 @@ def load_dataset(spec: str, seed: int = 0, **options: Any) -> Splits:
     path, given = _spec_options(entry, spec)
     given.update({k: v for k, v in options.items() if v is not None})
     parsed = _resolve_options(entry, given)
-    splits = entry.loader(path, int(seed), **parsed)
+    try:
+        splits = entry.loader(path, int(seed), **parsed)
+    except MemoryError as exc:  # the loaders check sizes first; this is the net under an estimate that was short
+        raise DatasetError(f"data set '{spec.strip()}': ran out of memory while loading it ({one_line(exc)}); "
+                           "use a smaller data set or a machine with more memory") from None
     validate(splits)
     return splits
 
@@ -205,9 +206,9 @@ def load_dataset(spec: str, seed: int = 0, **options: Any) -> Splits:
 def validate(splits: Splits) -> None:
     """Check a Splits for the mistakes that would otherwise surface as a silent NaN or a crash mid-run.
 
-    Checks: task is known; both splits are non-empty ArrayDataset(x, y); input_shape matches x;
-    classification / lm labels are integers in [0, n_classes); inputs (and regression targets)
-    are finite. Raises DatasetError naming the data set, the split and the problem.
+    Checks: task is known; n_classes is at most MAX_CLASSES; both splits are non-empty ArrayDataset(x, y);
+    input_shape matches x; classification / lm labels are integers in [0, n_classes); inputs (and regression
+    targets) are finite. Raises DatasetError naming the data set, the split and the problem.
     """
     name = splits.name
     if splits.task not in TASKS:
@@ -215,6 +216,9 @@ def validate(splits: Splits) -> None:
     if splits.task != "regression" and (not is_int(splits.n_classes)
                                         or splits.n_classes < 1):
         raise DatasetError(f"data set '{name}': task {splits.task} needs n_classes >= 1, got {splits.n_classes!r}")
+    if splits.task != "regression" and splits.n_classes > MAX_CLASSES:
+        raise DatasetError(f"data set '{name}': n_classes={splits.n_classes:,} is more than the {MAX_CLASSES:,} "
+                           "classes dtrain allows (the model's output layer has one row per class)")
     for split in ("train", "test"):
         ds = getattr(splits, split)
         if not isinstance(ds, ArrayDataset) or len(ds.arrays) != 2:

@@ -12,8 +12,10 @@ import sys
 
 import numpy as np
 
+from ...files import open_regular
 from ...spec import integer
 from ..dataset import ArrayDataset
+from .limits import MAX_TEXT_BYTES, check_classes, check_memory
 from .registry import DatasetError, Splits, register_dataset
 
 # ------------------------------------------------------------------------------------------------
@@ -42,6 +44,9 @@ def _zen_of_python() -> str:
 
 
 PYTHON_DOCS_CHARS = 100_000
+# Indexing a text of n bytes holds, at its peak, the bytes read (1 a byte), the str (up to 4 bytes a character),
+# its UTF-32 codes (4) and the int64 ids (8): under 20 bytes a character; 24 leaves room.
+_BYTES_PER_CHAR = 24
 
 
 def _python_docs() -> str:
@@ -56,15 +61,37 @@ def _python_docs() -> str:
 
 
 def _read_text(path: str) -> str:
+    """A UTF-8 text file: a regular file (a FIFO or /dev/zero is refused at once) of at most MAX_TEXT_BYTES,
+    whose indexing fits in memory."""
     if not os.path.exists(path):
         raise DatasetError(f"text: file not found: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        with open_regular(path, "text", MAX_TEXT_BYTES) as f:
+            size = os.fstat(f.fileno()).st_size
+            check_memory(f"text: {path} ({size:,} bytes)", _BYTES_PER_CHAR * size, "use a shorter text")
+            data = f.read(size + 1)
+    except OSError as exc:  # PermissionError, ...; a FIFO, a device or a huge file is an InputFileError
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > size:
+        raise DatasetError(f"text: {path} grew past its {size:,} bytes while it was read")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _char_ids(text: str, where: str) -> tuple[np.ndarray, str]:
+    """Each character's id (its rank among the text's distinct characters) and the vocabulary."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    # A table over all of Unicode (1.1 MB) instead of np.unique: linear, and a text of every code point
+    # takes milliseconds, not seconds, to be refused.
+    present = np.zeros(sys.maxunicode + 1, dtype=bool)
+    present[codes] = True
+    vocab_codes = np.flatnonzero(present)
+    check_classes(where, f"a vocabulary of {len(vocab_codes):,} distinct characters", len(vocab_codes),
+                  "a character-level model needs a smaller alphabet")
+    rank = np.cumsum(present, dtype=np.int64) - 1
+    return rank[codes], "".join(map(chr, vocab_codes.tolist()))
 
 
 def _windows(ids: np.ndarray, seq_len: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,10 +124,7 @@ def _load_text(path: str | None, seed: int, *, seq_len: int = 32, stride: int | 
         raise DatasetError(f"text: {where} has {len(text)} characters, too short for seq_len {seq_len}: the test "
                            f"split (last 10%, {n_test} characters) and the training split ({n_train}) each need "
                            f"at least seq_len + 1 = {seq_len + 1}; use a longer text or a smaller seq_len")
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    vocab_codes = np.unique(codes)
-    ids = np.searchsorted(vocab_codes, codes).astype(np.int64)
-    vocab = "".join(map(chr, vocab_codes.tolist()))
+    ids, vocab = _char_ids(text, where)
     x_train, y_train = _windows(ids[:n_train], seq_len, stride)
     x_test, y_test = _windows(ids[n_train:], seq_len, stride)
     return Splits(ArrayDataset(x_train, y_train), ArrayDataset(x_test, y_test), "lm", len(vocab), (seq_len,),
