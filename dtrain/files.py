@@ -17,14 +17,15 @@ The errors are :class:`InputFileError` (a ValueError: the ranks agree on it and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-__all__ = ["InputFileError", "MiB", "GiB", "open_regular", "parse_guarded", "read_limited", "read_json",
-           "size_of"]
+__all__ = ["InputFileError", "MiB", "GiB", "OutputError", "check_writable_dir", "open_regular", "parse_guarded",
+           "read_limited", "read_json", "size_of", "write_atomic"]
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -35,6 +36,18 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
 
 class InputFileError(ValueError):
     """A file the user named cannot be used; the message names it and says why."""
+
+
+class OutputError(OSError):
+    """A file dtrain writes cannot be written; the message names it and says why (``No space left``...).
+    ``errno`` is the system's (28: ENOSPC); ``str()`` is the message alone."""
+
+    def __init__(self, errno: int | None, message: str):
+        super().__init__(errno, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _kind(mode: int) -> str:
@@ -108,8 +121,53 @@ def read_json(path: str, what: str, max_bytes: int = 16 * MiB) -> Any:
 
 
 def _size(n: int) -> str:
-    if n >= GiB and n % GiB == 0:
-        return f"{n // GiB} GiB"
-    if n >= MiB and n % MiB == 0:
-        return f"{n // MiB} MiB"
+    for unit, name in ((GiB, "GiB"), (MiB, "MiB")):
+        if n >= unit:
+            return f"{n // unit} {name}" if n % unit == 0 else f"{n / unit:.1f} {name}"
     return f"{n:,} bytes"
+
+
+def write_atomic(path: str, data: bytes | str) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it, flushed to disk, then renamed over it
+    (a reader never sees half a file, a full disk never leaves a 0-byte one). OutputError names the path."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    raw = data.encode() if isinstance(data, str) else data
+    try:
+        with open(tmp, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise OutputError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def check_writable_dir(path: str, what: str, need_bytes: int = 0) -> None:
+    """Create the folder ``path`` if needed and prove it takes a file (a probe written, synced and removed),
+    with at least ``need_bytes`` free: an OutputError naming ``what`` and the folder at the start of a run,
+    not after hours of training."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(exc.errno, f"{what} {path} cannot be created: {exc.strerror or exc}") from None
+    probe = os.path.join(path, f".dtrain-write-probe-{os.getpid()}")
+    try:
+        write_atomic(probe, b"dtrain checks that this folder takes a file\n")
+        os.remove(probe)
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise OutputError(exc.errno, f"{what} {path} is not writable: {why}") from None
+    free = _free_bytes(path)
+    if need_bytes and free is not None and free < need_bytes:
+        raise OutputError(28, f"{what} {path} has {_size(free)} free, less than the {_size(need_bytes)} a "
+                              "checkpoint of this run needs")
+
+
+def _free_bytes(path: str) -> int | None:
+    try:
+        st = os.statvfs(path)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 
 import pytest
 
@@ -19,41 +18,24 @@ def _fifo(tmp_path):
     return str(path)
 
 
-def _no_hang(fn, *args, seconds=5.0):
-    """Run ``fn(*args)`` in a thread; fail (not hang) if it has not returned within ``seconds``."""
-    out = {}
-
-    def target():
-        try:
-            out["value"] = fn(*args)
-        except BaseException as exc:
-            out["error"] = exc
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), f"{fn.__name__}{args} blocked for {seconds} s"
-    if "error" in out:
-        raise out["error"]
-    return out.get("value")
 
 
-def test_a_fifo_is_refused_at_once_without_blocking(tmp_path):
+def test_a_fifo_is_refused_at_once_without_blocking(tmp_path, no_hang):
     path = _fifo(tmp_path)
     with pytest.raises(InputFileError, match=rf"^--config {path} is a FIFO \(named pipe\), not a regular file$"):
-        _no_hang(open_regular, path, "--config")
+        no_hang(open_regular, path, "--config")
 
 
-def test_a_symlink_to_a_fifo_is_refused(tmp_path):
+def test_a_symlink_to_a_fifo_is_refused(tmp_path, no_hang):
     link = tmp_path / "ckpt.npz"
     link.symlink_to(_fifo(tmp_path))
     with pytest.raises(InputFileError, match="is a FIFO"):
-        _no_hang(read_limited, str(link), "checkpoint", 1024)
+        no_hang(read_limited, str(link), "checkpoint", 1024)
 
 
-def test_dev_zero_is_refused_before_anything_is_read():
+def test_dev_zero_is_refused_before_anything_is_read(no_hang):
     with pytest.raises(InputFileError, match=r"^latest.json /dev/zero is a character device, not a regular file$"):
-        _no_hang(read_json, "/dev/zero", "latest.json")
+        no_hang(read_json, "/dev/zero", "latest.json")
 
 
 def test_a_directory_is_refused(tmp_path):

@@ -14,6 +14,12 @@ out goes back through ``Trainer.load_state_dict(...)``.
 ``CheckpointManager`` names files ``ckpt-{step:08d}.npz``, keeps the newest ``keep`` and maintains
 ``latest.json``, a manifest listing every kept file with its size and SHA-256, so ``--resume``
 finds the newest one and verifies it, and ``--resume last-good`` finds the newest one that verifies.
+
+Every file here is input a user (or an attacker) can replace, so reading is bounded: only regular files
+are opened (a FIFO or a device is refused at once, never read), ``latest.json`` is read up to
+:data:`MAX_MANIFEST_BYTES`, a checkpoint's archive members must be uncompressed and its metadata at most
+:data:`MAX_METADATA_BYTES` and :data:`MAX_METADATA_DEPTH` levels deep, and the trainer and RNG state in
+it are checked field by field (:mod:`.state`). Every refusal is a CheckpointError naming the file.
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import to_device
+from ..backend import is_bfloat16, to_device
 from ..data.filetype import looks_like
+from ..files import InputFileError, MiB, open_regular, read_json, size_of
 from ..nn.utils.serialization import SerializationError, load_npz, save_npz
 from ..nn.utils.serialization import atomic_write as _atomic_write  # a name tests monkeypatch
 from ..spec import check_int, is_int
+from .state import check_saved_state
 
 __all__ = ["CheckpointError", "CheckpointManager", "load_checkpoint", "param_checksum", "save_checkpoint"]
 
@@ -40,10 +48,24 @@ MANIFEST_FORMAT = "dtrain-checkpoint-manifest"
 MANIFEST_VERSION = 2
 RESUME_HINT = "resume from it with --resume last-good (or --resume PATH)"
 _NAME = re.compile(r"ckpt-(\d+)\.npz")
+MAX_MANIFEST_BYTES = 4 * MiB  # a manifest lists the kept files, ~200 bytes each
+MAX_METADATA_BYTES = 64 * MiB  # config, optimizer scalars, RNG states, the metrics history
+MAX_METADATA_DEPTH = 32  # what dtrain writes nests about 8 levels deep
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt or does not fit the model/optimizer (the message names the file)."""
+
+
+def _short(value) -> str:
+    """``repr(value)``, cut to one readable piece of an error line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _tail(message: str, path: str) -> str:
+    """What an InputFileError about ``path`` says of it ("is a FIFO (named pipe), ...") without the path."""
+    return message[len(path) + 1:] if message.startswith(f"{path} ") else message
 
 
 def param_checksum(model) -> str:
@@ -74,19 +96,56 @@ def _split(obj, prefix: str, arrays: dict):
     return obj
 
 
-def _join(obj, arrays: dict, path: str):
+def _join(obj, arrays: dict, path: str, where: str = ""):
+    """``obj`` with its ``{"__array__": key}`` references replaced by the arrays and ``__intdict__`` pairs
+    turned back into dicts; CheckpointError naming ``where`` for a reference that is not one. Recursive:
+    call it on metadata whose depth :func:`_check_depth` bounded."""
     if isinstance(obj, dict):
         if set(obj) == {"__array__"}:
             key = obj["__array__"]
-            if key not in arrays:
-                raise CheckpointError(f"{path}: metadata refers to array {key!r}, which the file does not contain")
+            if not isinstance(key, str) or key not in arrays:
+                raise CheckpointError(f"checkpoint {path}: {where or 'metadata'} refers to array {_short(key)}, "
+                                      "which the file does not contain")
             return arrays[key]
         if set(obj) == {"__intdict__"}:
-            return {int(k): _join(v, arrays, path) for k, v in obj["__intdict__"]}
-        return {k: _join(v, arrays, path) for k, v in obj.items()}
+            pairs = obj["__intdict__"]
+            if not (isinstance(pairs, list) and all(isinstance(p, list) and len(p) == 2 and is_int(p[0])
+                                                    for p in pairs)):
+                raise CheckpointError(f"checkpoint {path}: {where} must be a list of [integer, value] pairs, "
+                                      f"got {_short(pairs)}")
+            return {int(k): _join(v, arrays, path, f"{where}[{k}]") for k, v in pairs}
+        return {k: _join(v, arrays, path, f"{where}.{k}" if where else k) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_join(v, arrays, path) for v in obj]
+        return [_join(v, arrays, path, f"{where}[{i}]") for i, v in enumerate(obj)]
     return obj
+
+
+def _check_depth(meta, path: str) -> None:
+    """CheckpointError when the metadata nests deeper than MAX_METADATA_DEPTH (walked without recursion, so
+    that everything after it, which recurses, cannot hit Python's recursion limit)."""
+    stack = [(meta, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if depth > MAX_METADATA_DEPTH:
+            raise CheckpointError(f"checkpoint {path}: its metadata nests more than {MAX_METADATA_DEPTH} levels "
+                                  "deep; dtrain writes about 8 (the file is corrupt or was not written by dtrain)")
+        if isinstance(obj, dict):
+            stack.extend((v, depth + 1) for v in obj.values())
+        elif isinstance(obj, list):
+            stack.extend((v, depth + 1) for v in obj)
+
+
+def _check_contents(state: dict, arrays: dict, path: str) -> None:
+    """Real-number arrays only; the entries have their JSON types and the trainer and RNG state are valid
+    field by field (:func:`.state.check_saved_state`)."""
+    for name, a in arrays.items():
+        if a.dtype.kind not in "biuf" and not is_bfloat16(a.dtype):
+            raise CheckpointError(f"checkpoint {path}: array {name!r} has dtype {a.dtype}; a checkpoint holds "
+                                  "real numbers only")
+    try:
+        check_saved_state(state, f"checkpoint {path}")
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -116,13 +175,21 @@ def load_checkpoint(path: str) -> dict:
     """Read a checkpoint written by save_checkpoint: {"model", "optimizer", "scheduler", "rng", "trainer",
     "config", "world_size", ...} with arrays restored.
 
-    Never unpickles anything. Raises CheckpointError naming the file if it is missing, damaged or
-    not a dtrain checkpoint.
+    Never unpickles anything, never opens anything but a regular file, never reads more than the file
+    holds. Raises CheckpointError naming the file if it is missing, damaged, not a dtrain checkpoint, or
+    holds a field of the wrong type or range (the message names the field and the value).
     """
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        arrays, meta = load_npz(path, with_metadata=True)
+        size_of(path)  # a FIFO, a device or a folder is refused before anything reads it
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except InputFileError as exc:
+        raise CheckpointError(f"checkpoint {path} {_tail(str(exc), path)}") from None
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        arrays, meta = load_npz(path, with_metadata=True, max_metadata_bytes=MAX_METADATA_BYTES,
+                                allow_compressed=False)
     except SerializationError as exc:
         detail = str(exc)
         detail = detail[len(path) + 2:] if detail.startswith(f"{path}: ") else detail
@@ -136,16 +203,21 @@ def load_checkpoint(path: str) -> dict:
         raise CheckpointError(f"checkpoint {path} is not a dtrain checkpoint (or is damaged): {detail}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         tag = meta.get("format") if isinstance(meta, dict) else None
-        raise CheckpointError(f"checkpoint {path} is not a dtrain checkpoint (format tag {tag!r}, expected {FORMAT!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {meta.get('format_version')!r}; this dtrain "
-                              f"reads version {FORMAT_VERSION}")
-    return _join(meta, arrays, path)
+        raise CheckpointError(f"checkpoint {path} is not a dtrain checkpoint (format tag {_short(tag)}, expected "
+                              f"{FORMAT!r})")
+    version = meta.get("format_version")
+    if not is_int(version) or version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {_short(version)}; this dtrain reads version "
+                              f"{FORMAT_VERSION}")
+    _check_depth(meta, path)
+    state = _join(meta, arrays, path)
+    _check_contents(state, arrays, path)
+    return state
 
 
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, "checkpoint") as f:  # never blocks on a FIFO
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -220,11 +292,12 @@ class CheckpointManager:
         path = self.manifest_path
         if not os.path.exists(path):
             return None
-        try:
-            with open(path, "rb") as f:
-                m = json.loads(f.read().decode())
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint manifest {path} is unreadable ({exc})") from None
+        try:  # regular files only, of a manifest's size, of sane nesting
+            m = read_json(path, "checkpoint manifest", MAX_MANIFEST_BYTES)
+        except InputFileError as exc:
+            raise CheckpointError(str(exc)) from None
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint manifest {path} is unreadable ({exc.strerror or exc})") from None
 
         def bad(why: str) -> CheckpointError:
             return CheckpointError(f"checkpoint manifest {path} is malformed: {why}")
@@ -234,34 +307,37 @@ class CheckpointManager:
         if "format" not in m:  # version 1: {"latest", "step", "sha256"}; the other kept files are unlisted
             name = m.get("latest")
             if not _plain_name(name):
-                raise bad(f"'latest' must be a file name in the folder, got {name!r}")
+                raise bad(f"'latest' must be a file name in the folder, got {_short(name)}")
             entries = [e for e in self._scan() if e["file"] != name]
             step = m.get("step")
             step = step if is_int(step) else _step_of(name)
             return [*entries, {"file": name, "step": step, "sha256": m.get("sha256"), "bytes": None}]
         if m.get("format") != MANIFEST_FORMAT:
-            raise bad(f"format tag {m.get('format')!r}, expected {MANIFEST_FORMAT!r}")
-        if m.get("version") != MANIFEST_VERSION:
-            raise CheckpointError(f"checkpoint manifest {path} has version {m.get('version')!r}; this dtrain reads "
-                                  f"versions 1 and {MANIFEST_VERSION}")
+            raise bad(f"format tag {_short(m.get('format'))}, expected {MANIFEST_FORMAT!r}")
+        if not is_int(m.get("version")) or m.get("version") != MANIFEST_VERSION:
+            raise CheckpointError(f"checkpoint manifest {path} has version {_short(m.get('version'))}; this dtrain "
+                                  f"reads versions 1 and {MANIFEST_VERSION}")
         entries = m.get("checkpoints")
         if not isinstance(entries, list):
             raise bad("'checkpoints' must be a list")
         for e in entries:
             if not (isinstance(e, dict) and _plain_name(e.get("file")) and is_int(e.get("step"))
                     and isinstance(e.get("sha256"), str) and is_int(e.get("bytes"))):
-                raise bad(f"entry {e!r} is not {{'file': name, 'step': int, 'sha256': hex, 'bytes': int}}")
+                raise bad(f"entry {_short(e)} is not {{'file': name, 'step': int, 'sha256': hex, 'bytes': int}}")
         if entries and m.get("latest") != entries[-1]["file"]:
-            raise bad(f"'latest' is {m.get('latest')!r} but the newest listed checkpoint is {entries[-1]['file']!r}")
+            raise bad(f"'latest' is {_short(m.get('latest'))} but the newest listed checkpoint is "
+                      f"{entries[-1]['file']!r}")
         return [dict(e) for e in entries]
 
     def _verify(self, entry: dict) -> str | None:
         """None if the file is there with the size and SHA-256 the manifest records, else the problem."""
         path = self._path(entry)
         try:
-            size = os.path.getsize(path)
+            size = size_of(path)  # a FIFO or a device is named, never opened for reading
         except FileNotFoundError:
             return f"is missing (named by {self.manifest_path})"
+        except InputFileError as exc:
+            return _tail(str(exc), path)
         except OSError as exc:
             return f"cannot be read ({exc.strerror})"
         expected = entry.get("bytes")
@@ -272,6 +348,8 @@ class CheckpointManager:
         if entry.get("sha256") is not None:
             try:
                 digest = _sha256(path)
+            except InputFileError as exc:  # replaced by something else since the size was read
+                return _tail(str(exc), f"checkpoint {path}")
             except OSError as exc:
                 return f"cannot be read ({exc.strerror})"
             if digest != entry["sha256"]:
@@ -368,8 +446,8 @@ class CheckpointManager:
             entry = {"file": name, "step": step, "sha256": _sha256(path), "bytes": os.path.getsize(path)}
             history = []
             for e in previous:
-                if e["file"] == name or e["step"] is None or not os.path.exists(self._path(e)):
-                    continue  # replaced now, or nothing left to keep
+                if e["file"] == name or e["step"] is None or not os.path.isfile(self._path(e)):
+                    continue  # replaced now, or nothing left to keep (or a FIFO, a folder: not ours to hash)
                 if e["step"] > step:
                     # From a run that was resumed from an earlier checkpoint: out of the manifest (so
                     # last-good never prefers it to this one), but the file is not deleted.
@@ -379,8 +457,9 @@ class CheckpointManager:
                 if e["bytes"] is None:  # a version-1 entry: its recorded SHA-256 still guards it
                     e["bytes"] = os.path.getsize(self._path(e))
                 history.append(e)
-        except OSError as exc:
-            raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}; the previous "
+        except (OSError, InputFileError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise CheckpointError(f"cannot write checkpoint {path}: {reason}; the previous "
                                   f"checkpoints and {self.MANIFEST} are unchanged") from None
         history.append(entry)
         kept, dropped = history[-self.keep:], history[:-self.keep]

@@ -58,6 +58,22 @@ class Checkpointing:
         """A periodic checkpoint is due after this complete epoch (not after the last one: the final follows)."""
         return bool(self.every_epochs) and state.epoch % self.every_epochs == 0 and state.epoch < epochs
 
+    @staticmethod
+    def _save_elsewhere(manager: CheckpointManager, state: dict, out_dir: str | None, exc: BaseException,
+                        log) -> CheckpointError:
+        """The final checkpoint failed in ``manager``'s folder (read-only, full): write it under ``out_dir``
+        so the run's work is not lost, and return the error that ends the run, saying where it went."""
+        where = os.path.join(out_dir, "checkpoints") if out_dir else None
+        what = f"the final checkpoint could not be written to {manager.directory}: {exc}"
+        if where is None or os.path.abspath(where) == os.path.abspath(manager.directory):
+            return CheckpointError(what)
+        try:
+            path = CheckpointManager(where).save(state)
+        except (CheckpointError, OSError) as exc2:
+            return CheckpointError(f"{what}; nor to {where}: {exc2}")
+        log.warning(f"final checkpoint written to {path} instead of {manager.directory}")
+        return CheckpointError(f"{what}; it was written to {path} instead (--resume {path})")
+
     def save(self, trainer, final: bool = False, fallback: bool = False) -> str | None:
         """Collective: every rank hands its RNG and compression state to rank 0, which writes the file.
 
@@ -82,15 +98,16 @@ class Checkpointing:
         sums = collectives.sum(np.array([st.loss_sum, st.correct, st.seen], dtype=np.float64))
         path, error = None, None
         if log.is_main:
+            state = trainer.state_dict(rng_states=rng_states, compression_states=compression_states,
+                                       epoch_sums=(float(sums[0]), float(sums[1]), int(sums[2])))
             try:
-                path = manager.save(trainer.state_dict(rng_states=rng_states, compression_states=compression_states,
-                                                       epoch_sums=(float(sums[0]), float(sums[1]), int(sums[2]))))
+                path = manager.save(state)
                 log.info(f"checkpoint: {path}")
                 if self.on_written is not None:
                     self.on_written(st.step)
             except (CheckpointError, OSError) as exc:
                 if final:
-                    error = exc
+                    error = self._save_elsewhere(manager, state, out_dir, exc, log)
                 else:
                     log.warning(f"checkpoint at step {st.step} not written: {exc}; the previous checkpoint is "
                                 "intact and training continues")

@@ -16,6 +16,7 @@ import numpy as np
 from .. import backend, optim
 from ..data import DataLoader, load_dataset
 from ..env import launch_info, launched_by_mpi, memory_available
+from ..files import MiB, check_writable_dir
 from ..models import MODELS, build_model, dense_parameters_at_least, loss_and_accuracy
 from ..optim import lr_scheduler as sched
 from ..threads import configure_threads
@@ -211,6 +212,8 @@ def _build_parts(cfg: dict, collectives: Collectives):
         if folder and os.path.exists(folder) and not os.path.isdir(folder):
             raise ConfigError(f"{option} {folder} exists and is not a directory")
     check_out_dir(cfg["out"], resume=bool(cfg["resume"]), overwrite=bool(cfg.get("overwrite")))
+    if rank == 0:  # the rank that writes: a folder that cannot take the files fails now, not after training
+        _check_output_folders(cfg, model, dtype)
     if cfg["resume"] == "latest" and not cfg["checkpoint_dir"]:
         raise ConfigError("--resume without a PATH needs --checkpoint-dir DIR to look for the latest checkpoint")
     return splits, model, opt, scheduler, loss_fn, correct_fn, train_loader, test_loader, dtype, device
@@ -234,6 +237,16 @@ def _check_model_fits(cfg: dict, splits, dtype: np.dtype) -> None:
                           f"about {need / 2**30:.1f} GiB with gradients, an optimizer buffer and initialisation "
                           f"in {dtype.name}, more than {share}the {room / 2**30:.1f} GiB of memory available; "
                           "choose smaller widths")
+
+
+def _check_output_folders(cfg: dict, model, dtype: np.dtype) -> None:
+    """--out and --checkpoint-dir exist (created), take a file, and have room: a checkpoint holds the
+    parameters, about two optimizer buffers and the RNG states (3x the parameters, plus 1 MiB)."""
+    if cfg["out"]:
+        check_writable_dir(cfg["out"], "--out", MiB)
+    if cfg["checkpoint_dir"]:
+        need = 3 * model.num_parameters() * dtype.itemsize + MiB
+        check_writable_dir(cfg["checkpoint_dir"], "--checkpoint-dir", need)
 
 
 def _supervised(trainer: Trainer, collectives: Collectives) -> None:
@@ -349,8 +362,9 @@ def run(cfg: dict, sync: GradientSync | None = None, collectives: Collectives | 
                  f"{len(s.train)} train / {len(s.test)} test samples, {cfg['optimizer']} lr {cfg['lr']}, "
                  f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, world size {world}")
         summary = trainer.fit()
-        acc = summary["test_accuracy"]
-        log.info(f"done: {summary['steps']} steps in {summary['wall_s']:.1f} s, test_loss {summary['test_loss']:.4f}"
+        acc, loss = summary["test_accuracy"], summary["test_loss"]
+        log.info(f"done: {summary['steps']} steps in {summary['wall_s']:.1f} s"  # no loss: nothing was evaluated
+                 + (f", test_loss {loss:.4f}" if loss is not None else "")
                  + (f", test_accuracy {acc:.4f}" if acc is not None else ""))
         return summary
     finally:

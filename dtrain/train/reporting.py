@@ -8,6 +8,7 @@ run wrote past the resumed position before it appends its own, so no epoch appea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..env import launched_by_mpi
+from ..files import write_atomic
 from .config import ConfigError
 from .plots import plot_grad_flow, plot_learning_curves
 
@@ -129,7 +131,8 @@ class Reporter:
     def close(self) -> None:
         """Close ``metrics.jsonl`` (and the TensorBoard event file)."""
         if self._metrics_file is not None:
-            self._metrics_file.close()
+            with contextlib.suppress(OSError):  # its last flush failed: already warned
+                self._metrics_file.close()
             self._metrics_file = None
         if self._tensorboard is not None:
             self._tensorboard.close()
@@ -159,9 +162,7 @@ class Reporter:
         self.log.info("  ".join(parts))
         if self._resume_pending:
             self._continue_metrics(int(r["epoch"]))
-        if self._metrics_file is not None:
-            self._metrics_file.write(json.dumps(jsonable(r)) + "\n")
-            self._metrics_file.flush()
+        self._append(r)
         if self._tensorboard is not None:
             self._tensorboard.record(r)
 
@@ -170,9 +171,23 @@ class Reporter:
         during ``epoch`` (a resumed run first cuts the file back to it). Events are kept by later resumes."""
         if self._resume_pending:
             self._continue_metrics(int(epoch))
-        if self._metrics_file is not None:
+        self._append(r)
+
+    def _append(self, r: dict) -> None:
+        """One line of metrics.jsonl. A record that cannot be written (a full disk) is a warning, once, as a
+        periodic checkpoint's is: training goes on, later records are not written (summary.json, at the end,
+        is an error if it cannot be written)."""
+        if self._metrics_file is None:
+            return
+        try:
             self._metrics_file.write(json.dumps(jsonable(r)) + "\n")
             self._metrics_file.flush()
+        except OSError as exc:
+            self.log.warning(f"{self._metrics_path}: cannot write: {exc.strerror or exc}; training continues "
+                             "without further metrics records")
+            with contextlib.suppress(OSError):
+                self._metrics_file.close()
+            self._metrics_file = None
 
     @staticmethod
     def summary(state, wall: float, world_size: int, sync, checksum: str) -> dict:
@@ -193,14 +208,16 @@ class Reporter:
         """Write summary.json, config.json and the plots to ``out_dir`` (rank 0)."""
         if not (self.out_dir and self.log.is_main):
             return
-        with open(os.path.join(self.out_dir, "summary.json"), "w") as f:
-            json.dump(jsonable(summary), f, indent=2)
+        # Whole or not at all (a full disk used to leave a 0-byte summary.json); OutputError names the file.
+        write_atomic(os.path.join(self.out_dir, "summary.json"), json.dumps(jsonable(summary), indent=2))
         if config:
-            with open(os.path.join(self.out_dir, "config.json"), "w") as f:
-                json.dump(jsonable(config), f, indent=2)
-        plot_learning_curves(state.history, os.path.join(self.out_dir, "learning_curves.png"))
-        if state.grad_flow:
-            plot_grad_flow(state.grad_flow, os.path.join(self.out_dir, "grad_flow.png"))
+            write_atomic(os.path.join(self.out_dir, "config.json"), json.dumps(jsonable(config), indent=2))
+        try:  # the plots only draw what metrics.jsonl holds: a warning if they cannot be written
+            plot_learning_curves(state.history, os.path.join(self.out_dir, "learning_curves.png"))
+            if state.grad_flow:
+                plot_grad_flow(state.grad_flow, os.path.join(self.out_dir, "grad_flow.png"))
+        except OSError as exc:
+            self.log.warning(f"{self.out_dir}: plots not written: {exc.strerror or exc}")
 
 
 def previous_results(out_dir: str | None) -> list[str]:

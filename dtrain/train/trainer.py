@@ -43,8 +43,15 @@ from .nonfinite import NonFiniteGuard
 from .options import EarlyStopping, TrainOptions
 from .reporting import Reporter, ReportOptions
 from .signals import SignalStop
-from .state import TrainState
-from .sync import Collectives, GradientSync, LocalCollectives, LocalGradientSync, mark_collective
+from .state import TrainState, check_rng_states
+from .sync import (
+    Collectives,
+    DistributedRunError,
+    GradientSync,
+    LocalCollectives,
+    LocalGradientSync,
+    mark_collective,
+)
 
 __all__ = ["Trainer"]
 
@@ -207,6 +214,7 @@ class Trainer:
         if self.elastic is not None:
             self._start_elastic()
         self.model.train()
+        final_error = None
         try:
             with self.signals.installed():
                 while st.epoch < self.epochs and not self._done():
@@ -215,12 +223,24 @@ class Trainer:
                     path = self.checkpoints.save(self, final=True, fallback=True)
                     raise self.signals.interrupted(st.step, path)
                 if self.checkpoints.manager is not None:
-                    self.checkpoints.save(self, final=True)
+                    final_error = self._final_checkpoint()
         finally:
             self.reporter.close()
             if self.monitor is not None:
                 self.monitor.close()
-        return self._finish(time.perf_counter() - start)
+        summary = self._finish(time.perf_counter() - start)
+        if final_error is not None:  # raised on every rank, after summary.json says what the run reached
+            raise final_error
+        return summary
+
+    def _final_checkpoint(self) -> BaseException | None:
+        """The end-of-run checkpoint; the error (every rank's) when it could not be written where asked.
+        The summary is still written before that error ends the run."""
+        try:
+            self.checkpoints.save(self, final=True)
+        except (CheckpointError, OSError, DistributedRunError) as exc:
+            return exc
+        return None
 
     def _done(self) -> bool:
         return self.signals.stopping or self.state.stopped_early or (
@@ -324,7 +344,12 @@ class Trainer:
         if self.elastic is not None:
             summary.update(self.elastic.summary_fields(self._restart))
         self.divergence.at_end(self.model, self.collectives, self.state.step)
-        self.reporter.finish(summary, self.config, self.state)
+        error = None
+        try:
+            self.reporter.finish(summary, self.config, self.state)
+        except OSError as exc:  # rank 0's full --out: every rank's error (exit 2), not an MPI_Abort
+            error = exc
+        self.collectives.agree(error)
         return summary
 
     def _check_result(self) -> None:
@@ -385,11 +410,18 @@ class Trainer:
         """
         states = state.get("rng") or []
         rank = self.collectives.rank
+        if "trainer" not in state:
+            raise CheckpointError(f"{source} holds no trainer state (the loop position): expected a 'trainer' entry")
+        try:  # every field checked before anything changes: the error names the field and the value
+            check_rng_states(states, source)
+            loop = TrainState.from_json(state["trainer"], source)
+            loop.check_fits(self.epochs, len(self.train_loader), source)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
         saved_world = state.get("world_size", max(len(states), 1))  # older files: one RNG state per rank
         if not is_int(saved_world) or saved_world < 1:
             raise CheckpointError(f"{source} records an invalid world size {saved_world!r}")
         try:
-            loop = TrainState.from_json(state["trainer"])
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             if self.scheduler is not None and state.get("scheduler") is not None:
@@ -397,7 +429,8 @@ class Trainer:
             if rank < len(states):
                 backend.default_generator.set_state(states[rank])
             self._load_compression(state.get("compression") or [], saved_world, source)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+            # a crafted value the loaders did not expect (OverflowError, AttributeError...) is still this file's fault
             raise CheckpointError(f"{source} does not fit this run: {exc}") from None
         if rank != 0:  # rank 0 carries the whole epoch's sums; the end-of-epoch reduction adds the rest
             loop.loss_sum, loop.correct, loop.seen = 0.0, 0.0, 0

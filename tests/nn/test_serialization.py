@@ -230,6 +230,86 @@ def test_safetensors_directory_is_an_error(tmp_path):
         load_safetensors(str(tmp_path))
 
 
+
+
+def _entry(shape, offsets=(0, 16), dtype="F64"):
+    return {"a": {"dtype": dtype, "shape": shape, "data_offsets": list(offsets)}}
+
+
+# Hostile headers (issue 17, item 10): each is refused in one line naming the file, the tensor and the value,
+# before any tensor is allocated.
+@pytest.mark.parametrize("header, pattern", [
+    (_entry([2**32, 2**32]), r"tensor 'a' \(shape \(4294967296, 4294967296\), F64\) has data offsets \[0, 16\] that "
+                             r"do not match its size 147573952589676412928 within 16 data bytes"),
+    (_entry([2**62, 0, 4], (0, 0)), r"tensor 'a' \(shape \(4611686018427387904, 0, 4\), F64\) is too large for an "
+                                    r"array"),
+    (_entry([1.9]), r"tensor 'a' \(shape \(1\.9,\), F64\): dimension 0 is 1\.9; expected a non-negative integer"),
+    (_entry([2.0]), r"tensor 'a' \(shape \(2\.0,\), F64\): dimension 0 is 2\.0; expected a non-negative integer"),
+    (_entry([True, 2]), r"tensor 'a' \(shape \(True, 2\), F64\): dimension 0 is True; expected a non-negative"),
+    (_entry([2, -1]), r"tensor 'a' \(shape \(2, -1\), F64\): dimension 1 is -1; expected a non-negative integer"),
+    (_entry("2"), r"tensor 'a' has shape '2'; expected a list of at most 32 non-negative integers"),
+    (_entry([1] * 33), r"tensor 'a' has shape \[1, 1, .*; expected a list of at most 32"),
+    (_entry([2], dtype=["F64"]), r"tensor 'a' has dtype \['F64'\]; expected one of F64, F32, .*BF16"),
+    (_entry([2], dtype="f64"), r"tensor 'a' has unsupported dtype 'f64'"),
+    (_entry([2], (16, 0)), r"tensor 'a' \(shape \(2,\), F64\) has data offsets \[16, 0\] that do not match"),
+    (_entry([2], (0, 16.0)), r"data_offsets is \[0, 16\.0\]; expected \[begin, end\], two integers"),
+    (_entry([2], (False, 16)), r"data_offsets is \[False, 16\]; expected \[begin, end\]"),
+    (_entry([2], (0, 8, 16)), r"data_offsets is \[0, 8, 16\]; expected \[begin, end\]"),
+    ({**_entry([2]), "__metadata__": ["a"]}, r"__metadata__ must be an object mapping strings to strings, got list"),
+    ({**_entry([2]), "__metadata__": {"epoch": 3}}, r"__metadata__\['epoch'\] must be a string, got 3"),
+    ({**_entry([2]), "__metadata__": "x"}, r"__metadata__ must be an object mapping strings to strings, got str"),
+], ids=["shape-2**32-squared", "empty-but-too-large", "float-dim", "integral-float-dim", "bool-dim", "negative-dim",
+        "shape-not-list", "too-many-dims", "dtype-not-str", "dtype-lowercase", "offsets-reversed", "offset-float",
+        "offset-bool", "three-offsets", "metadata-list", "metadata-int-value", "metadata-str"])
+def test_safetensors_hostile_headers_are_one_line_errors(tmp_path, monkeypatch, header, pattern):
+    path = tmp_path / "hostile.safetensors"
+    _write_raw(path, header, F64_2)
+
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("a tensor was built from a header that does not validate")
+
+    monkeypatch.setattr(serialization.np, "frombuffer", no_allocation)
+    with pytest.raises(SerializationError, match=_path_re(path)) as info:
+        load_safetensors(str(path))
+    message = str(info.value)
+    assert "\n" not in message and re.search(pattern, message), message
+
+
+def test_safetensors_deeply_nested_header_is_one_line(tmp_path):
+    path = tmp_path / "nested.safetensors"
+    _write_raw(path, None, header_bytes=b"[" * 200_000)
+    with pytest.raises(SerializationError, match=rf"^{_path_re(path)}: the safetensors header: nested too deeply to "
+                                                 r"parse$"):
+        load_safetensors(str(path))
+
+
+def test_safetensors_header_length_over_the_limit(tmp_path, monkeypatch):
+    path = tmp_path / "long.safetensors"
+    save_safetensors({"a": np.arange(2.0)}, str(path))
+    monkeypatch.setattr(serialization, "_MAX_HEADER", 16)
+    with pytest.raises(SerializationError, match=rf"^{_path_re(path)}: header length \d+ is more than the 16 bytes a "
+                                                 r"safetensors header may have$"):
+        load_safetensors(str(path))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink-to-fifo", "dev-zero"])
+def test_safetensors_and_npz_refuse_fifos_and_devices_without_blocking(tmp_path, kind, no_hang):
+    if kind == "dev-zero":
+        path, what = "/dev/zero", "a character device"
+    else:
+        path, what = str(tmp_path / "pipe"), r"a FIFO \(named pipe\)"
+        os.mkfifo(path)
+        if kind == "symlink-to-fifo":
+            os.symlink(path, tmp_path / "model.safetensors")
+            path = str(tmp_path / "model.safetensors")
+    with pytest.raises(SerializationError, match=rf"^cannot read safetensors file {re.escape(path)}: it is {what}, "
+                                                 r"not a regular file$"):
+        no_hang(load_safetensors, path)
+    with pytest.raises(SerializationError, match=rf"^cannot read npz file {re.escape(path)}: it is {what}, not a "
+                                                 r"regular file$"):
+        no_hang(load_npz, path)
+
+
 # ---------------------------------------------------------------------------------------------
 # npz
 # ---------------------------------------------------------------------------------------------
@@ -278,6 +358,33 @@ def test_npz_bad_files_raise_naming_the_path(tmp_path, case):
         np.savez(str(path), **{"w": np.zeros(2), "__metadata__.json": np.frombuffer(b"{oops", np.uint8)})
     with pytest.raises(SerializationError, match=_path_re(path)):
         load_npz(str(path))
+
+
+def test_npz_metadata_nested_too_deeply_or_too_large(tmp_path):
+    path = tmp_path / "nested.npz"
+    np.savez(str(path), **{"w": np.zeros(2), "__metadata__.json": np.frombuffer(b"[" * 200_000, np.uint8)})
+    with pytest.raises(SerializationError, match=rf"^{_path_re(path)}: the metadata entry is nested too deeply to "
+                                                 r"parse$"):
+        load_npz(str(path))
+    save_npz({"w": np.zeros(2)}, str(path), metadata={"note": "x" * 100})
+    with pytest.raises(SerializationError, match=r"the metadata entry is 1\d\d bytes, more than the 64 such"):
+        load_npz(str(path), max_metadata_bytes=64)
+    assert load_npz(str(path), with_metadata=True)[1] == {"note": "x" * 100}
+
+
+def test_npz_members_that_are_not_arrays_or_are_compressed(tmp_path):
+    import zipfile
+
+    path = tmp_path / "odd.npz"
+    np.savez(str(path), w=np.zeros(2))
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("notes.txt", b"not an array")  # NumPy hands such a member over as bytes
+    with pytest.raises(SerializationError, match=rf"^{_path_re(path)}: member 'notes.txt' is not an \.npy array$"):
+        load_npz(str(path))
+    np.savez_compressed(str(path), w=np.zeros(1000))
+    with pytest.raises(SerializationError, match=r"member 'w\.npy' is compressed; only uncompressed archives"):
+        load_npz(str(path), allow_compressed=False)
+    assert load_npz(str(path))["w"].shape == (1000,)  # allowed unless refused
 
 
 # ---------------------------------------------------------------------------------------------
