@@ -104,7 +104,8 @@ TORCH_PEERS: dict[str, str] = {
 
 # Top-level tests/test_X.py files that are not about one dtrain module: end-to-end checks of the whole
 # command line, or of the repository itself (docker/, k8s/ are checked by test_docker.py, test_k8s.py).
-CROSS_CUTTING_TESTS = frozenset({"test_architecture.py", "test_bad_inputs.py"})
+# The layering itself, and the bad inputs the whole CLI must turn into one line (flags, files, data, ranks).
+CROSS_CUTTING_TESTS = frozenset({"test_architecture.py", "test_bad_inputs.py", "test_fuzz_inputs.py"})
 
 
 # ------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def _as_widths(hidden) -> tuple[int, ...]:
         hidden = (hidden,)
     elif isinstance(hidden, str):
         try:
-            hidden = tuple(int(h) for h in hidden.replace(" ", "").split(",") if h)
+            hidden = tuple(int(h) for h in hidden.replace(" ", "").split(","))  # '1,,2': an empty width is an error
         except ValueError:
             raise ValueError(f"hidden must be comma-separated positive integers like '256,128', "
                              f"got {hidden!r}") from None

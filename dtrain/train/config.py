@@ -56,7 +56,7 @@ OPTIONS: tuple[Option, ...] = (
            "lstm 5e-3, transformer 3e-3 with Adam)",
            check="positive"),
     Option("optimizer", str, "sgd", "optimizer", ("sgd", "adam", "adamw", "rmsprop", "adagrad")),
-    Option("momentum", float, 0.9, "SGD/RMSprop momentum", check="nonnegative"),
+    Option("momentum", float, 0.9, "SGD/RMSprop momentum, in [0, 1)", check="fraction"),
     Option("weight_decay", float, 0.0, "L2 weight decay (decoupled for adamw)", check="nonnegative"),
     Option("l1", float, 0.0, "L1 regularisation strength", check="nonnegative"),
     Option("scheduler", str, "none", "learning-rate schedule (stepped per optimizer step; plateau per epoch)",
@@ -167,6 +167,8 @@ def _coerce(opt: Option, value, source: str):
                 raise TypeError
     except (TypeError, ValueError):
         raise ConfigError(f"{where} must be {opt.type.__name__}, got {value!r}") from None
+    if opt.type is int and not -(2**63) <= value < 2**63:  # checkpoints and the collectives carry it as int64
+        raise ConfigError(f"{where} must fit in a 64-bit integer, got {value}")
     if opt.choices and str(value).lower() not in opt.choices:
         raise ConfigError(f"{where}: unknown {opt.name} {value!r}; expected one of: {', '.join(opt.choices)}")
     if opt.choices:
@@ -259,6 +261,7 @@ def parse_loss_scale(value) -> str:
     return repr(scale)
 
 
+MAX_KEEP_CHECKPOINTS = 10_000  # latest.json lists each kept file (~150 bytes) and is read back with a 4 MiB cap
 MIN_STALL_WARNING = 0.1  # seconds: below it every ordinary collective would be reported as stalled
 
 # The largest finite value the gradients a static loss scale multiplies are held in.
@@ -330,7 +333,8 @@ def resume_changes(saved: dict, current: dict) -> list[str]:
         if name in _RUN_CONTROL or name not in saved or saved[name] == value:
             continue
         was = saved[name]
-        was_text = _as_flag(name, was) if was is None or isinstance(was, bool) else f"with {was}"
+        shown = str(was) if len(str(was)) <= 80 else f"{str(was)[:77]}..."  # a crafted checkpoint's 10 MB value
+        was_text = _as_flag(name, was) if was is None or isinstance(was, bool) else f"with {shown}"
         lines.append(f"resuming {_as_flag(name, value)} (the checkpoint was trained {was_text})")
     return lines
 
@@ -374,6 +378,9 @@ def resolve_config(flags: dict, toml_path: str | None = None, model_defaults=Non
         config["loss_scale"] = "dynamic" if config["precision"] == "fp16" else "none"
     config["loss_scale"] = parse_loss_scale(config["loss_scale"])
     _check_static_loss_scale(config)
+    if config["keep_checkpoints"] > MAX_KEEP_CHECKPOINTS:  # the manifest lists them all and is read back whole
+        raise ConfigError(f"--keep-checkpoints must be at most {MAX_KEEP_CHECKPOINTS}, got "
+                          f"{config['keep_checkpoints']}")
     if config["stall_warning"] is not None and config["stall_warning"] < MIN_STALL_WARNING:
         raise ConfigError(f"--stall-warning must be at least {MIN_STALL_WARNING:g} s, got {config['stall_warning']:g}: "
                           "a shorter wait is an ordinary collective, not a stall (every one would be reported)")
