@@ -671,3 +671,39 @@ def test_dropout_scales_kept_values_and_gradient():
 def test_dtrain_does_not_import_torch():
     code = "import sys, dtrain, dtrain.nn.functional; assert 'torch' not in sys.modules, 'dtrain imported torch'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_conv_and_tiled_max_pool_match_torch_on_random_configurations_with_ties_and_nan(seed):
+    # The channels-last convolution (groups == 1) and the tiled max pool (stride == kernel) are fast paths:
+    # random shapes, strides, paddings, dilations, batch 0 and 1, integer-valued inputs (whole windows tie,
+    # as after a ReLU) and NaNs, against torch in float64, values and gradients.
+    rng = np.random.default_rng(100 + seed)
+    for _ in range(25):
+        n, c, o = int(rng.integers(0, 3)), int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        h, w = (int(v) for v in rng.integers(3, 10, size=2))
+        k, s, p, d = int(rng.integers(1, 4)), int(rng.integers(1, 3)), int(rng.integers(0, 2)), int(rng.integers(1, 3))
+        if (k - 1) * d + 1 > min(h, w) + 2 * p:
+            continue
+        x = rng.integers(-2, 3, size=(n, c, h, w)).astype(np.float64)
+        wt = rng.integers(-1, 2, size=(o, c, k, k)).astype(np.float64)  # integer outputs: exact ties
+        xt, wtt = torch.tensor(x, requires_grad=True), torch.tensor(wt, requires_grad=True)
+        yt = torch.nn.functional.conv2d(xt, wtt, stride=s, padding=p, dilation=d)
+        pk = min(int(rng.integers(1, 4)), yt.shape[2], yt.shape[3])
+        y2t = torch.nn.functional.max_pool2d(torch.relu(yt), pk)
+        g = rng.normal(size=tuple(y2t.shape))
+        y2t.backward(torch.tensor(g))
+        xd, wd = dt.tensor(x, requires_grad=True), dt.tensor(wt, requires_grad=True)
+        y2d = F.max_pool2d(F.relu(F.conv2d(xd, wd, stride=s, padding=p, dilation=d)), pk)
+        y2d.backward(dt.tensor(g))
+        np.testing.assert_allclose(np.asarray(y2d.data), y2t.detach().numpy(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(xd.grad.data), xt.grad.numpy(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(wd.grad.data), wtt.grad.numpy(), rtol=1e-9, atol=1e-12)
+    x = rng.integers(-1, 2, size=(2, 3, 6, 6)).astype(np.float64)
+    x[0, 1, 2, 3] = x[1, 2, 5, 5] = np.nan
+    xt, xd = torch.tensor(x, requires_grad=True), dt.tensor(x, requires_grad=True)
+    torch.nn.functional.max_pool2d(xt, 2).sum().backward()
+    yd = F.max_pool2d(xd, 2)
+    yd.sum().backward()
+    np.testing.assert_array_equal(np.asarray(xd.grad.data), xt.grad.numpy())
+    assert np.isnan(np.asarray(yd.data)).sum() == 2
