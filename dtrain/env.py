@@ -47,6 +47,7 @@ __all__ = [
     "launcher_rank",
     "local_rank",
     "memory_available",
+    "memory_per_rank",
     "ranks_per_node_override",
     "set_thread_env",
     "thread_env",
@@ -330,6 +331,13 @@ def memory_available(cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int |
     if limit is not None:
         room = limit if room is None else min(room, limit)
     return room
+
+
+def memory_per_rank() -> int | None:
+    """This rank's share of :func:`memory_available`: every rank on a node holds its own copy of the data and
+    the model, so the room divides by the ranks the launcher placed here (1 without a launcher)."""
+    room = memory_available()
+    return None if room is None else room // (launch_info().local_size or 1)
 
 
 def cpu_model() -> str:

@@ -17,15 +17,15 @@ The errors are :class:`InputFileError` (a ValueError: the ranks agree on it and 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import stat
+import tempfile
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
 __all__ = ["InputFileError", "MiB", "GiB", "OutputError", "check_writable_dir", "open_regular", "parse_guarded",
-           "read_limited", "read_json", "size_of", "write_atomic"]
+           "read_limited", "read_json", "size_of", "atomic_write", "human_size", "write_atomic"]
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -72,8 +72,8 @@ def open_regular(path: str, what: str = "", max_bytes: int | None = None) -> Bin
             kind = _kind(st.st_mode)
             raise InputFileError(f"{_label(what, path)} is {kind}, not a regular file")
         if max_bytes is not None and st.st_size > max_bytes:
-            raise InputFileError(f"{_label(what, path)} is {st.st_size:,} bytes, more than the {_size(max_bytes)} "
-                                 f"such a file can sensibly be")
+            raise InputFileError(f"{_label(what, path)} is {st.st_size:,} bytes, more than the "
+                                 f"{human_size(max_bytes)} such a file can sensibly be")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
@@ -93,7 +93,7 @@ def read_limited(path: str, what: str, max_bytes: int) -> bytes:
     with open_regular(path, what, max_bytes) as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise InputFileError(f"{_label(what, path)} grew past {_size(max_bytes)} while it was read")
+        raise InputFileError(f"{_label(what, path)} grew past {human_size(max_bytes)} while it was read")
     return data
 
 
@@ -120,27 +120,64 @@ def read_json(path: str, what: str, max_bytes: int = 16 * MiB) -> Any:
         raise InputFileError(f"{_label(what, path)} is not valid JSON: {exc}") from None
 
 
-def _size(n: int) -> str:
-    for unit, name in ((GiB, "GiB"), (MiB, "MiB")):
-        if n >= unit:
-            return f"{n // unit} {name}" if n % unit == 0 else f"{n / unit:.1f} {name}"
-    return f"{n:,} bytes"
+def human_size(n: int) -> str:
+    """``n`` bytes for a message: ``'512 bytes'``, ``'3.2 MiB'``, ``'6.5 TiB'``."""
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
 
 
-def write_atomic(path: str, data: bytes | str) -> None:
-    """Write ``path`` whole or not at all: a temporary file beside it, flushed to disk, then renamed over it
-    (a reader never sees half a file, a full disk never leaves a 0-byte one). OutputError names the path."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    raw = data.encode() if isinstance(data, str) else data
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: str) -> None:
+    """Make a rename in ``folder`` durable (POSIX); a no-op where directories cannot be fsynced."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(raw)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # e.g. Windows, where a directory cannot be opened like this
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems (and platforms) refuse fsync on a directory: the rename still happened
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, write: Callable[[BinaryIO], Any]) -> None:
+    """Write ``path`` all or nothing: ``write(f)`` fills a temporary ``.tmp-*`` file in the same folder, which is
+    fsynced and renamed over ``path``, then the folder is fsynced so the rename survives a power cut.
+    On any failure the temporary file is removed and ``path`` is left as it was."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:  # owns fd from here: closed however the block ends
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file what open() would
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def write_atomic(path: str, data: bytes | str) -> None:
+    """:func:`atomic_write` of ``data``, with a failure (a full disk) as an OutputError naming ``path``: a reader
+    never sees half a file, a full disk never leaves a 0-byte one."""
+    raw = data.encode() if isinstance(data, str) else data
+    try:
+        atomic_write(path, lambda f: f.write(raw))
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
         raise OutputError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from None
 
 
@@ -161,8 +198,8 @@ def check_writable_dir(path: str, what: str, need_bytes: int = 0) -> None:
         raise OutputError(exc.errno, f"{what} {path} is not writable: {why}") from None
     free = _free_bytes(path)
     if need_bytes and free is not None and free < need_bytes:
-        raise OutputError(28, f"{what} {path} has {_size(free)} free, less than the {_size(need_bytes)} a "
-                              "checkpoint of this run needs")
+        raise OutputError(28, f"{what} {path} has {human_size(free)} free, less than the {human_size(need_bytes)} "
+                              "a checkpoint of this run needs")
 
 
 def _free_bytes(path: str) -> int | None:

@@ -391,7 +391,7 @@ CASES = [
     case("toml-deeply-nested", ["--config", "{deep_toml}"], ["deep.toml", "nested too deeply"]),
     case("toml-fifo", ["--config", "{fifo}"], ["pipe.fifo", "is a FIFO (named pipe), not a regular file"]),
     case("toml-dev-zero", ["--config", "/dev/zero"], "/dev/zero is a character device, not a regular file"),
-    case("toml-too-big", ["--config", "{big_toml}"], ["big.toml", "more than the 1 MiB"]),
+    case("toml-too-big", ["--config", "{big_toml}"], ["big.toml", "more than the 1.0 MiB"]),
     case("toml-string-epochs", ["--config", "{string_epochs_toml}"], ["string.toml", "epochs"]),
     case("toml-float-epochs", ["--config", "{float_epochs_toml}"], ["float.toml", "epochs"]),
     case("toml-table", ["--config", "{table_toml}"], ["table.toml", "[train] tables are not supported"]),

@@ -46,7 +46,7 @@ def test_a_directory_is_refused(tmp_path):
 def test_a_file_over_its_limit_is_refused_with_its_size(tmp_path):
     path = tmp_path / "big.json"
     path.write_bytes(b" " * 3000)
-    with pytest.raises(InputFileError, match=r"big.json is 3,000 bytes, more than the 2,048 bytes such a file"):
+    with pytest.raises(InputFileError, match=r"big.json is 3,000 bytes, more than the 2.0 KiB such a file"):
         read_limited(str(path), "metadata", 2048)
     assert read_limited(str(path), "metadata", 3000) == b" " * 3000
 

@@ -35,8 +35,8 @@ import numpy as np
 from ..backend import is_bfloat16, to_device
 from ..data.filetype import looks_like
 from ..files import InputFileError, MiB, open_regular, read_json, size_of
+from ..files import atomic_write as _atomic_write  # a name tests monkeypatch
 from ..nn.utils.serialization import SerializationError, load_npz, save_npz
-from ..nn.utils.serialization import atomic_write as _atomic_write  # a name tests monkeypatch
 from ..spec import check_int, is_int
 from .state import check_saved_state
 

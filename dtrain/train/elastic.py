@@ -28,6 +28,8 @@ import socket
 import struct
 import time
 
+from ..files import write_atomic
+
 __all__ = ["DIR_VARIABLE", "PROGRESS_FILE", "RESTART_VARIABLE", "ElasticRank", "read_progress", "write_json"]
 
 DIR_VARIABLE = "DTRAIN_ELASTIC_DIR"
@@ -38,10 +40,7 @@ _PROGRESS = struct.Struct("<qdqd")  # step, its time, checkpoint step, its time 
 
 def write_json(path: str, data: dict) -> None:
     """Write ``data`` to ``path`` atomically (a reader sees the old file or the new one, never half)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data))
 
 
 def read_progress(folder: str) -> dict | None:

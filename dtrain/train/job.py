@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import backend, optim
 from ..data import DataLoader, load_dataset
-from ..env import launch_info, launched_by_mpi, memory_available
+from ..env import launch_info, launched_by_mpi, memory_per_rank
 from ..files import MiB, check_writable_dir
 from ..models import MODELS, build_model, dense_parameters_at_least, loss_and_accuracy
 from ..optim import lr_scheduler as sched
@@ -229,13 +229,13 @@ def _check_model_fits(cfg: dict, splits, dtype: np.dtype) -> None:
     weight, gradient and one optimizer or all-reduce buffer, plus the float64 draw it is initialised from."""
     params = dense_parameters_at_least(cfg["model"], splits.input_shape, splits.output_size, cfg["hidden"])
     need = params * (3 * dtype.itemsize + 8)
-    room = memory_available()
-    sharing = launch_info().local_size or 1
-    if room is not None and need > room / sharing:
-        share = f"this rank's 1/{sharing} share of " if sharing > 1 else ""
+    room = memory_per_rank()
+    if room is not None and need > room:
+        sharing = launch_info().local_size or 1
+        share = f" (this rank's 1/{sharing} share of the node)" if sharing > 1 else ""
         raise ConfigError(f"{_sizes(cfg)}: the {cfg['model']} model would have at least {params:,} parameters, "
                           f"about {need / 2**30:.1f} GiB with gradients, an optimizer buffer and initialisation "
-                          f"in {dtype.name}, more than {share}the {room / 2**30:.1f} GiB of memory available; "
+                          f"in {dtype.name}, more than the {room / 2**30:.1f} GiB of memory available{share}; "
                           "choose smaller widths")
 
 

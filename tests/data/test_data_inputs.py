@@ -365,7 +365,7 @@ print(json.dumps(out))
 GUARDED = {  # case -> (spec, options, needles); "{big}" is a sparse text file of 1 GiB + 1 byte
     "text-dev-zero": ("text:/dev/zero", {}, ["/dev/zero", "character device"]),
     "npz-dev-zero": ("npz:/dev/zero", {}, ["/dev/zero", "character device"]),
-    "text-over-1-GiB": ("text:{big}", {}, ["{big}", "1,073,741,825 bytes", "1 GiB"]),
+    "text-over-1-GiB": ("text:{big}", {}, ["{big}", "1,073,741,825 bytes", "1.0 GiB"]),
     "synthetic-n": ("synthetic:n=4000000000", {}, ["synthetic", "n=4000000000", "needs about"]),
     "synthetic-classes": ("synthetic:n=100,classes=4000000000", {}, ["synthetic", "classes=4000000000",
                                                                       "1,000,000"]),

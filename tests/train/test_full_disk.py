@@ -63,7 +63,7 @@ def test_a_checkpoint_folder_too_small_is_an_error_before_training(tmp_path):
         res = _train("--hidden", "512", "--out", str(tmp_path / "out"), "--checkpoint-dir", str(small / "ck"))
     assert res.returncode == 2, res.stderr
     last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"dtrain train: error: --checkpoint-dir {small}/ck has 262,144 bytes free, less than "
+    assert last.startswith(f"dtrain train: error: --checkpoint-dir {small}/ck has 256.0 KiB free, less than "
                            "the "), last
     assert "epoch" not in res.stdout + res.stderr  # nothing trained
 

@@ -14,7 +14,7 @@ limit, before anything that size exists.
 from __future__ import annotations
 
 from ... import env
-from ...files import GiB
+from ...files import GiB, human_size
 
 __all__ = ["DatasetError", "FALLBACK_MEMORY", "MAX_CLASSES", "MAX_TEXT_BYTES", "check_classes", "check_memory",
            "human_size", "memory_limit", "one_line"]
@@ -52,21 +52,8 @@ def memory_limit() -> int:
     """Bytes one data set load may need: the memory available to this process (MemAvailable or a cgroup limit,
     shared by the ranks on this node; ``ulimit -v``; whichever is least), or FALLBACK_MEMORY where none of
     them is known."""
-    room = env.memory_available()
-    if room is not None:  # every rank on this node loads its own copy: this one gets its share
-        room //= env.launch_info().local_size or 1
-    known = [n for n in (room, _address_space_limit()) if n is not None]
+    known = [n for n in (env.memory_per_rank(), _address_space_limit()) if n is not None]
     return min(known) if known else FALLBACK_MEMORY
-
-
-def human_size(n: int) -> str:
-    """``n`` bytes for a message: ``'512 bytes'``, ``'3.2 MiB'``, ``'6.5 TiB'``."""
-    value = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if value < 1024 or unit == "PiB":
-            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def check_memory(what: str, need: int, hint: str = "") -> None:

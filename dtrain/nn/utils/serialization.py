@@ -18,7 +18,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -27,7 +26,7 @@ import numpy as np
 
 from ...autograd.tensor import Tensor
 from ...backend import bfloat16_dtype, is_bfloat16
-from ...files import InputFileError, open_regular, parse_guarded
+from ...files import InputFileError, atomic_write, open_regular, parse_guarded
 
 __all__ = ["SerializationError", "atomic_write", "load_npz", "load_safetensors", "save_npz", "save_safetensors"]
 
@@ -96,47 +95,6 @@ def _host_arrays(tensors: Mapping) -> OrderedDict:
             raise TypeError(f"state entry {name!r} is an object array; only numeric arrays can be saved")
         out[name] = np.ascontiguousarray(value).reshape(value.shape)  # ascontiguousarray makes 0-d 1-d
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: str) -> None:
-    """Make a rename in ``folder`` durable (POSIX); a no-op where directories cannot be fsynced."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # e.g. Windows, where a directory cannot be opened like this
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems (and platforms) refuse fsync on a directory: the rename still happened
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, write) -> None:
-    """Write ``path`` all or nothing: ``write(f)`` fills a temporary file in the same folder, which is
-    fsynced and renamed over ``path``, then the folder is fsynced so the rename survives a power cut.
-    On any failure the temporary file is removed and ``path`` is left as it was."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:  # owns fd from here: closed however the block ends
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file what open() would
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
 
 
 def save_safetensors(tensors: Mapping, path: str, metadata: Mapping[str, str] | None = None) -> None:
