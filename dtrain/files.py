@@ -35,7 +35,12 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
 
 
 class InputFileError(ValueError):
-    """A file the user named cannot be used; the message names it and says why."""
+    """A file the user named cannot be used; the message names it and says why. ``reason`` is the why alone
+    ("is a FIFO (named pipe), not a regular file"), for callers that word the file their own way."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason if reason is not None else message
 
 
 class OutputError(OSError):
@@ -69,11 +74,11 @@ def open_regular(path: str, what: str = "", max_bytes: int | None = None) -> Bin
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            kind = _kind(st.st_mode)
-            raise InputFileError(f"{_label(what, path)} is {kind}, not a regular file")
+            reason = f"is {_kind(st.st_mode)}, not a regular file"
+            raise InputFileError(f"{_label(what, path)} {reason}", reason)
         if max_bytes is not None and st.st_size > max_bytes:
-            raise InputFileError(f"{_label(what, path)} is {st.st_size:,} bytes, more than the "
-                                 f"{human_size(max_bytes)} such a file can sensibly be")
+            reason = f"is {st.st_size:,} bytes, more than the {human_size(max_bytes)} such a file can sensibly be"
+            raise InputFileError(f"{_label(what, path)} {reason}", reason)
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
@@ -93,7 +98,8 @@ def read_limited(path: str, what: str, max_bytes: int) -> bytes:
     with open_regular(path, what, max_bytes) as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise InputFileError(f"{_label(what, path)} grew past {human_size(max_bytes)} while it was read")
+        reason = f"grew past {human_size(max_bytes)} while it was read"
+        raise InputFileError(f"{_label(what, path)} {reason}", reason)
     return data
 
 

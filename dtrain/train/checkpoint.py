@@ -63,11 +63,6 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _tail(message: str, path: str) -> str:
-    """What an InputFileError about ``path`` says of it ("is a FIFO (named pipe), ...") without the path."""
-    return message[len(path) + 1:] if message.startswith(f"{path} ") else message
-
-
 def param_checksum(model) -> str:
     """SHA-256 over the model's state_dict (names, dtypes, shapes, bytes): equal iff bitwise equal."""
     h = hashlib.sha256()
@@ -184,7 +179,7 @@ def load_checkpoint(path: str) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except InputFileError as exc:
-        raise CheckpointError(f"checkpoint {path} {_tail(str(exc), path)}") from None
+        raise CheckpointError(f"checkpoint {path} {exc.reason}") from None
     except OSError as exc:
         raise CheckpointError(f"checkpoint {path} cannot be read: {exc.strerror or exc}") from None
     try:
@@ -337,7 +332,7 @@ class CheckpointManager:
         except FileNotFoundError:
             return f"is missing (named by {self.manifest_path})"
         except InputFileError as exc:
-            return _tail(str(exc), path)
+            return exc.reason
         except OSError as exc:
             return f"cannot be read ({exc.strerror})"
         expected = entry.get("bytes")
@@ -349,7 +344,7 @@ class CheckpointManager:
             try:
                 digest = _sha256(path)
             except InputFileError as exc:  # replaced by something else since the size was read
-                return _tail(str(exc), f"checkpoint {path}")
+                return exc.reason
             except OSError as exc:
                 return f"cannot be read ({exc.strerror})"
             if digest != entry["sha256"]:

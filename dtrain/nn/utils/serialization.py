@@ -134,8 +134,7 @@ def _open_input(path: str, what: str, missing: str | None = None):
             raise SerializationError(f"cannot read {what} {path}: no such file") from None
         raise SerializationError(missing) from None
     except InputFileError as exc:  # "PATH is a FIFO (named pipe), not a regular file"
-        detail = str(exc)[len(path) + 1:] if str(exc).startswith(f"{path} ") else str(exc)
-        raise SerializationError(f"cannot read {what} {path}: it {detail}") from None
+        raise SerializationError(f"cannot read {what} {path}: it {exc.reason}") from None
     except OSError as exc:
         raise SerializationError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
