@@ -11,6 +11,7 @@ rank 0's line says the job failed on that rank and quotes its message.
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import re
 import subprocess
@@ -83,7 +84,6 @@ def _npz_member_bomb(p: Path) -> None:
     its header, before anything is allocated or decompressed."""
     header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 4)))
     header["shape"] = (2**38, 4)
-    import io
     import zipfile
 
     buf = io.BytesIO()
@@ -132,10 +132,10 @@ def _crafted_checkpoint(p: Path, **fields) -> None:
         for item in src.infolist():
             data = src.read(item)
             if item.filename.startswith("__metadata__"):
-                arr = np.load(__import__("io").BytesIO(data))
+                arr = np.load(io.BytesIO(data))
                 meta = json.loads(arr.tobytes().decode())
                 meta.setdefault("trainer", {}).update(fields)
-                out = __import__("io").BytesIO()
+                out = io.BytesIO()
                 np.save(out, np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
                 data = out.getvalue()
             dst.writestr(item, data)

@@ -264,20 +264,15 @@ def parse_loss_scale(value) -> str:
 MAX_KEEP_CHECKPOINTS = 10_000  # latest.json lists each kept file (~150 bytes) and is read back with a 4 MiB cap
 MIN_STALL_WARNING = 0.1  # seconds: below it every ordinary collective would be reported as stalled
 
-# The largest finite value the gradients a static loss scale multiplies are held in.
-_GRADIENT_MAX = {"fp16": (65504.0, "float16")}
-
-
 def _check_static_loss_scale(config: dict) -> None:
     """A static --loss-scale larger than the gradients' type can hold overflows on every step: an error now,
-    not a run whose every step fails (the message used to suggest lowering --lr)."""
+    not a run whose every step fails (the message used to suggest lowering --lr). The scaled gradients are
+    float16 under --precision fp16, float32 under bf16, else the --dtype."""
     if config["loss_scale"] in ("none", "dynamic"):
         return
     scale = float(config["loss_scale"])
-    limit, kind = _GRADIENT_MAX.get(config["precision"], (None, None))
-    if limit is None:
-        kind = "float32" if config["precision"] != "fp32" else str(config["dtype"])
-        limit = float(np.finfo(kind).max)
+    kind = {"fp16": "float16", "bf16": "float32"}.get(config["precision"], str(config["dtype"]))
+    limit = float(np.finfo(kind).max)
     if scale > limit:
         raise ConfigError(f"--loss-scale {scale:g} is larger than {kind} can hold ({limit:g}): every scaled "
                           f"gradient would overflow; use --loss-scale dynamic, or a power of two up to "

@@ -50,14 +50,19 @@ def _pad2d(x, p, value=0.0):
     return xp.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])), mode="constant", constant_values=value)
 
 
+def _window_offsets(k, s, d, out):
+    """(i, j, rows, cols) for every kernel offset: the slices of the padded input it reads, one per output."""
+    for i in range(k[0]):
+        for j in range(k[1]):
+            yield (i, j, slice(i * d[0], i * d[0] + s[0] * (out[0] - 1) + 1, s[0]),
+                   slice(j * d[1], j * d[1] + s[1] * (out[1] - 1) + 1, s[1]))
+
+
 def _col2im(cols_at, padded_shape, dtype, xp, k, s, d, out):
     """Sum window contributions back into a padded input: cols_at(i, j) -> (N, C, OH, OW)."""
     gx = xp.zeros(padded_shape, dtype=dtype)
-    for i in range(k[0]):
-        for j in range(k[1]):
-            rows = slice(i * d[0], i * d[0] + s[0] * (out[0] - 1) + 1, s[0])
-            cols = slice(j * d[1], j * d[1] + s[1] * (out[1] - 1) + 1, s[1])
-            gx[:, :, rows, cols] += cols_at(i, j)
+    for i, j, rows, cols in _window_offsets(k, s, d, out):
+        gx[:, :, rows, cols] += cols_at(i, j)
     return gx
 
 
@@ -98,11 +103,8 @@ def _col2im_nhwc(gc, padded_nhwc, k, s, d, out):
     """Sum the (N, OH, OW, KH, KW, C) column gradients back into a zero padded NHWC array."""
     xp = xp_of(gc)
     gx = xp.zeros(padded_nhwc, dtype=gc.dtype)
-    for i in range(k[0]):
-        for j in range(k[1]):
-            rows = slice(i * d[0], i * d[0] + s[0] * (out[0] - 1) + 1, s[0])
-            cols = slice(j * d[1], j * d[1] + s[1] * (out[1] - 1) + 1, s[1])
-            gx[:, rows, cols, :] += gc[:, :, :, i, j, :]
+    for i, j, rows, cols in _window_offsets(k, s, d, out):
+        gx[:, rows, cols, :] += gc[:, :, :, i, j, :]
     return gx
 
 
