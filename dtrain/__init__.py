@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as _np
 
 from . import autograd, backend
+from . import env as _env
 from .autograd import (
     Function,
     Tensor,
@@ -53,6 +54,8 @@ from .autograd.ops import (
 )
 from .backend import Device, Generator, get_array_module, get_default_dtype, manual_seed, set_default_dtype
 from .backend import as_device as device
+
+_env.tune_allocator()  # glibc keeps freed memory for the next step's activations (DTRAIN_MALLOC=system: off)
 
 __version__ = "0.1.0"
 

@@ -41,6 +41,7 @@ __all__ = [
     "LAUNCHER_VARIABLES",
     "THREAD_VARIABLES",
     "LaunchInfo",
+    "allocator_settings",
     "cpu_model",
     "launch_info",
     "launched_by_mpi",
@@ -53,6 +54,7 @@ __all__ = [
     "thread_env",
     "thread_settings",
     "timeout_from_env",
+    "tune_allocator",
     "usable_cores",
     "world_rank",
     "world_size",
@@ -349,3 +351,43 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+# -- the C allocator ---------------------------------------------------------------------------------------
+# glibc serves allocations above its mmap threshold (128 KiB, raised dynamically up to 32 MiB) with fresh
+# mmap()s, and trims freed memory at the top of the heap above 2x that. A training step allocates and frees
+# the same few-MiB activations every step, so each step pays the page faults of memory it just gave back: on
+# the digits ResNet (1 thread) that was 40 % of the step (17.7 ms -> 11.2 ms with the settings below). Keeping
+# freed memory for reuse costs nothing in a loop whose peak repeats every step.
+
+_MALLOC_SETTINGS = {"M_MMAP_THRESHOLD": (-3, 64 << 20), "M_TRIM_THRESHOLD": (-1, 256 << 20)}
+_allocator_state: dict[str, int] = {}
+
+
+def tune_allocator(environ: Mapping[str, str] | None = None) -> dict[str, int]:
+    """Make glibc's malloc keep freed memory for reuse (mmap threshold 64 MiB, trim threshold 256 MiB) unless
+    ``DTRAIN_MALLOC=system``; done once when dtrain is imported. Returns the settings applied ({} on other C
+    libraries, with the opt-out, or when mallopt refuses). ``MALLOC_MMAP_THRESHOLD_`` or
+    ``MALLOC_TRIM_THRESHOLD_`` in the environment are the user's own settings and are left alone."""
+    environ = os.environ if environ is None else environ
+    if environ.get("DTRAIN_MALLOC", "").strip().lower() == "system" or _allocator_state:
+        return dict(_allocator_state)
+    if any(f"MALLOC_{name[2:]}_" in environ for name in ("M_MMAP_THRESHOLD", "M_TRIM_THRESHOLD")):
+        return {}
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return {}
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return {}
+    for name, (param, value) in _MALLOC_SETTINGS.items():
+        if mallopt(ctypes.c_int(param), ctypes.c_int(value)) == 1:
+            _allocator_state[name] = value
+    return dict(_allocator_state)
+
+
+def allocator_settings() -> dict[str, int]:
+    """What :func:`tune_allocator` applied in this process ({} if nothing)."""
+    return dict(_allocator_state)

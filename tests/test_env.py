@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -164,3 +168,18 @@ def test_env_imports_nothing_from_dtrain():
         text = (REPO / "dtrain" / module).read_text()
         imports = re.findall(r"^(?:from|import) (\S+)", text, flags=re.MULTILINE)
         assert not [m for m in imports if m.startswith((".", "dtrain", "numpy"))], (module, imports)
+
+
+def _allocator_after_import(extra_env: dict) -> dict:
+    code = "import json, dtrain; print(json.dumps(dtrain.env.allocator_settings()))"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "DTRAIN_MALLOC"))}
+    out = subprocess.run([sys.executable, "-c", code], env={**environ, **extra_env}, capture_output=True, text=True,
+                         timeout=120, check=True)
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator settings apply to glibc only")
+def test_importing_dtrain_makes_glibc_keep_freed_memory_unless_told_not_to():
+    assert _allocator_after_import({}) == {"M_MMAP_THRESHOLD": 64 << 20, "M_TRIM_THRESHOLD": 256 << 20}
+    assert _allocator_after_import({"DTRAIN_MALLOC": "system"}) == {}
+    assert _allocator_after_import({"MALLOC_TRIM_THRESHOLD_": "1000000"}) == {}  # the user's own setting wins
