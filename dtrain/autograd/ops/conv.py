@@ -108,6 +108,100 @@ def _col2im_nhwc(gc, padded_nhwc, k, s, d, out):
     return gx
 
 
+# -- blocked im2col + GEMM ---------------------------------------------------------------------------------
+# The column matrix of a whole batch is 9x the input (2.4 MB for 64 digits at 16 channels): built at once, it
+# has left the cache by the time the GEMM reads it, which then runs at half speed. Built and multiplied in
+# blocks of about BLOCK_BYTES, each block is still in cache, and only the padded input is kept for backward
+# (the weight gradient rebuilds the columns block by block): 2x faster on the digits ResNet's convolutions and
+# 9x less memory held between forward and backward. On a GPU the whole batch is one block.
+
+BLOCK_BYTES = 512 << 10
+
+
+def _blocks(n: int, oh: int, row_bytes: int, whole: bool):
+    """(n0, n1, h0, h1): whole images per block when one image's columns fit, else rows of one image. Each
+    block's output rows are contiguous in an (N, OH, OW, O) array."""
+    if whole or n == 0:
+        yield 0, n, 0, oh
+        return
+    per_image = max(oh * row_bytes, 1)
+    if per_image <= BLOCK_BYTES:
+        step = BLOCK_BYTES // per_image
+        for n0 in range(0, n, step):
+            yield n0, min(n, n0 + step), 0, oh
+        return
+    step = max(BLOCK_BYTES // max(row_bytes, 1), 1)
+    for i in range(n):
+        for h0 in range(0, oh, step):
+            yield i, i + 1, h0, min(oh, h0 + step)
+
+
+def _gemm_blocks(win, each):
+    """Call ``each(n0, n1, h0, h1, cols)`` with the (rows, KH*KW*C) column matrix of every block of the
+    window view ``win`` (N, OH, OW, KH, KW, C), copied into one reused buffer."""
+    xp = xp_of(win)
+    n, oh, ow = win.shape[:3]
+    k = win.shape[3] * win.shape[4] * win.shape[5]
+    blocks = list(_blocks(n, oh, ow * k * win.itemsize, xp is not np))
+    rows = max(((n1 - n0) * (h1 - h0) * ow for n0, n1, h0, h1 in blocks), default=0)
+    buf = xp.empty((rows, k), dtype=win.dtype)
+    for n0, n1, h0, h1 in blocks:
+        part = win[n0:n1, h0:h1]
+        cols = buf[:part.shape[0] * part.shape[1] * ow]
+        xp.copyto(cols.reshape(part.shape), part)
+        each(n0, n1, h0, h1, cols)
+
+
+def _product_into(out, a, b):
+    """out[...] = a @ b, without a temporary where the dtype allows (half products go through mm)."""
+    if out.dtype.itemsize >= 4 and a.dtype == b.dtype == out.dtype:
+        xp_of(a).matmul(a, b, out=out)
+    else:
+        out[...] = mm(a, b)
+
+
+def _conv_nhwc(win, wmat_t):
+    """(N, OH, OW, O) = the windows (N, OH, OW, KH, KW, C) times the (KH*KW*C, O) weight matrix, blocked."""
+    xp = xp_of(win)
+    n, oh, ow = win.shape[:3]
+    y = xp.empty((n, oh, ow, wmat_t.shape[1]), dtype=win.dtype)
+
+    def each(n0, n1, h0, h1, cols):
+        _product_into(y[n0:n1, h0:h1].reshape(cols.shape[0], y.shape[3]), cols, wmat_t)
+    _gemm_blocks(win, each)
+    return y
+
+
+def _weight_grad_nhwc(win, gyh):
+    """(O, KH*KW*C) = sum over the blocks of gy.T @ columns (the columns rebuilt from the saved input)."""
+    xp = xp_of(win)
+    acc = xp.result_type(gyh.dtype, np.float32) if gyh.dtype.itemsize < 4 else gyh.dtype
+    gw = xp.zeros((gyh.shape[3], win.shape[3] * win.shape[4] * win.shape[5]), dtype=acc)
+
+    def each(n0, n1, h0, h1, cols):
+        gw[...] += mm(gyh[n0:n1, h0:h1].reshape(cols.shape[0], gyh.shape[3]).T, cols)
+    _gemm_blocks(win, each)
+    return gw
+
+
+def _input_grad_by_correlation(gyh, w, x_hw, p, d):
+    """The input gradient of a stride-1 convolution as a convolution itself: the NHWC output gradient, zero
+    padded by (k - 1) * d - p on each side, correlated with the kernel flipped and transposed (O <-> C). Blocked
+    im2col copies and GEMMs whose rows are the input's pixels, instead of KH*KW scattered additions (col2im),
+    whose contiguous runs are only C values long. Returns (N, C, H, W) with channels-last memory."""
+    xp = xp_of(gyh)
+    n, oh, ow, o = gyh.shape
+    kh, kw = w.shape[2:]
+    ext = ((kh - 1) * d[0], (kw - 1) * d[1])
+    buf = xp.zeros((n, x_hw[0] + ext[0], x_hw[1] + ext[1], o), dtype=gyh.dtype)
+    # output row u lands on buffer row u + ext - p; rows outside the buffer only reached the padding
+    (r0, r1), (c0, c1) = ((max(ext[a] - p[a], 0), min(ext[a] - p[a] + (oh, ow)[a], buf.shape[1 + a])) for a in (0, 1))
+    buf[:, r0:r1, c0:c1, :] = gyh[:, r0 - ext[0] + p[0]:r1 - ext[0] + p[0], c0 - ext[1] + p[1]:c1 - ext[1] + p[1], :]
+    wflip = w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(kh * kw * o, w.shape[1])
+    gx = _conv_nhwc(_windows_nhwc(buf, (kh, kw), (1, 1), d, x_hw), xp.ascontiguousarray(wflip))
+    return gx.transpose(0, 3, 1, 2)
+
+
 class FusedConv2d(FusedFunction):
     composition = "pad, strided getitem per kernel offset, stack, reshape, matmul with the weight (per group), + b"
 
@@ -116,20 +210,28 @@ class FusedConv2d(FusedFunction):
         self.x_shape = x.shape
         kh, kw = w.shape[2:]
         self.out_hw = tuple(_out_size(x.shape[2 + a], (kh, kw)[a], stride[a], padding[a], dilation[a]) for a in (0, 1))
+        if groups == 1:  # channels-last, blocked; only the padded input is kept
+            xpad = _nhwc_padded(x, padding)
+            self.saved = (xpad, w)
+            y = _conv_nhwc(self._win(xpad, (kh, kw)), xp_of(w).ascontiguousarray(self._wmat_nhwc(w).T))
+            if b is not None:
+                y += b
+            return y.transpose(0, 3, 1, 2)  # channels-last memory under the NCHW shape
         cols = self._im2col(x, (kh, kw))
         self.saved = (cols, w)
         return self._gemm(cols, w, b)
 
+    def _win(self, xpad, k):
+        stride, _, dilation, _ = self.cfg
+        return _windows_nhwc(xpad, k, stride, dilation, self.out_hw)
+
     def _im2col(self, x, k):
-        """(N*OH*OW, KH*KW*C) matrix of all windows, channels last (groups == 1); (N*OH*OW, C*KH*KW) in
-        NCHW order with groups, so that each group's columns are one block. One copy of a strided view."""
-        stride, padding, dilation, groups = self.cfg
+        """(N*OH*OW, C*KH*KW) matrix of all windows in NCHW order (groups > 1), so that each group's columns
+        are one block. One copy of a strided view."""
+        stride, padding, dilation, _ = self.cfg
         m = x.shape[0] * self.out_hw[0] * self.out_hw[1]
-        if groups == 1:
-            win = _windows_nhwc(_nhwc_padded(x, padding), k, stride, dilation, self.out_hw)
-            return win.reshape(m, k[0] * k[1] * x.shape[1])  # explicit sizes: the batch may be empty
         win = _windows(_pad2d(x, padding), k, stride, dilation, self.out_hw)
-        return win.transpose(0, 2, 3, 1, 4, 5).reshape(m, x.shape[1] * k[0] * k[1])
+        return win.transpose(0, 2, 3, 1, 4, 5).reshape(m, x.shape[1] * k[0] * k[1])  # explicit sizes: N may be 0
 
     @staticmethod
     def _wmat_nhwc(w):
@@ -137,22 +239,20 @@ class FusedConv2d(FusedFunction):
         return w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
 
     def _gemm(self, cols, w, b):
+        """Grouped convolution: one GEMM per group over the NCHW-ordered columns."""
         groups = self.cfg[3]
         n, (oh, ow), o = self.x_shape[0], self.out_hw, w.shape[0]
         m = cols.shape[0]
-        if groups == 1:
-            y = mm(cols, self._wmat_nhwc(w).T)
-        else:
-            cg_cols = cols.reshape(m, groups, cols.shape[1] // groups).transpose(1, 0, 2)
-            y = mm(cg_cols, w.reshape(groups, o // groups, -1).transpose(0, 2, 1)).transpose(1, 0, 2).reshape(m, o)
+        cg_cols = cols.reshape(m, groups, cols.shape[1] // groups).transpose(1, 0, 2)
+        y = mm(cg_cols, w.reshape(groups, o // groups, -1).transpose(0, 2, 1)).transpose(1, 0, 2).reshape(m, o)
         if y.dtype != cols.dtype:  # bfloat16 products come back as float32
             y = y.astype(cols.dtype)
         if b is not None:
             y += b
-        return xp_of(cols).ascontiguousarray(y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2))
+        return y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
 
     def backward(self, g):
-        cols, w = self.saved
+        saved, w = self.saved
         stride, padding, dilation, groups = self.cfg
         nx, nw = self.needs_grad[:2]
         has_b = len(self.needs_grad) > 2
@@ -160,41 +260,57 @@ class FusedConv2d(FusedFunction):
         n, c, h, wd = self.x_shape
         o, _, kh, kw = w.shape
         oh, ow = self.out_hw
-        m = n * oh * ow
-        gy = g.transpose(0, 2, 3, 1).reshape(m, o)
+        gyh = xp.ascontiguousarray(g.transpose(0, 2, 3, 1))  # free when g is channels-last
         gw = gx = gb = None
-        if groups == 1:  # channels-last columns
+        if groups == 1:
             if nw:
-                gw = xp.ascontiguousarray(mm(gy.T, cols).reshape(o, kh, kw, c).transpose(0, 3, 1, 2))
-            if nx:
-                gc = mm(gy, self._wmat_nhwc(w)).reshape(n, oh, ow, kh, kw, c)
+                gwm = _weight_grad_nhwc(self._win(saved, (kh, kw)), gyh)
+                gw = xp.ascontiguousarray(gwm.reshape(o, kh, kw, c).transpose(0, 3, 1, 2)).astype(w.dtype, copy=False)
+            if nx and stride == (1, 1):
+                gx = _input_grad_by_correlation(gyh, w, (h, wd), padding, dilation)
+            elif nx:
+                gc = mm(gyh.reshape(-1, o), self._wmat_nhwc(w)).reshape(n, oh, ow, kh, kw, c)
                 padded = (n, h + 2 * padding[0], wd + 2 * padding[1], c)
                 gxp = _col2im_nhwc(gc, padded, (kh, kw), stride, dilation, self.out_hw)
-                gx = xp.ascontiguousarray(
-                    gxp[:, padding[0]:padding[0] + h, padding[1]:padding[1] + wd, :].transpose(0, 3, 1, 2))
+                gx = gxp[:, padding[0]:padding[0] + h, padding[1]:padding[1] + wd, :].transpose(0, 3, 1, 2)
         else:
-            gyg = gy.reshape(m, groups, o // groups).transpose(1, 0, 2)
-            wg = w.reshape(groups, o // groups, -1)
+            m = n * oh * ow
+            gyg = gyh.reshape(m, groups, o // groups).transpose(1, 0, 2)
             if nw:
-                colsg = cols.reshape(m, groups, cols.shape[1] // groups).transpose(1, 0, 2)
+                colsg = saved.reshape(m, groups, saved.shape[1] // groups).transpose(1, 0, 2)
                 gw = mm(gyg.transpose(0, 2, 1), colsg).reshape(w.shape)
             if nx:
-                gcols = mm(gyg, wg).transpose(1, 0, 2).reshape(m, cols.shape[1])
-        if nx and groups > 1:
-            gc = gcols.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 1, 2, 4, 5)
-            padded = (n, c, h + 2 * padding[0], wd + 2 * padding[1])
-            gxp = _col2im(lambda i, j: gc[..., i, j], padded, g.dtype, xp, (kh, kw), stride, dilation, self.out_hw)
-            gx = _unpad(gxp, padding, self.x_shape)
+                gcols = mm(gyg, w.reshape(groups, o // groups, -1)).transpose(1, 0, 2).reshape(m, saved.shape[1])
+                gc = gcols.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 1, 2, 4, 5)
+                padded = (n, c, h + 2 * padding[0], wd + 2 * padding[1])
+                gxp = _col2im(lambda i, j: gc[..., i, j], padded, g.dtype, xp, (kh, kw), stride, dilation,
+                              self.out_hw)
+                gx = _unpad(gxp, padding, self.x_shape)
         if has_b and self.needs_grad[2]:
-            gb = gy.sum(axis=0)
+            gy2d = gyh.reshape(-1, o)  # per-channel sums as a matrix-vector product: 20x faster than sum(axis=0)
+            gb = mm(xp.ones(gy2d.shape[0], dtype=gy2d.dtype), gy2d)
         return (gx, gw, gb) if has_b else (gx, gw)
 
+    def _linear_part(self, t, w):
+        """conv(t, w) without bias: of a new input with the saved weight's configuration."""
+        if self.cfg[3] == 1:
+            win = self._win(_nhwc_padded(t, self.cfg[1]), w.shape[2:])
+            return _conv_nhwc(win, xp_of(w).ascontiguousarray(self._wmat_nhwc(w).T)).transpose(0, 3, 1, 2)
+        return self._gemm(self._im2col(t, w.shape[2:]), w, None)
+
     def jvp(self, tx, tw, tb=None):
-        # d conv(x, w, b) = conv(tx, w) + conv(x, tw) + tb: all linear, the columns of x are saved
-        cols, w = self.saved
+        # d conv(x, w, b) = conv(tx, w) + conv(x, tw) + tb: all linear in each argument
+        saved, w = self.saved
+        if tw is None:
+            on_x = None
+        elif self.cfg[3] == 1:
+            on_x = _conv_nhwc(self._win(saved, w.shape[2:]),
+                              xp_of(w).ascontiguousarray(self._wmat_nhwc(tw).T)).transpose(0, 3, 1, 2)
+        else:
+            on_x = self._gemm(saved, tw, None)
         return tsum(
-            None if tx is None else self._gemm(self._im2col(tx, w.shape[2:]), w, None),
-            None if tw is None else self._gemm(cols, tw, None),
+            None if tx is None else self._linear_part(tx, w),
+            on_x,
             None if tb is None else tb.reshape(1, -1, 1, 1),
         )
 
@@ -244,7 +360,7 @@ class FusedMaxPool2d(_FusedPool):
         self._setup(x, kernel, stride, padding, dilation)
         xp = xp_of(x)
         # Windows that tile the input (stride == kernel, no padding, no dilation: every CNN's 2x2 pool): a running
-        # max over the KH*KW offsets, each a strided (N, C, OH, OW) view, with no copy of the windows.
+        # max over the KH*KW offsets of one contiguous copy of the windows, channels-last.
         self.tiled = stride == kernel and padding == (0, 0) and dilation == (1, 1)
         if self.tiled:
             best, arg = self._running_max(x)
@@ -256,54 +372,65 @@ class FusedMaxPool2d(_FusedPool):
         self.saved = (arg,)
         return xp.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
 
-    def _offset(self, a, i, j):
-        """The (N, C, OH, OW) view of the elements at offset (i, j) of every tiled window."""
+    def _tiles(self, a):
+        """The (N, OH, KH, OW, KW, C) view of the tiled windows of ``a``, an NHWC array."""
         (kh, kw), (oh, ow) = self.k, self.out_hw
-        return a[:, :, i:i + kh * oh:kh, j:j + kw * ow:kw]
+        return a[:, :kh * oh, :kw * ow, :].reshape(a.shape[0], oh, kh, ow, kw, a.shape[3])
 
     def _running_max(self, x):
         """(max, index of the first max in the window), as argmax gives: equal values keep the earlier offset
-        (after a ReLU whole windows tie at 0), and a NaN is the max (max_pool2d propagates NaN). The windows are
-        first copied into one contiguous (KH*KW, N, C, OH, OW) array: whole-slab operations, 3x faster than
-        the same operations on strided views."""
+        (after a ReLU whole windows tie at 0), and a NaN is the max (max_pool2d propagates NaN). Channels-last
+        inside (a convolution's output already is: no copy), and the windows are first copied into one
+        contiguous (KH*KW, N, OH, OW, C) array: whole-slab operations, 3x faster than on strided views. Both
+        results are (N, OH, OW, C)."""
         xp = xp_of(x)
-        (kh, kw), (oh, ow) = self.k, self.out_hw
-        n, c = x.shape[:2]
-        tiles = x[:, :, :kh * oh, :kw * ow].reshape(n, c, oh, kh, ow, kw)
-        slabs = xp.ascontiguousarray(tiles.transpose(3, 5, 0, 1, 2, 4)).reshape(kh * kw, n, c, oh, ow)
+        (kh, kw) = self.k
+        xh = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        slabs = xp.ascontiguousarray(self._tiles(xh).transpose(2, 4, 0, 1, 3, 5))
+        slabs = slabs.reshape((kh * kw,) + slabs.shape[2:])
         best = slabs.max(axis=0)
-        last = kh * kw - 1
-        arg = xp.full(best.shape, last, dtype=np.int8 if last < 127 else np.int64)
-        hit = xp.empty(best.shape, dtype=bool)
-        for t in range(last - 1, -1, -1):  # the earliest equal offset is written last
-            xp.equal(slabs[t], best, out=hit)
-            xp.copyto(arg, t, where=hit)
         nan = xp.isnan(best)
-        if nan.any():  # NaN == NaN is false: the first NaN of each such window, found the same way
-            for t in range(last, -1, -1):
-                xp.copyto(arg, t, where=nan & xp.isnan(slabs[t]))
-        return best, arg
+        nan = nan if nan.any() else None  # NaN == NaN is false: a NaN window's first NaN is its max
+
+        def is_max(t):
+            hit = xp.equal(slabs[t], best)
+            return hit if nan is None else hit | (nan & xp.isnan(slabs[t]))
+
+        itype = np.dtype(np.int8 if kh * kw <= 127 else np.int64)
+        arg = xp.zeros(best.shape, dtype=itype)
+        seen = is_max(0)
+        first = xp.empty(best.shape, dtype=bool)
+        for t in range(1, kh * kw):  # bool and int8 arithmetic: 5x faster than masked copies
+            hit = is_max(t)
+            xp.greater(hit, seen, out=first)  # a max here and none before
+            arg += first.astype(itype) * itype.type(t)
+            seen |= hit
+        return best.transpose(0, 3, 1, 2), arg
 
     def backward(self, g):
         (arg,) = self.saved
         xp = xp_of(g)
-        kw = self.k[1]
+        (kh, kw) = self.k
         zero = xp.zeros((), dtype=g.dtype)
-        if self.tiled:  # the windows do not overlap: each offset's gradient is written, not added
-            gx = xp.zeros(self.x_shape, dtype=g.dtype)
-            for t in range(self.k[0] * self.k[1]):
-                self._offset(gx, *divmod(t, kw))[...] = xp.where(arg == t, g, zero)
-            return gx
+        if self.tiled:  # the windows do not overlap: one broadcast selects each window's gradient
+            n, c, h, w = self.x_shape
+            gx = xp.zeros((n, h, w, c), dtype=g.dtype)
+            offsets = xp.arange(kh * kw, dtype=arg.dtype).reshape(1, 1, kh, 1, kw, 1)
+            gh = xp.ascontiguousarray(g.transpose(0, 2, 3, 1))[:, :, None, :, None, :]
+            xp.multiply(arg[:, :, None, :, None, :] == offsets, gh, out=self._tiles(gx))
+            return gx.transpose(0, 3, 1, 2)
         return self._scatter(lambda i, j: xp.where(arg == i * kw + j, g, zero), g.dtype, xp)
 
     def jvp(self, t):
         (arg,) = self.saved
         xp = xp_of(t)
         if self.tiled:
+            tiles = self._tiles(xp.ascontiguousarray(t.transpose(0, 2, 3, 1)))
             out = xp.zeros(arg.shape, dtype=t.dtype)
             for k in range(self.k[0] * self.k[1]):
-                xp.copyto(out, self._offset(t, *divmod(k, self.k[1])), where=arg == k)
-            return out
+                i, j = divmod(k, self.k[1])
+                xp.copyto(out, tiles[:, :, i, :, j, :], where=arg == k)
+            return out.transpose(0, 3, 1, 2)
         win = _windows(_pad2d(t, self.p), self.k, self.s, self.d, self.out_hw)
         flat = win.reshape(win.shape[:4] + (-1,))
         return xp.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
