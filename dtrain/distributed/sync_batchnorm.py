@@ -22,7 +22,7 @@ import numpy as np
 from ..autograd.ops.norm import FusedBatchNorm as _BatchNormFn
 from ..autograd.ops.norm import batch_norm
 from ..autograd.tensor import Tensor
-from ..backend import accumulation_dtype, get_array_module
+from ..backend import to_device
 from ..nn.layers.norm import BatchNormBase
 from ..nn.module import Module
 from .collectives import allreduce
@@ -31,51 +31,42 @@ from .comm import Communicator, get_world
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm"]
 
 
-class _SyncBatchNormFn(_BatchNormFn):
-    def forward(self, x, *wb, has_w=False, has_b=False, running_mean=None, running_var=None, momentum=0.1,
-                eps=1e-5, comm=None):
-        self.has_w, self.has_b, self.ndim = has_w, has_b, x.ndim
-        self.axes = (0,) + tuple(range(2, x.ndim))
-        self.batch_stats = True
-        self.comm = comm
-        w = wb[0] if has_w else None
-        b = wb[-1] if has_b else None
-        xp = get_array_module(x)
-        c = x.shape[1]
-        xa = x.astype(accumulation_dtype(x.dtype), copy=False)
-        self.n_local = x.size // c
-        first = np.empty(c + 1, dtype=np.float64)
-        first[:c] = xa.sum(axis=self.axes)
-        first[c] = self.n_local
-        allreduce(first, op="sum", comm=comm)
-        self.n_total = float(first[c])
-        mean = xp.asarray(first[:c] / self.n_total, dtype=xa.dtype)
-        d = xa - self._param_view(mean)
-        second = np.ascontiguousarray((d * d).sum(axis=self.axes), dtype=np.float64)
-        allreduce(second, op="sum", comm=comm)
-        var = second / self.n_total
-        invstd = self._param_view(xp.asarray(1.0 / np.sqrt(var + eps), dtype=xa.dtype))
-        if running_mean is not None:
-            unbiased = var * (self.n_total / max(self.n_total - 1, 1))
-            running_mean *= 1 - momentum
-            running_mean += (momentum * (first[:c] / self.n_total)).astype(running_mean.dtype)
-            running_var *= 1 - momentum
-            running_var += (momentum * unbiased).astype(running_var.dtype)
-        xhat = d * invstd
-        self.saved = (xhat, invstd, w)
-        return self._affine(xhat, w, b, x.dtype)
+def to_host(a) -> np.ndarray:
+    return np.asarray(to_device(a, "cpu"))
 
-    def _through_normalization(self, v, xhat, invstd):
-        weight = self.n_local / self.n_total  # this rank's share of the global objective
-        c = xhat.shape[1]
+
+class _SyncBatchNormFn(_BatchNormFn):
+    """Batch norm whose two statistics passes and two gradient sums are all-reduced over ``comm``."""
+
+    def forward(self, x, *wb, comm=None, **options):
+        self.comm = comm
+        return super().forward(x, *wb, training=True, **options)
+
+    def _statistics(self, xm):
+        cm, xp = self.cm, self.cm.xp
+        c = cm.c
+        self.n_local = xm.shape[0]
+        first = np.empty(c + 1, dtype=np.float64)
+        first[:c] = to_host(cm.sum(xm))
+        first[c] = self.n_local
+        allreduce(first, op="sum", comm=self.comm)
+        self.count = float(first[c])
+        mean = xp.asarray(first[:c] / self.count, dtype=cm.dtype)
+        d = cm.apply(xp.subtract, xm, mean)
+        second = to_host(cm.sum(d * d)).astype(np.float64)
+        allreduce(second, op="sum", comm=self.comm)
+        # float64 statistics, as all-reduced: the running statistics and invstd are taken from them
+        return xp.asarray(first[:c] / self.count), xp.asarray(second / self.count), d
+
+    def _gradient_means(self, sum_g, sum_gx):
+        weight = self.n_local / self.count  # this rank's share of the global objective
+        c = self.cm.c
         sums = np.empty(2 * c, dtype=np.float64)
-        sums[:c] = v.sum(axis=self.axes) * weight
-        sums[c:] = (v * xhat).sum(axis=self.axes) * weight
+        sums[:c] = to_host(sum_g) * weight
+        sums[c:] = to_host(sum_gx) * weight
         allreduce(sums, op="sum", comm=self.comm)
-        xp = get_array_module(v)
-        mean_v = self._param_view(xp.asarray(sums[:c] / (self.n_total * weight), dtype=v.dtype))
-        mean_vx = self._param_view(xp.asarray(sums[c:] / (self.n_total * weight), dtype=v.dtype))
-        return invstd * (v - mean_v - xhat * mean_vx)
+        means = self.cm.xp.asarray(sums / (self.count * weight), dtype=self.cm.dtype)
+        return means[:c], means[c:]
 
     def jvp(self, *tangents):
         raise NotImplementedError("forward-mode differentiation through SyncBatchNorm is not supported")
