@@ -18,6 +18,8 @@ def mm(a, b):
     """a @ b in the operands' own dtype. Half operands (float16, bfloat16) are multiplied with float32
     accumulation, as GPU tensor cores do, and the product is rounded to half once: more accurate than
     NumPy's half-precision loops, and on a CPU much faster (float32 BLAS)."""
+    if a.dtype == b.dtype and a.dtype.itemsize >= 4:  # the common case, without result_type's cost
+        return a @ b
     expected = np.result_type(a.dtype, b.dtype)
     if expected.itemsize < 4:
         return (a.astype(np.float32) @ b.astype(np.float32)).astype(expected)
