@@ -9,7 +9,10 @@ What is measured
     * ``mlp``: digits flat (64,) -> 128 -> 10, batch 64;
     * ``mlp-wide``: (64,) -> 512 -> 512 -> 10 (``hidden="512,512"``), batch 128;
     * ``cnn``: digits as (1, 8, 8), LeNet-style (2 conv 3x3 + max-pool, Linear 128, Dropout 0.25), batch 64;
-    * ``resnet``: the zoo's small ResNet (conv-BN stem, two BasicBlocks, global average pool), batch 64.
+    * ``resnet``: the zoo's small ResNet (conv-BN stem, two BasicBlocks, global average pool), batch 64;
+    * ``cnn-cifar``: the same LeNet-style CNN on CIFAR-shaped synthetic images (3, 32, 32) with conv widths
+      3 -> 32 -> 64 (``channels=(32, 64)``; Linear 4096 -> 128), batch 64 (``synthetic:image=32,channels=3``,
+      1,280 samples, 10 classes).
 
     Three step implementations per model:
 
@@ -83,6 +86,13 @@ class Config:
     batch: int
     image: bool
     options: dict = field(default_factory=dict)
+    data: str = "digits"
+
+    def load(self):
+        """The config's train/test Splits (digits flat or as images, or its synthetic spec)."""
+        from dtrain.data import load_dataset
+
+        return load_dataset("digits", image=self.image) if self.data == "digits" else load_dataset(self.data)
 
 
 CONFIGS = (
@@ -90,6 +100,7 @@ CONFIGS = (
     Config("mlp-wide", "mlp", 128, False, {"hidden": "512,512"}),
     Config("cnn", "cnn", 64, True),
     Config("resnet", "resnet", 64, True),
+    Config("cnn-cifar", "cnn", 64, True, {"channels": (32, 64)}, "synthetic:n=1600,image=32,channels=3,classes=10"),
 )
 
 
@@ -255,8 +266,9 @@ def _intro(rows: list[dict], args, have_torch: bool, torch_error) -> list[str]:
     return [
         "# Training throughput: dtrain zoo models vs PyTorch eager (CPU, 1 thread)",
         "",
-        "Samples/s of single-process training steps on digits (float32, SGD lr 0.01 momentum 0.9, softmax "
-        "cross-entropy). The PyTorch twin of each model has the same architecture and parameter names and starts "
+        "Samples/s of single-process training steps on digits (cnn-cifar: CIFAR-shaped synthetic images, "
+        "3x32x32) (float32, SGD lr 0.01 momentum 0.9, softmax cross-entropy). The PyTorch twin of each model "
+        "has the same architecture and parameter names and starts "
         "from dtrain's initial `state_dict`.",
         "",
         "- **dtrain raw**: `model(x)` -> `F.cross_entropy` -> `opt.zero_grad()` -> `loss.backward()` -> "
@@ -352,14 +364,10 @@ def _profile(splits, seed: int, steps: int) -> dict:
 
 def run(args) -> int:
     """Check and time every model, profile the small MLP, write train_throughput.md and .csv."""
-    from dtrain.data import load_dataset
-
     args.impls = _impls(args)
     args.load_start, t_start = load_avg(), time.perf_counter()
-    flat, image = load_dataset("digits"), load_dataset("digits", image=True)
-    rows = [run_config(cfg, image if cfg.image else flat, args.impls, args)
-            for cfg in CONFIGS if cfg.label in args.models]
-    prof = _profile(flat, args.seed, args.profile_steps) if args.profile_steps > 0 else None
+    rows = [run_config(cfg, cfg.load(), args.impls, args) for cfg in CONFIGS if cfg.label in args.models]
+    prof = _profile(CONFIGS[0].load(), args.seed, args.profile_steps) if args.profile_steps > 0 else None
     if prof is not None:
         print("\n".join(profile_lines(prof)[-4:]))
     args.wall_s, args.load_end = time.perf_counter() - t_start, load_avg()

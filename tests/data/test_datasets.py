@@ -128,10 +128,16 @@ def test_synthetic_regression_and_image():
     assert load_dataset("synthetic:task=regression,n=10").train.arrays[1].shape == (8, 1)
     img = load_dataset("synthetic:n=50,image=6")
     assert img.train.arrays[0].shape == (40, 1, 6, 6) and img.input_shape == (1, 6, 6)
+    rgb = load_dataset("synthetic:n=50,image=6,channels=3")
+    assert rgb.train.arrays[0].shape == (40, 3, 6, 6) and rgb.input_shape == (3, 6, 6)
+    assert load_dataset("synthetic:n=50,image=6,channels=3,features=108").input_shape == (3, 6, 6)
 
 
 @pytest.mark.parametrize(("spec", "message"), [
-    ("synthetic:size=10", r"has no option 'size'; valid options: n, features, classes, outputs, task, noise, image"),
+    ("synthetic:size=10",
+     r"has no option 'size'; valid options: n, features, classes, outputs, task, noise, image, channels"),
+    ("synthetic:channels=3", r"channels=3 needs image=H"),
+    ("synthetic:image=6,channels=3,features=36", r"features=36 contradicts image=6, channels=3 \(an image has 108"),
     ("synthetic:n=abc", r"bad value n='abc': expected a positive integer"),
     ("synthetic:n=0", r"bad value n='0': expected a positive integer"),
     ("synthetic:noise=-1", r"bad value noise='-1': expected a non-negative number"),

@@ -81,23 +81,28 @@ def _check_synthetic_size(n: int, features: int, classes: int | None, outputs: i
 @register_dataset("synthetic", usage="synthetic", arg="options", options={
     "n": integer(minimum=1), "features": integer(minimum=1), "classes": integer(minimum=1),
     "outputs": integer(minimum=1), "task": choice("classification", "regression"), "noise": real(minimum=0),
-    "image": integer(minimum=1)})
+    "image": integer(minimum=1), "channels": integer(minimum=1)})
 def _load_synthetic(path: str | None, seed: int, *, n: int = 10000, features: int | None = None,
                     classes: int | None = None, outputs: int | None = None, task: str = "classification",
-                    noise: float | None = None, image: int | None = None) -> Splits:
+                    noise: float | None = None, image: int | None = None, channels: int | None = None) -> Splits:
     """Generated data of any size, deterministic from the seed; the last 20% of the samples are the test split.
 
     classification: balanced classes, x = (centre[y] + noise * N(0, I)) / sqrt(1 + noise^2) with class
     centres drawn from N(0, I) (default noise 1.0: learnable, not trivial in few dimensions).
     regression: x ~ N(0, I), y = x @ W / sqrt(features) + noise * N(0, I), W ~ N(0, 1), shape
-    (n, outputs) (default noise 0.1). image=H makes features H*H and x of shape (n, 1, H, H).
+    (n, outputs) (default noise 0.1). image=H makes features C*H*H and x of shape (n, C, H, H), with C
+    channels=C (default 1; ``image=32,channels=3`` is CIFAR-shaped).
     """
     name = "synthetic"
+    if channels is not None and image is None:
+        raise DatasetError(f"data set '{name}': channels={channels} needs image=H (the images' height and width)")
     if image is not None:
-        if features is not None and features != image * image:
-            raise DatasetError(f"data set '{name}': features={features} contradicts image={image} "
-                               f"(an image has {image * image} features); give one of them")
-        features = image * image
+        channels = 1 if channels is None else channels
+        size = channels * image * image
+        if features is not None and features != size:
+            raise DatasetError(f"data set '{name}': features={features} contradicts image={image}, "
+                               f"channels={channels} (an image has {size} features); give one of them")
+        features = size
     features = 64 if features is None else features
     if n < 2:
         raise DatasetError(f"data set '{name}': n={n} is too small; need at least 2 samples (train and test)")
@@ -128,7 +133,7 @@ def _load_synthetic(path: str | None, seed: int, *, n: int = 10000, features: in
         n_classes = None
     x = x.astype(np.float32)
     if image is not None:
-        x = x.reshape(n, 1, image, image)
+        x = x.reshape(n, channels, image, image)
     n_test = max(1, n // 5)
     n_train = n - n_test
     return Splits(ArrayDataset(x[:n_train], y[:n_train]), ArrayDataset(x[n_train:], y[n_train:]), task,
