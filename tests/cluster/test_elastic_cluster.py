@@ -45,7 +45,9 @@ def test_a_node_lost_for_good_the_job_continues_on_the_other_two(tmp_path, three
     assert status == 0, err[-4000:]
     s = summary(out)
     assert s["world_size"] == 2 and s["restarts"] == 1 and s["steps"] == 12 * 23
-    assert 0 < s["steps_redone"] <= 30
+    # at most one checkpoint interval redone; 0 when the link died just after a checkpoint (the ranks then hang
+    # in the next step's collective and resume from exactly where they stopped)
+    assert 0 <= s["steps_redone"] <= 30
     (event,) = events(out)
     assert event["ranks"] == [2] and event["previous_world_size"] == 3 and event["world_size"] == 2, event
     assert event["cause"].startswith("collective deadline: rank 2 on host he-node2"), event
