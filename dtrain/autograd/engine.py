@@ -28,6 +28,8 @@ import numpy as np
 from ..backend import get_array_module
 from .function import Function, unbroadcast
 
+ndarray = np.ndarray
+
 __all__ = ["backward", "queue_callback"]
 
 _callback_stack: list[list] = []  # one list per backward pass in progress (hooks may nest passes)
@@ -129,21 +131,27 @@ def _run(tensor, grad, retain_graph: bool) -> None:
         for edge, gi, meta in zip(edges, in_grads, metas):
             if edge is None:
                 continue
-            if gi is not None:
-                gi = _fit(gi, meta, node)
+            key = id(edge)
             if isinstance(edge, Function):
                 if gi is not None:
-                    _accumulate(grads, id(edge), gi)
-                key = id(edge)
-                node_deps[key] -= 1
-                if node_deps[key] == 0:
+                    if type(gi) is not ndarray or gi.shape != meta[0] or gi.dtype != meta[1]:
+                        gi = _fit(gi, meta, node)
+                    if key in grads:
+                        _accumulate(grads, key, gi)
+                    else:
+                        grads[key] = [gi, False]
+                left = node_deps[key] - 1
+                node_deps[key] = left
+                if left == 0:
                     heapq.heappush(ready, (-edge.seq, edge))
             else:
-                key = id(edge)
                 if gi is not None:
+                    if type(gi) is not ndarray or gi.shape != meta[0] or gi.dtype != meta[1]:
+                        gi = _fit(gi, meta, node)
                     _accumulate(leaf_grads, key, gi)
-                leaf_deps[key] -= 1
-                if leaf_deps[key] == 0:
+                left = leaf_deps[key] - 1
+                leaf_deps[key] = left
+                if left == 0:
                     entry = leaf_grads.pop(key, None)
                     if entry is not None:
                         _finish_leaf(edge, entry[0], handed)
@@ -208,12 +216,14 @@ def _array_key(a) -> int:
 
 def _finish_leaf(leaf, g, handed: set[int]) -> None:
     """Run the leaf's hooks on its complete gradient, then accumulate it into ``leaf.grad``."""
-    for hook in leaf._hooks:
-        out = hook(g)
-        if out is not None:
-            g = out
+    if leaf._hooks:
+        for hook in leaf._hooks:
+            out = hook(g)
+            if out is not None:
+                g = out
     if leaf.grad is None:
-        key = _array_key(g)
+        base = getattr(g, "base", None)
+        key = id(g) if base is None else id(base)
         flags = g.flags
         if key in handed or not (flags.c_contiguous or flags.f_contiguous):
             g = g.copy()
@@ -222,5 +232,6 @@ def _finish_leaf(leaf, g, handed: set[int]) -> None:
         leaf.grad = g
     else:
         leaf.grad += g
-    for hook in leaf._post_hooks:
-        hook(leaf)
+    if leaf._post_hooks:
+        for hook in leaf._post_hooks:
+            hook(leaf)

@@ -86,14 +86,14 @@ class FusedLinear(FusedFunction):
 
     def backward(self, g):
         x, w = self.saved
-        nx, nw = self.needs_grad[:2]
-        nb = len(self.needs_grad) > 2 and self.needs_grad[2]
-        out_f, in_f = w.shape
-        g2 = g.reshape(-1, out_f)
-        gx = mm(g, w) if nx else None
-        gw = mm(g2.T, x.reshape(-1, in_f)) if nw else None
-        gb = g2.sum(axis=0) if nb else None
-        return (gx, gw, gb) if len(self.needs_grad) > 2 else (gx, gw)
+        needs = self.needs_grad
+        gx = mm(g, w) if needs[0] else None
+        if g.ndim != 2:
+            g, x = g.reshape(-1, w.shape[0]), x.reshape(-1, w.shape[1])
+        gw = mm(g.T, x) if needs[1] else None
+        if len(needs) == 2:
+            return gx, gw
+        return gx, gw, (np.add.reduce(g, axis=0) if type(g) is np.ndarray else g.sum(axis=0)) if needs[2] else None
 
     def jvp(self, tx, tw, tb=None):
         x, w = self.saved

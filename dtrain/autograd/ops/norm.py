@@ -91,6 +91,8 @@ class ChannelMatrix:
         self.xp = xp_of(x)
         self.c = x.shape[1]
         self.moved_shape = x.shape[:1] + x.shape[2:] + (self.c,)
+        self.to_last = (0,) + tuple(range(2, x.ndim)) + (1,)  # (N, C, ...) -> (N, ..., C), and back
+        self.to_first = (0, x.ndim - 1) + tuple(range(1, x.ndim - 1))
         self.m = x.size // self.c if self.c else 0
         self.dtype = dtype
         self.ones = self.xp.ones(self.m, dtype=dtype)
@@ -99,12 +101,12 @@ class ChannelMatrix:
 
     def matrix(self, a):
         """``a`` (N, C, ...) as the contiguous (M, C) matrix in the accumulation dtype (a view when possible)."""
-        moved = self.xp.ascontiguousarray(self.xp.moveaxis(a, 1, -1))
+        moved = self.xp.ascontiguousarray(a.transpose(self.to_last))
         return moved.reshape(self.m, self.c).astype(self.dtype, copy=False)
 
     def array(self, a2d, dtype):
         """The (M, C) matrix back as an (N, C, ...) array (channels-last memory) of ``dtype``."""
-        return self.xp.moveaxis(a2d.astype(dtype, copy=False).reshape(self.moved_shape), -1, 1)
+        return a2d.astype(dtype, copy=False).reshape(self.moved_shape).transpose(self.to_first)
 
     def sum(self, a2d):
         """Per-channel sums, (C,)."""
@@ -115,8 +117,9 @@ class ChannelMatrix:
 
     def apply(self, ufunc, a2d, v, out=None):
         """``ufunc(a2d, v)`` with the (C,) vector ``v`` broadcast over the rows (into ``out`` if given)."""
-        tiled = self.xp.tile(self.xp.asarray(v, dtype=self.dtype), self.rep)
-        res = ufunc(self._rows(a2d), tiled, out=None if out is None else self._rows(out))
+        tiled = self.xp.empty((self.rep, self.c), dtype=self.dtype)
+        tiled[...] = v
+        res = ufunc(self._rows(a2d), tiled.reshape(-1), out=None if out is None else self._rows(out))
         return res.reshape(a2d.shape)
 
 
