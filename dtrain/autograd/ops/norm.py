@@ -126,7 +126,9 @@ class ChannelMatrix:
 class FusedBatchNorm(FusedFunction):
     """Normalise over every axis but the channel axis 1; running statistics updated in place. Works on the
     :class:`ChannelMatrix` of the input: two matrix-vector products for the statistics, two for the
-    parameter gradients, and the input gradient as ``G * a + xhat * b + c`` with per-channel a, b, c."""
+    parameter gradients, the output as ``d * (invstd * w) + b`` with ``d = x - mean`` (xhat itself is never
+    stored: ``d`` and the per-channel ``invstd`` stand for it), and the input gradient as ``G * a + d * b + c``
+    with per-channel a, b, c."""
 
     composition = "(x - mean(x)) / sqrt(var(x) + eps) * w + b over (N, H, W), or the running statistics in eval"
 
@@ -147,17 +149,14 @@ class FusedBatchNorm(FusedFunction):
                 running_mean += (momentum * mean).astype(running_mean.dtype)
                 running_var *= 1 - momentum
                 running_var += (momentum * unbiased).astype(running_var.dtype)
-            invstd = 1.0 / xp.sqrt(var + eps)
-            xhat = cm.apply(xp.multiply, d, invstd, out=d)
+            invstd = (1.0 / xp.sqrt(var + eps)).astype(cm.dtype, copy=False)
         else:
-            invstd = 1.0 / xp.sqrt(running_var.astype(cm.dtype) + eps)
-            xhat = cm.apply(xp.multiply, cm.apply(xp.subtract, xm, running_mean), invstd)
-        self.saved = (xhat, invstd, w)
-        y = xhat
-        if w is not None:
-            y = cm.apply(xp.multiply, y, w)
+            invstd = (1.0 / xp.sqrt(running_var.astype(cm.dtype) + eps)).astype(cm.dtype, copy=False)
+            d = cm.apply(xp.subtract, xm, running_mean)
+        self.saved = (d, invstd, w)
+        y = cm.apply(xp.multiply, d, invstd if w is None else invstd * w.astype(cm.dtype, copy=False))
         if b is not None:
-            y = cm.apply(xp.add, y, b, out=None if y is xhat else y)
+            cm.apply(xp.add, y, b, out=y)
         return cm.array(y, x.dtype)
 
     def _statistics(self, xm):
@@ -172,25 +171,32 @@ class FusedBatchNorm(FusedFunction):
         """Per-channel means of the upstream gradient and of its product with xhat (from the local sums)."""
         return sum_g / self.count, sum_gx / self.count
 
-    def _input_grad(self, gm, xhat, invstd, w, sum_g, sum_gx):
-        """invstd * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat)) with gxhat = gm * w, per channel."""
+    def _input_grad(self, gm, d, invstd, w, sum_g, sum_gx):
+        """invstd * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat)) with gxhat = gm * w and xhat = d * invstd,
+        per channel."""
         cm, xp = self.cm, self.cm.xp
         scale = invstd if w is None else invstd * w.astype(cm.dtype, copy=False)
         gx = cm.apply(xp.multiply, gm, scale)
         if self.batch_stats:
             mean_g, mean_gx = self._gradient_means(sum_g, sum_gx)
-            gx -= cm.apply(xp.multiply, xhat, scale * mean_gx)
+            gx -= cm.apply(xp.multiply, d, scale * invstd * mean_gx)
             cm.apply(xp.subtract, gx, scale * mean_g, out=gx)
         return gx
 
+    def _sums(self, gm, d, invstd, with_x: bool, with_1: bool):
+        """Per-channel sums of ``gm * xhat`` and of ``gm`` (None where not wanted)."""
+        cm = self.cm
+        return (cm.sum(gm * d) * invstd if with_x else None), (cm.sum(gm) if with_1 else None)
+
     def backward(self, g):
-        xhat, invstd, w = self.saved
+        d, invstd, w = self.saved
         cm = self.cm
         needs = self.needs_grad
         gm = cm.matrix(g)
-        sum_gx = cm.sum(gm * xhat) if (self.has_w and needs[1]) or (needs[0] and self.batch_stats) else None
-        sum_g = cm.sum(gm) if (self.has_b and needs[-1]) or (needs[0] and self.batch_stats) else None
-        out = [cm.array(self._input_grad(gm, xhat, invstd, w, sum_g, sum_gx), g.dtype) if needs[0] else None]
+        stats = needs[0] and self.batch_stats
+        sum_gx, sum_g = self._sums(gm, d, invstd, (self.has_w and needs[1]) or stats,
+                                   (self.has_b and needs[-1]) or stats)
+        out = [cm.array(self._input_grad(gm, d, invstd, w, sum_g, sum_gx), g.dtype) if needs[0] else None]
         if self.has_w:
             out.append(sum_gx if needs[1] else None)
         if self.has_b:
@@ -198,19 +204,19 @@ class FusedBatchNorm(FusedFunction):
         return tuple(out)
 
     def jvp(self, tx, *twb):
-        xhat, invstd, w = self.saved
+        d, invstd, w = self.saved
         cm, xp = self.cm, self.cm.xp
         tw = twb[0] if self.has_w else None
         tb = twb[-1] if self.has_b else None
         out = None
         if tx is not None:  # the normalisation's Jacobian is symmetric: the same map as backward's
             tm = cm.matrix(tx)
-            out = self._input_grad(tm, xhat, invstd, w, cm.sum(tm), cm.sum(tm * xhat))
+            out = self._input_grad(tm, d, invstd, w, *self._sums(tm, d, invstd, True, True)[::-1])
         if tw is not None:
-            out = tsum(out, cm.apply(xp.multiply, xhat, tw))
+            out = tsum(out, cm.apply(xp.multiply, d, invstd * tw.astype(cm.dtype, copy=False)))
         if tb is not None:
-            out = cm.apply(xp.add, xp.zeros_like(xhat) if out is None else out, tb)
-        return cm.array(out, xhat.dtype)
+            out = cm.apply(xp.add, xp.zeros_like(d) if out is None else out, tb)
+        return cm.array(out, d.dtype)
 
 
 class FusedLayerNorm(_FusedNorm):
