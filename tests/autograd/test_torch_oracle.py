@@ -509,7 +509,7 @@ _BN_CONFIGS = [
     pytest.param(shape, training, stats, affine,
                  id=f"{len(shape)}d-{'train' if training else 'eval'}-{'stats' if stats else 'no-stats'}"
                     f"-{'affine' if affine else 'no-affine'}")
-    for shape in [(4, 3), (4, 3, 2, 5)]
+    for shape in [(4, 3), (4, 3, 5), (4, 3, 2, 5), (3, 3, 3, 3)]  # (3, 3, 3, 3): 27 rows, no tiling of the rows
     for training in (True, False)
     for stats in (True, False)
     for affine in (True, False)
@@ -709,3 +709,27 @@ def test_conv_and_tiled_max_pool_match_torch_on_random_configurations_with_ties_
     yd.sum().backward()
     np.testing.assert_array_equal(np.asarray(xd.grad.data), xt.grad.numpy())
     assert np.isnan(np.asarray(yd.data)).sum() == 2
+
+
+@pytest.mark.parametrize("block_bytes", [64, 40_000, 1 << 19])
+def test_conv_in_blocks_of_rows_and_of_images_matches_torch(monkeypatch, block_bytes):
+    # The channels-last convolution builds its columns block by block: one output row of one image
+    # (64 bytes), two or more whole images (40 kB), or the whole batch (512 KiB), in forward, weight gradient and
+    # the stride-1 input gradient. Every blocking gives torch's values and gradients (float64).
+    from dtrain.autograd.ops import conv
+
+    monkeypatch.setattr(conv, "BLOCK_BYTES", block_bytes)
+    rng = np.random.default_rng(7)
+    for n, c, o, h, k, s, p, d in [(5, 3, 4, 9, 3, 1, 1, 1), (4, 2, 3, 11, 3, 2, 1, 1), (3, 4, 2, 10, 2, 1, 2, 2),
+                                   (6, 3, 5, 7, 1, 1, 0, 1)]:
+        x, wt, b = rng.normal(size=(n, c, h, h)), rng.normal(size=(o, c, k, k)), rng.normal(size=o)
+        ts = [torch.tensor(a, requires_grad=True) for a in (x, wt, b)]
+        yt = torch.nn.functional.conv2d(*ts, stride=s, padding=p, dilation=d)
+        g = rng.normal(size=tuple(yt.shape))
+        yt.backward(torch.tensor(g))
+        ds = [dt.tensor(a, requires_grad=True) for a in (x, wt, b)]
+        yd = F.conv2d(*ds, stride=s, padding=p, dilation=d)
+        yd.backward(dt.tensor(g))
+        np.testing.assert_allclose(np.asarray(yd.data), yt.detach().numpy(), rtol=1e-9, atol=1e-12)
+        for a, t in zip(ds, ts):
+            np.testing.assert_allclose(np.asarray(a.grad.data), t.grad.numpy(), rtol=1e-9, atol=1e-12)
