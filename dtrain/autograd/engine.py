@@ -107,25 +107,8 @@ def _run(tensor, grad, retain_graph: bool) -> None:
         entry = grads.pop(id(node), None)
         g = entry[0] if entry is not None else None
         edges, metas = node.next, node.in_meta
-        if g is not None:
-            if node.hooks:
-                for hook in node.hooks:
-                    out = hook(g)
-                    if out is not None:
-                        g = out
-            if node.retain is not None:
-                owner = node.retain()
-                if owner is not None:
-                    owner.grad = g.copy() if owner.grad is None else owner.grad + g
-            in_grads = node.backward(g)
-            if not isinstance(in_grads, tuple):
-                in_grads = (in_grads,)
-            if len(in_grads) != len(edges):
-                raise RuntimeError(
-                    f"op {node.name}: backward returned {len(in_grads)} gradients for {len(edges)} inputs"
-                )
-        else:  # no gradient reached this node: pass "nothing" on so counts still drain
-            in_grads = (None,) * len(edges)
+        # no gradient reached this node: pass "nothing" on so counts still drain
+        in_grads = (None,) * len(edges) if g is None else _node_backward(node, g, len(edges))
         if not retain_graph:
             node.release()
         for edge, gi, meta in zip(edges, in_grads, metas):
@@ -155,6 +138,25 @@ def _run(tensor, grad, retain_graph: bool) -> None:
                     entry = leaf_grads.pop(key, None)
                     if entry is not None:
                         _finish_leaf(edge, entry[0], handed)
+
+
+def _node_backward(node: Function, g, n_inputs: int) -> tuple:
+    """The node's hooks on ``g``, a retained gradient for ``retain_grad()``, then its input gradients."""
+    if node.hooks:
+        for hook in node.hooks:
+            out = hook(g)
+            if out is not None:
+                g = out
+    if node.retain is not None:
+        owner = node.retain()
+        if owner is not None:
+            owner.grad = g.copy() if owner.grad is None else owner.grad + g
+    in_grads = node.backward(g)
+    if not isinstance(in_grads, tuple):
+        in_grads = (in_grads,)
+    if len(in_grads) != n_inputs:
+        raise RuntimeError(f"op {node.name}: backward returned {len(in_grads)} gradients for {n_inputs} inputs")
+    return in_grads
 
 
 def _count_dependencies(root: Function) -> tuple[dict[int, int], dict[int, int]]:
