@@ -10,6 +10,6 @@ Each benchmark module has ``HELP`` (one line), ``add_arguments(parser)``, ``run(
 """
 
 BENCHMARKS = ("allreduce", "throughput", "train_throughput", "scaling", "simulate", "compression",
-              "mixed_precision", "autograd_overhead", "checkpoint_memory", "zero_memory", "gpu_step",
+              "mixed_precision", "autograd_overhead", "checkpoint_memory", "zero_memory", "gpu_step", "gpu_allreduce",
               "cluster_allreduce", "cluster_tta", "cluster_straggler")
 """The benchmark modules under dtrain.bench, in the order ``dtrain bench --help`` lists them."""
