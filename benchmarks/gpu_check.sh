@@ -20,9 +20,8 @@
 # beforehand on a machine with PyPI, for the device's Python 3.12:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl mpich pytest-mpi
-# Every
-# step has its own timeout; a failing step is recorded and the next one runs; the exit status is 1 when
-# any step failed. Run from the repository root.
+# Every step has its own timeout; a failing step is recorded and the next one runs; the exit status is 1
+# when any step failed. Run from the repository root.
 set -u
 
 DRY=0
@@ -37,7 +36,7 @@ while [ $# -gt 0 ]; do
         --only) ONLY=$2; shift ;;
         --budget) BUDGET=$2; shift ;;
         --out) OUT_DIR=$2; shift ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
