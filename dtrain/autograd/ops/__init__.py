@@ -8,7 +8,7 @@ The functions exported here are what Tensor methods, ``dtrain.*`` and ``dtrain.n
 """
 
 from .activation import elu, gelu, leaky_relu, relu, sigmoid, silu, tanh
-from .conv import avg_pool2d, conv2d, max_pool2d
+from .conv import conv2d
 from .elementwise import abs, add, cast, clip, compare, div, erf, exp, log, mul, neg, pow, sqrt, sub, where
 from .elementwise import to_device_op as to_device
 from .linalg import linear, matmul
@@ -22,6 +22,7 @@ from .nn import (
     scaled_dot_product_attention,
 )
 from .norm import batch_norm, layer_norm
+from .pool import avg_pool2d, max_pool2d
 from .reduce import amax, amin, log_softmax, logsumexp, mean, softmax, sum, var
 from .shape import broadcast_to, concat, flatten, getitem, pad, permute, reshape, squeeze, stack, unsqueeze
 
