@@ -347,6 +347,14 @@ class Tensor:
     def view(self, *shape):
         return ops.reshape(self, shape_args(shape))
 
+    def contiguous(self):
+        """Self when the memory is C-contiguous, else a differentiable copy that is (torch's contiguous())."""
+        return ops.contiguous(self)
+
+    def is_contiguous(self) -> bool:
+        """Whether the memory is C-contiguous (convolution outputs are channels-last: False)."""
+        return bool(self.data.flags.c_contiguous)
+
     def flatten(self, start_dim: int = 0, end_dim: int = -1):
         return ops.flatten(self, start_dim, end_dim)
 

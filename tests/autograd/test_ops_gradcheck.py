@@ -76,6 +76,7 @@ case("log_softmax-wide", lambda x: F.log_softmax(x, dim=-1), (2, 6), kind="wide"
 
 # shape and indexing
 case("reshape", lambda x: x.reshape(4, -1), (2, 3, 2))
+case("contiguous-of-transpose", lambda x: x.transpose(0, 2).contiguous(), (2, 3, 4))
 case("transpose-swap", lambda x: x.transpose(0, 2), (2, 3, 4))
 case("permute", lambda x: x.permute(2, 0, 1), (2, 3, 4))
 case("T", lambda x: x.T, (2, 3))

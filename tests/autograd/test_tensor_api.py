@@ -77,3 +77,21 @@ def test_requires_grad_cannot_be_turned_off_on_non_leaf():
     y = dt.tensor([1.0], requires_grad=True) * 2.0
     with pytest.raises(RuntimeError, match="only be turned off on leaf tensors"):
         y.requires_grad = False
+
+
+def test_contiguous_copies_channels_last_memory_only_when_needed():
+    import dtrain.nn.functional as F
+
+    x = dt.tensor(np.arange(2 * 3 * 4 * 4, dtype=np.float64).reshape(2, 3, 4, 4), requires_grad=True)
+    w = dt.tensor(np.ones((5, 3, 3, 3)), requires_grad=True)
+    y = F.conv2d(x, w, padding=1)  # channels-last memory under the NCHW shape
+    assert not y.is_contiguous() and y.data.transpose(0, 2, 3, 1).flags.c_contiguous
+    c = y.contiguous()
+    assert c.is_contiguous() and c.shape == y.shape
+    np.testing.assert_array_equal(c.numpy(), y.numpy())
+    assert c.contiguous() is c and x.contiguous() is x
+    g = np.random.default_rng(0).normal(size=y.shape)
+    c.backward(dt.tensor(g))
+    x2, w2 = dt.tensor(x.numpy(), requires_grad=True), dt.tensor(w.numpy(), requires_grad=True)
+    F.conv2d(x2, w2, padding=1).backward(dt.tensor(g))
+    np.testing.assert_array_equal(x.grad, x2.grad)  # the copy passes the gradient through unchanged

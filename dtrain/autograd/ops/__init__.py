@@ -24,11 +24,23 @@ from .nn import (
 from .norm import batch_norm, layer_norm
 from .pool import avg_pool2d, max_pool2d
 from .reduce import amax, amin, log_softmax, logsumexp, mean, softmax, sum, var
-from .shape import broadcast_to, concat, flatten, getitem, pad, permute, reshape, squeeze, stack, unsqueeze
+from .shape import (
+    broadcast_to,
+    concat,
+    contiguous,
+    flatten,
+    getitem,
+    pad,
+    permute,
+    reshape,
+    squeeze,
+    stack,
+    unsqueeze,
+)
 
 __all__ = [
     "abs", "add", "amax", "amin", "avg_pool2d", "batch_norm", "binary_cross_entropy_with_logits",
-    "broadcast_to", "cast", "clip", "compare", "concat", "conv2d", "cross_entropy", "div", "dropout",
+    "broadcast_to", "cast", "clip", "compare", "concat", "contiguous", "conv2d", "cross_entropy", "div", "dropout",
     "elu", "embedding", "erf", "exp", "flatten", "gelu", "getitem", "layer_norm", "leaky_relu", "linear",
     "log", "log_softmax", "logsumexp", "matmul", "max_pool2d", "mean", "mse_loss", "mul", "neg",
     "nll_loss", "pad", "permute", "pow", "relu", "reshape", "scaled_dot_product_attention", "sigmoid",

@@ -1,4 +1,4 @@
-"""Shape and indexing primitives: reshape, permute, broadcast, getitem, concat, stack, pad."""
+"""Shape and indexing primitives: reshape, permute, contiguous, broadcast, getitem, concat, stack, pad."""
 
 from __future__ import annotations
 
@@ -33,6 +33,20 @@ class Permute(Function):
 
     def jvp(self, t):
         return t.transpose(self.axes)
+
+
+class Contiguous(Function):
+    """The same values in C-contiguous memory (a copy of a transposed or channels-last array); the identity
+    for gradients."""
+
+    def forward(self, x):
+        return xp_of(x).ascontiguousarray(x)
+
+    def backward(self, g):
+        return g
+
+    def jvp(self, t):
+        return t
 
 
 class BroadcastTo(Function):
@@ -179,6 +193,12 @@ def pad(x: Tensor, pad: Sequence[int], value: float = 0.0) -> Tensor:
     for i in range(len(pad) // 2):
         widths[x.ndim - 1 - i] = (pad[2 * i], pad[2 * i + 1])
     return Pad.apply(x, widths=tuple(widths), value=value)
+
+
+def contiguous(x: Tensor) -> Tensor:
+    """``x`` itself when its memory is C-contiguous, else a copy that is (torch's ``Tensor.contiguous``).
+    Convolution, tiled max pooling and batch norm return channels-last memory under the NCHW shape."""
+    return x if x.data.flags.c_contiguous else Contiguous.apply(x)
 
 
 def reshape(x: Tensor, shape: tuple) -> Tensor:
