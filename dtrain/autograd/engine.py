@@ -115,10 +115,10 @@ def _run(tensor, grad, retain_graph: bool) -> None:
             if edge is None:
                 continue
             key = id(edge)
+            if gi is not None and (type(gi) is not ndarray or gi.shape != meta[0] or gi.dtype != meta[1]):
+                gi = _fit(gi, meta, node)  # only a mismatch pays for the call
             if isinstance(edge, Function):
                 if gi is not None:
-                    if type(gi) is not ndarray or gi.shape != meta[0] or gi.dtype != meta[1]:
-                        gi = _fit(gi, meta, node)
                     if key in grads:
                         _accumulate(grads, key, gi)
                     else:
@@ -129,8 +129,6 @@ def _run(tensor, grad, retain_graph: bool) -> None:
                     heapq.heappush(ready, (-edge.seq, edge))
             else:
                 if gi is not None:
-                    if type(gi) is not ndarray or gi.shape != meta[0] or gi.dtype != meta[1]:
-                        gi = _fit(gi, meta, node)
                     _accumulate(leaf_grads, key, gi)
                 left = leaf_deps[key] - 1
                 leaf_deps[key] = left
@@ -224,8 +222,7 @@ def _finish_leaf(leaf, g, handed: set[int]) -> None:
             if out is not None:
                 g = out
     if leaf.grad is None:
-        base = getattr(g, "base", None)
-        key = id(g) if base is None else id(base)
+        key = _array_key(g)
         flags = g.flags
         if key in handed or not (flags.c_contiguous or flags.f_contiguous):
             g = g.copy()

@@ -31,10 +31,6 @@ from .comm import Communicator, get_world
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm"]
 
 
-def to_host(a) -> np.ndarray:
-    return np.asarray(to_device(a, "cpu"))
-
-
 class _SyncBatchNormFn(_BatchNormFn):
     """Batch norm whose two statistics passes and two gradient sums are all-reduced over ``comm``."""
 
@@ -47,13 +43,13 @@ class _SyncBatchNormFn(_BatchNormFn):
         c = cm.c
         self.n_local = xm.shape[0]
         first = np.empty(c + 1, dtype=np.float64)
-        first[:c] = to_host(cm.sum(xm))
+        first[:c] = to_device(cm.sum(xm), "cpu")
         first[c] = self.n_local
         allreduce(first, op="sum", comm=self.comm)
         self.count = float(first[c])
         mean = xp.asarray(first[:c] / self.count, dtype=cm.dtype)
         d = cm.apply(xp.subtract, xm, mean)
-        second = to_host(cm.sum(d * d)).astype(np.float64)
+        second = to_device(cm.sum(d * d), "cpu").astype(np.float64)
         allreduce(second, op="sum", comm=self.comm)
         # float64 statistics, as all-reduced: the running statistics and invstd are taken from them
         return xp.asarray(first[:c] / self.count), xp.asarray(second / self.count), d
@@ -62,8 +58,8 @@ class _SyncBatchNormFn(_BatchNormFn):
         weight = self.n_local / self.count  # this rank's share of the global objective
         c = self.cm.c
         sums = np.empty(2 * c, dtype=np.float64)
-        sums[:c] = to_host(sum_g) * weight
-        sums[c:] = to_host(sum_gx) * weight
+        sums[:c] = to_device(sum_g, "cpu") * weight
+        sums[c:] = to_device(sum_gx, "cpu") * weight
         allreduce(sums, op="sum", comm=self.comm)
         means = self.cm.xp.asarray(sums / (self.count * weight), dtype=self.cm.dtype)
         return means[:c], means[c:]

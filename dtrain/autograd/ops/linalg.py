@@ -93,7 +93,9 @@ class FusedLinear(FusedFunction):
         gw = mm(g.T, x) if needs[1] else None
         if len(needs) == 2:
             return gx, gw
-        return gx, gw, (np.add.reduce(g, axis=0) if type(g) is np.ndarray else g.sum(axis=0)) if needs[2] else None
+        if not needs[2]:
+            return gx, gw, None
+        return gx, gw, np.add.reduce(g, axis=0) if type(g) is np.ndarray else g.sum(axis=0)  # ufunc: no wrapper
 
     def jvp(self, tx, tw, tb=None):
         x, w = self.saved

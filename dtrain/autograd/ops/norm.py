@@ -211,7 +211,8 @@ class FusedBatchNorm(FusedFunction):
         out = None
         if tx is not None:  # the normalisation's Jacobian is symmetric: the same map as backward's
             tm = cm.matrix(tx)
-            out = self._input_grad(tm, d, invstd, w, *self._sums(tm, d, invstd, True, True)[::-1])
+            sum_tx, sum_t = self._sums(tm, d, invstd, True, True)
+            out = self._input_grad(tm, d, invstd, w, sum_t, sum_tx)
         if tw is not None:
             out = tsum(out, cm.apply(xp.multiply, d, invstd * tw.astype(cm.dtype, copy=False)))
         if tb is not None:

@@ -55,8 +55,8 @@ class FusedMaxPool2d(_FusedPool):
         """(max, index of the first max in the window), as argmax gives: equal values keep the earlier offset
         (after a ReLU whole windows tie at 0), and a NaN is the max (max_pool2d propagates NaN). Channels-last
         inside (a convolution's output already is: no copy), and the windows are first copied into one
-        contiguous (KH*KW, N, OH, OW, C) array: whole-slab operations, 3x faster than on strided views. Both
-        results are (N, OH, OW, C)."""
+        contiguous (KH*KW, N, OH, OW, C) array: whole-slab operations, 3x faster than on strided views. The max
+        comes back as the (N, C, OH, OW) view of channels-last memory, the index as (N, OH, OW, C)."""
         xp = xp_of(x)
         (kh, kw) = self.k
         xh = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))
