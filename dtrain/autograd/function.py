@@ -163,10 +163,31 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs, **params):
-        """Run the primitive on tensors (or raw arrays, treated as constants); return a Tensor."""
+        """Run the primitive on tensors (or raw arrays, treated as constants); return a Tensor.
+
+        One pass over the inputs gathers their arrays, whether any needs a gradient or carries a
+        tangent, and whether their array types agree; the node's edges are built only when the
+        result is recorded. This is the per-op cost of every eager step, so it is kept flat.
+        """
         fn = cls()
-        arrays, needs_grad, has_tangent, array_type = _unpack(cls.__name__, inputs)
-        out = _run_forward(fn, arrays, params, array_type, inputs)
+        arrays = []
+        needs_grad = has_tangent = False
+        first_type = None
+        for t in inputs:
+            if isinstance(t, Tensor):
+                a = t.data
+                if t._requires_grad:
+                    needs_grad = True
+                if t._tangent is not None:
+                    has_tangent = True
+            else:
+                a = t
+            if first_type is None:
+                first_type = type(a)
+            elif type(a) is not first_type:
+                _check_same_device(cls.__name__, inputs)
+            arrays.append(a)
+        out = _run_forward(fn, arrays, params, first_type, inputs)
         if needs_grad and _grad_mode.enabled:
             result = _record(fn, inputs, arrays, out)
         else:
@@ -190,31 +211,6 @@ class FusedFunction(Function):
     composition: str = ""
 
 
-def _unpack(op: str, inputs) -> tuple:
-    """Arrays of the inputs, whether any requires grad, whether any carries a tangent, and their array type.
-
-    Inputs of different array types (NumPy and CuPy) raise a clear device error.
-    """
-    arrays = []
-    needs_grad = False
-    has_tangent = False
-    first_type = None
-    for t in inputs:
-        if isinstance(t, Tensor):
-            a = t.data
-            needs_grad = needs_grad or t._requires_grad
-            has_tangent = has_tangent or t._tangent is not None
-        else:
-            a = t
-        ta = type(a)
-        if first_type is None:
-            first_type = ta
-        elif ta is not first_type:
-            _check_same_device(op, inputs)
-        arrays.append(a)
-    return arrays, needs_grad, has_tangent, first_type
-
-
 def _run_forward(fn: Function, arrays: list, params: dict, array_type, inputs):
     """``fn.forward`` on the arrays (on their GPU when they live on one); errors name the op and shapes."""
     try:
@@ -236,10 +232,14 @@ def _record(fn: Function, inputs, arrays: list, out):
     """Make ``fn`` the graph node of the result: its edges, which inputs need a gradient, their meta."""
     edges, needs, meta = [], [], []
     for t, a in zip(inputs, arrays):
-        e = (t._node if t._node is not None else t) if getattr(t, "_requires_grad", False) else None
-        edges.append(e)
-        needs.append(e is not None)
-        meta.append((a.shape, a.dtype) if e is not None else None)
+        if t.__class__ is not a.__class__ and getattr(t, "_requires_grad", False):  # a Tensor needing grad
+            edges.append(t._node if t._node is not None else t)
+            needs.append(True)
+            meta.append((a.shape, a.dtype))
+        else:
+            edges.append(None)
+            needs.append(False)
+            meta.append(None)
     fn.next, fn.needs_grad, fn.in_meta = tuple(edges), tuple(needs), tuple(meta)
     fn.seq = next(_seq)
     return Tensor._make(out, True, fn)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .. import backend
 from .loss_scale import LossScaler, make_loss_scaler
 from .sync import mark_collective
@@ -23,8 +25,13 @@ def all_finite(params) -> bool:
         g = p.grad
         if g is None:
             continue
-        xp = backend.get_array_module(g)
-        if not math.isfinite(float(xp.sum(g))) and not bool(xp.isfinite(g).all()):
+        if type(g) is np.ndarray:  # the ufunc's reduce: the same sum without np.sum's Python wrapper
+            total = np.add.reduce(g, axis=None)
+            xp = np
+        else:
+            xp = backend.get_array_module(g)
+            total = xp.sum(g)
+        if not math.isfinite(float(total)) and not bool(xp.isfinite(g).all()):
             return False
     return True
 

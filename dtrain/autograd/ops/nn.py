@@ -240,18 +240,25 @@ class FusedCrossEntropy(_FusedClassLoss):
     def _plain_forward(self, x, target, reduction):
         """The common case (N, C) logits, class indices all in range, no weights, no smoothing: softmax and the
         loss from one exp, and a backward of ``(softmax - onehot) * scale`` with no (N, C) coefficient matrix.
-        Half the array calls of the general path: what a small model's step is made of."""
+        Half the array calls of the general path: what a small model's step is made of. On NumPy the
+        reductions call the ufuncs' ``reduce`` directly (the same sums, without the methods' Python wrappers)."""
         xp = xp_of(x)
         xm = x.astype(acc_dtype(x.dtype), copy=False)
-        shifted = xm - xm.max(axis=1, keepdims=True)
-        e = xp.exp(shifted)
-        s = e.sum(axis=1, keepdims=True)
+        if type(xm) is np.ndarray:
+            shifted = xm - np.maximum.reduce(xm, axis=1, keepdims=True)
+            e = np.exp(shifted)
+            s = np.add.reduce(e, axis=1, keepdims=True)
+        else:
+            shifted = xm - xm.max(axis=1, keepdims=True)
+            e = xp.exp(shifted)
+            s = e.sum(axis=1, keepdims=True)
         rows = xp.arange(x.shape[0])
         per = xp.log(s[:, 0]) - shifted[rows, target]
         self.reduction, self.denom = reduction, x.shape[0]
         self.saved = (e, s, rows, target)
-        out = _reduce_loss(xp, per, reduction, self.denom)
-        return out.astype(x.dtype, copy=False)
+        total = np.add.reduce(per) if type(per) is np.ndarray else per.sum()
+        out = total if reduction == "sum" else total / self.denom  # plain: reduction is "mean" or "sum", N > 0
+        return out if out.dtype == x.dtype else out.astype(x.dtype)
 
     def _dlogits(self, scale):
         """d loss / d logits, (M, C), for a per-sample upstream ``scale`` (M, 1) or scalar."""
@@ -270,6 +277,8 @@ class FusedCrossEntropy(_FusedClassLoss):
     def backward(self, g):
         xp = xp_of(g)
         g = g.astype(acc_dtype(self.dtype), copy=False)
+        if self.plain:  # (N, C) logits, a scalar loss: no reshapes
+            return self._dlogits(g if self.reduction == "sum" else g / self.denom)
         scale = _grad_scale(xp, g, self.reduction, self.denom, (-1, 1))
         return _unflatten_classes(self._dlogits(scale), self.shape)
 
@@ -322,8 +331,9 @@ def _check_class_range(t, c: int, ignore_index: int, name: str) -> bool:
     """IndexError naming a target class outside [0, c) (ignore_index aside); True when every index is in it."""
     if t.dtype.kind == "f" or t.size == 0:
         return False
-    lo, hi = int(t.min()), int(t.max())
-    if 0 <= lo and hi < c:
+    # one reduction instead of min and max: as unsigned, a negative index is larger than any class
+    u = t.view(np.dtype(f"u{t.dtype.itemsize}"))
+    if int(np.maximum.reduce(u, axis=None) if type(u) is np.ndarray else u.max()) < c:
         return True
     valid = t[t != ignore_index]
     if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= c):
