@@ -18,6 +18,8 @@ import numpy as np
 
 __all__ = [
     "accumulation_dtype",
+    "array_max",
+    "array_sum",
     "Device",
     "as_device",
     "bfloat16",  # noqa: F822  (resolved lazily by __getattr__ below)
@@ -97,6 +99,21 @@ def cupy_available() -> bool:
 def _is_cupy_array(a) -> bool:
     # Avoid importing cupy for NumPy arrays: only look when the type comes from cupy.
     return type(a).__module__.startswith("cupy")
+
+
+def array_sum(a, axis=None, keepdims: bool = False):
+    """``a.sum(axis, keepdims=...)``; on NumPy through ``np.add.reduce``, the same sum without the method's
+    Python wrapper (about 1 µs a call, which the steps of small models feel). CuPy arrays use the method."""
+    if type(a) is np.ndarray:
+        return np.add.reduce(a, axis=axis, keepdims=keepdims)
+    return a.sum(axis=axis, keepdims=keepdims)
+
+
+def array_max(a, axis=None, keepdims: bool = False):
+    """``a.max(axis, keepdims=...)``, through ``np.maximum.reduce`` on NumPy (see :func:`array_sum`)."""
+    if type(a) is np.ndarray:
+        return np.maximum.reduce(a, axis=axis, keepdims=keepdims)
+    return a.max(axis=axis, keepdims=keepdims)
 
 
 def get_array_module(*arrays):

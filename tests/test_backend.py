@@ -108,3 +108,12 @@ def test_unknown_attributes_are_still_attribute_errors():
         dt.bfloat17
     with pytest.raises(AttributeError, match=r"module 'dtrain\.backend' has no attribute 'bfloat17'"):
         backend.bfloat17
+
+
+@pytest.mark.parametrize("axis,keepdims", [(None, False), (0, False), (1, True), ((0, 1), False)])
+def test_array_sum_and_max_equal_the_methods(axis, keepdims):
+    a = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float32)
+    s, m = backend.array_sum(a, axis=axis, keepdims=keepdims), backend.array_max(a, axis=axis, keepdims=keepdims)
+    np.testing.assert_array_equal(s, a.sum(axis=axis, keepdims=keepdims))
+    np.testing.assert_array_equal(m, a.max(axis=axis, keepdims=keepdims))
+    assert np.shape(s) == np.shape(a.sum(axis=axis, keepdims=keepdims)) and np.asarray(s).dtype == np.float32

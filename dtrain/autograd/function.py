@@ -232,7 +232,7 @@ def _record(fn: Function, inputs, arrays: list, out):
     """Make ``fn`` the graph node of the result: its edges, which inputs need a gradient, their meta."""
     edges, needs, meta = [], [], []
     for t, a in zip(inputs, arrays):
-        if t.__class__ is not a.__class__ and getattr(t, "_requires_grad", False):  # a Tensor needing grad
+        if isinstance(t, Tensor) and t._requires_grad:
             edges.append(t._node if t._node is not None else t)
             needs.append(True)
             meta.append((a.shape, a.dtype))

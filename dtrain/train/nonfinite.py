@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from .. import backend
 from .loss_scale import LossScaler, make_loss_scaler
 from .sync import mark_collective
@@ -25,13 +23,7 @@ def all_finite(params) -> bool:
         g = p.grad
         if g is None:
             continue
-        if type(g) is np.ndarray:  # the ufunc's reduce: the same sum without np.sum's Python wrapper
-            total = np.add.reduce(g, axis=None)
-            xp = np
-        else:
-            xp = backend.get_array_module(g)
-            total = xp.sum(g)
-        if not math.isfinite(float(total)) and not bool(xp.isfinite(g).all()):
+        if not math.isfinite(float(backend.array_sum(g))) and not bool(backend.get_array_module(g).isfinite(g).all()):
             return False
     return True
 

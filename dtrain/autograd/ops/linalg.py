@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...backend import array_sum
 from ..autocast import cast_inputs
 from ..function import Function, FusedFunction
 from ..tensor import Tensor
@@ -95,7 +96,7 @@ class FusedLinear(FusedFunction):
             return gx, gw
         if not needs[2]:
             return gx, gw, None
-        return gx, gw, np.add.reduce(g, axis=0) if type(g) is np.ndarray else g.sum(axis=0)  # ufunc: no wrapper
+        return gx, gw, array_sum(g, axis=0)
 
     def jvp(self, tx, tw, tb=None):
         x, w = self.saved

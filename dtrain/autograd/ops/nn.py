@@ -240,23 +240,17 @@ class FusedCrossEntropy(_FusedClassLoss):
     def _plain_forward(self, x, target, reduction):
         """The common case (N, C) logits, class indices all in range, no weights, no smoothing: softmax and the
         loss from one exp, and a backward of ``(softmax - onehot) * scale`` with no (N, C) coefficient matrix.
-        Half the array calls of the general path: what a small model's step is made of. On NumPy the
-        reductions call the ufuncs' ``reduce`` directly (the same sums, without the methods' Python wrappers)."""
+        Half the array calls of the general path: what a small model's step is made of."""
         xp = xp_of(x)
         xm = x.astype(acc_dtype(x.dtype), copy=False)
-        if type(xm) is np.ndarray:
-            shifted = xm - np.maximum.reduce(xm, axis=1, keepdims=True)
-            e = np.exp(shifted)
-            s = np.add.reduce(e, axis=1, keepdims=True)
-        else:
-            shifted = xm - xm.max(axis=1, keepdims=True)
-            e = xp.exp(shifted)
-            s = e.sum(axis=1, keepdims=True)
+        shifted = xm - backend.array_max(xm, axis=1, keepdims=True)
+        e = xp.exp(shifted)
+        s = backend.array_sum(e, axis=1, keepdims=True)
         rows = xp.arange(x.shape[0])
         per = xp.log(s[:, 0]) - shifted[rows, target]
         self.reduction, self.denom = reduction, x.shape[0]
         self.saved = (e, s, rows, target)
-        total = np.add.reduce(per) if type(per) is np.ndarray else per.sum()
+        total = backend.array_sum(per)
         out = total if reduction == "sum" else total / self.denom  # plain: reduction is "mean" or "sum", N > 0
         return out if out.dtype == x.dtype else out.astype(x.dtype)
 
@@ -333,7 +327,7 @@ def _check_class_range(t, c: int, ignore_index: int, name: str) -> bool:
         return False
     # one reduction instead of min and max: as unsigned, a negative index is larger than any class
     u = t.view(np.dtype(f"u{t.dtype.itemsize}"))
-    if int(np.maximum.reduce(u, axis=None) if type(u) is np.ndarray else u.max()) < c:
+    if int(backend.array_max(u)) < c:
         return True
     valid = t[t != ignore_index]
     if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= c):
