@@ -3,10 +3,12 @@
 Modules: ``tensor`` (Tensor), ``factories`` (``tensor``, ``zeros``, ``randn``, ...), ``function`` (the op
 base classes ``Function`` and ``FusedFunction``, grad mode),
 ``engine`` (the backward pass), ``ops`` (every op: forward, backward, jvp side by side),
-``forward_ad`` (jvp, vjp, jacobian), ``gradcheck`` and ``checkpoint``.
+``forward_ad`` (jvp, vjp, jacobian), ``gradcheck``, ``checkpoint`` and ``capture`` (trace a training step
+once, replay its ops without the eager bookkeeping; ``capture_tape``/``capture_codegen`` replay it).
 """
 
 from .autocast import autocast
+from .capture import CapturedStep, CaptureError, capture
 from .checkpoint import checkpoint
 from .engine import queue_callback
 from .factories import arange, full, ones, ones_like, rand, randn, tensor, zeros, zeros_like
@@ -24,7 +26,8 @@ from .gradcheck import GradcheckError, gradcheck
 from .tensor import Tensor
 
 __all__ = [
-    "Function", "FusedFunction", "GradcheckError", "Tensor", "arange", "autocast", "checkpoint", "enable_grad",
-    "full", "gradcheck", "is_grad_enabled", "jacobian", "jvp", "no_grad", "ones", "ones_like", "queue_callback",
-    "rand", "randn", "set_grad_enabled", "tensor", "unbroadcast", "vjp", "zeros", "zeros_like",
+    "CaptureError", "CapturedStep", "Function", "FusedFunction", "GradcheckError", "Tensor", "arange", "autocast",
+    "capture", "checkpoint", "enable_grad", "full", "gradcheck", "is_grad_enabled", "jacobian", "jvp", "no_grad",
+    "ones", "ones_like", "queue_callback", "rand", "randn", "set_grad_enabled", "tensor", "unbroadcast", "vjp",
+    "zeros", "zeros_like",
 ]

@@ -65,7 +65,7 @@ def backward(tensor, grad=None, retain_graph: bool = False) -> None:
                 f"backward() without a gradient needs a scalar (one-element) output, got shape "
                 f"{tuple(tensor.shape)}; pass grad= an array of that shape"
             )
-        grad = xp.ones_like(tensor.data)
+        grad = seed_gradient(tensor.data)
     else:
         grad = getattr(grad, "data", grad) if hasattr(grad, "_is_dtrain_tensor") else grad
         if get_array_module(grad) is not xp:
@@ -89,6 +89,12 @@ def backward(tensor, grad=None, retain_graph: bool = False) -> None:
         _callback_stack.pop()
     for fn in callbacks:
         fn()
+
+
+def seed_gradient(out):
+    """d out / d out for a one-element output: ones of its shape and dtype (a 0-d array without ones_like's cost)."""
+    xp = get_array_module(out)
+    return xp.array(1, dtype=out.dtype) if out.shape == () else xp.ones(out.shape, dtype=out.dtype)
 
 
 def _run(tensor, grad, retain_graph: bool) -> None:

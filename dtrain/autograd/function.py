@@ -45,6 +45,7 @@ class _GradMode(threading.local):
 
 _grad_mode = _GradMode()
 _seq = itertools.count()  # creation order of nodes: the engine's deterministic tie-break
+_tracer = None  # while a captured step traces (capture.py): called with every op apply runs
 
 
 def is_grad_enabled() -> bool:
@@ -134,6 +135,9 @@ class Function:
     # Subclasses have an instance __dict__ for what forward keeps (masks, shapes); the slots are
     # the attributes every node has, read by the engine on each backward step.
     __slots__ = ("hooks", "in_meta", "needs_grad", "next", "retain", "saved", "seq")
+    # May a captured step (capture.py) replay this op from its recorded parameters? Only for ops whose
+    # frontend decides from shapes, dtypes and fixed arguments, or re-decides in ``capture_check``.
+    capturable = False
 
     def __init__(self):
         self.saved = ()
@@ -194,6 +198,8 @@ class Function:
             result = Tensor._make(out, False, None)
         if has_tangent:
             result._tangent = _push_tangents(fn, inputs, out)
+        if _tracer is not None:
+            _tracer(cls, fn, inputs, arrays, params, result)
         return result
 
 

@@ -8,6 +8,8 @@ What is measured
     * ``dtrain``: leaf tensors ``dt.tensor(W, requires_grad=True)`` in torch layout (W: (out, in),
       b: (out,)); ``F.linear -> F.relu -> ... -> F.cross_entropy`` then ``loss.backward()``;
       ``p.grad = None`` before every step.
+    * ``dtrain-captured``: the same step through ``dt.autograd.capture`` (traced on the first call, then
+      each op's forward and backward replayed without the eager engine's per-op bookkeeping).
     * ``numpy``: the same math with a hand-written backward (the reference dtrain has to match).
     * ``torch``: PyTorch CPU eager, ``torch.set_num_threads(1)`` (skipped if torch does not import).
 
@@ -57,7 +59,7 @@ from .report import OUT_HELP, command_line, command_section, default_out, write_
 
 HELP = "autograd overhead: MLP forward+backward, dtrain vs hand-written NumPy vs PyTorch (1 thread)"
 
-IMPLS = ("dtrain", "numpy", "torch")
+IMPLS = ("dtrain", "dtrain-captured", "numpy", "torch")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,6 +113,29 @@ class DtrainMLP:
         """The loss and every gradient (W1, b1, W2, ...) as NumPy arrays, after one step."""
         loss = self.step()
         return float(loss.data), [np.asarray(p.grad) for p in self.flat]
+
+
+class CapturedMLP(DtrainMLP):
+    """The same step as ``DtrainMLP``, through ``dt.autograd.capture``: traced on the first call, then replayed
+    (each op's forward and backward without the eager engine's per-op bookkeeping)."""
+
+    def __init__(self, x, y, params):
+        super().__init__(x, y, params)
+        self.captured = dt.autograd.capture(self._loss)
+
+    def _loss(self, x, y):
+        h = x
+        last = len(self.params) - 1
+        for i, (w, b) in enumerate(self.params):
+            h = self.F.linear(h, w, b)
+            if i != last:
+                h = self.F.relu(h)
+        return self.F.cross_entropy(h, y)
+
+    def step(self):
+        for p in self.flat:
+            p.grad = None
+        return self.captured(self.x, self.y)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +216,7 @@ class TorchMLP(DtrainMLP):
         return float(loss.item()), [p.grad.numpy().copy() for p in self.flat]
 
 
-FACTORIES = {"dtrain": DtrainMLP, "numpy": NumpyMLP, "torch": TorchMLP}
+FACTORIES = {"dtrain": DtrainMLP, "dtrain-captured": CapturedMLP, "numpy": NumpyMLP, "torch": TorchMLP}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +281,7 @@ def run_config(label: str, sizes: list[int], batch: int, impls: list[str], iters
             "iters": iters,
             "rounds": rounds,
         })
-        print(f"[{label}] {name:7s} median {med * 1e3:9.3f} ms  min {min(ts) * 1e3:9.3f} ms")
+        print(f"[{label}] {name:15s} median {med * 1e3:9.3f} ms  min {min(ts) * 1e3:9.3f} ms")
     return rows
 
 
@@ -285,6 +310,9 @@ def ratio_lines(rows: list[dict]) -> list[str]:
     if "dtrain" in med and "numpy" in med:
         lines.append(f"- speed(dtrain) / speed(numpy) = t_numpy / t_dtrain = **{med['numpy'] / med['dtrain']:.3f}**")
         lines.append(f"- dtrain overhead over numpy: {(med['dtrain'] - med['numpy']) * 1e6:.1f} µs/iter")
+    if "dtrain-captured" in med and "numpy" in med:
+        lines.append(f"- speed(dtrain-captured) / speed(numpy) = **{med['numpy'] / med['dtrain-captured']:.3f}** "
+                     "(the same step through `dt.autograd.capture`: traced once, then replayed)")
     if "dtrain" in med and "torch" in med:
         lines.append(f"- speed(dtrain) / speed(torch) = t_torch / t_dtrain = **{med['torch'] / med['dtrain']:.3f}**")
     return lines

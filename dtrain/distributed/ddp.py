@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
+from ..autograd.capture import replay_effect
 from ..autograd.function import is_grad_enabled
 from ..nn.module import Module
 from ..spec import is_real
@@ -84,15 +85,21 @@ class DistributedDataParallel(Module):
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
+        first = args[0] if args else next(iter(kwargs.values()), None)
+        samples = int(first.shape[0]) if hasattr(first, "shape") and len(first.shape) else 1
+        self._before_forward(samples)
+        # a captured step replays the module's ops, not this method: count and arm on every replay too
+        replay_effect(lambda: self._before_forward(samples))
+        return self.module(*args, **kwargs)
+
+    def _before_forward(self, samples: int) -> None:
         r = self.reducer
         if r.active:
             raise RuntimeError("DistributedDataParallel: a synchronisation is still in progress; the previous "
                                "backward did not finish (call ddp.finish() after an interrupted backward)")
         if is_grad_enabled() and self.comm.size > 1:  # a forward under no_grad (evaluation) is no sample
-            first = args[0] if args else next(iter(kwargs.values()), None)
-            r.samples += int(first.shape[0]) if hasattr(first, "shape") and len(first.shape) else 1
+            r.samples += samples
             r.armed = not self._no_sync
-        return self.module(*args, **kwargs)
 
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:

@@ -22,6 +22,14 @@ def test_ddp_equals_one_process(run_mpi, n):
     assert f"equivalence OK on {n} ranks" in res.stdout
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_a_captured_step_through_ddp_equals_one_process(run_mpi, n):
+    """dt.autograd.capture around ddp(x): six momentum-SGD steps on uneven shards, traced once, equal the
+    single-process parameters to 1e-12 (DDP counts samples and arms its reducer on every replay)."""
+    res = run_mpi(SCRIPT, n, "captured", timeout=120)
+    assert f"captured OK on {n} ranks" in res.stdout
+
+
 @pytest.mark.parametrize("n", [3, 4])
 def test_ranks_with_an_empty_shard_still_take_part(run_mpi, n):
     res = run_mpi(SCRIPT, n, "empty-shard")

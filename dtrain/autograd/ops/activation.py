@@ -188,3 +188,9 @@ def gelu(x, approximate: str = "none") -> Tensor:
 def silu(x) -> Tensor:
     """x * sigmoid(x) (swish)."""
     return FusedSiLU.apply(as_tensor(x))
+
+
+# Each activation's frontend only wraps its input and passes a fixed number or string: a captured step
+# (autograd/capture.py) may replay them from the recorded parameters.
+for _cls in (FusedTanh, FusedSigmoid, FusedReLU, FusedLeakyReLU, FusedELU, FusedGELU, FusedSiLU):
+    _cls.capturable = True

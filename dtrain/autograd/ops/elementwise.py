@@ -23,6 +23,8 @@ from ._util import as_tensor, pair, tsum, xp_of
 
 
 class Add(Function):
+    capturable = True  # the frontend only pairs its operands (numbers become 0-d constants)
+
     def forward(self, a, b):
         return a + b
 
@@ -34,6 +36,8 @@ class Add(Function):
 
 
 class Sub(Function):
+    capturable = True  # the frontend only pairs its operands (numbers become 0-d constants)
+
     def forward(self, a, b):
         return a - b
 
@@ -45,6 +49,8 @@ class Sub(Function):
 
 
 class Mul(Function):
+    capturable = True  # the frontend only pairs its operands (numbers become 0-d constants)
+
     def forward(self, a, b):
         self.saved = (a, b)
         return a * b
@@ -60,6 +66,8 @@ class Mul(Function):
 
 
 class Div(Function):
+    capturable = True  # the frontend only pairs its operands (numbers become 0-d constants)
+
     def forward(self, a, b):
         out = a / b
         self.saved = (b, out)

@@ -77,6 +77,7 @@ class FusedLinear(FusedFunction):
     """y = x @ w.T + b, fused: the weight gradient comes out C-contiguous in w's own layout."""
 
     composition = "matmul(x, permute(w)) + b"
+    capturable = True  # linear()'s frontend checks shapes only (autocast casts are ops of their own)
 
     def forward(self, x, w, b=None):
         self.saved = (x, w)

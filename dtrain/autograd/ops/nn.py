@@ -220,6 +220,18 @@ def _sample_shape(shape):
 
 class FusedCrossEntropy(_FusedClassLoss):
     composition = "nll_loss(log_softmax(x, dim=1)) (label smoothing, class weights, ignore_index)"
+    capturable = True
+
+    @staticmethod
+    def capture_check(arrays, params):
+        """A captured step's replay re-runs the frontend's one value-dependent decision on this call's target:
+        the class-index check (the same IndexError as eagerly) and the plain path only when all are in range."""
+        x = arrays[0]
+        c = x.shape[0] if x.ndim == 1 else x.shape[1]
+        in_range = _check_class_range(params["target"], c, params["ignore_index"], "cross_entropy")
+        if params["plain"] and not in_range:
+            params = {**params, "plain": False}
+        return params
 
     def forward(self, x, target=None, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
                 plain=False):
@@ -321,13 +333,19 @@ def _class_target(x: Tensor, target, name: str):
     return t
 
 
+_UNSIGNED = {n: np.dtype(f"u{n}") for n in (1, 2, 4, 8)}
+
+
 def _check_class_range(t, c: int, ignore_index: int, name: str) -> bool:
     """IndexError naming a target class outside [0, c) (ignore_index aside); True when every index is in it."""
     if t.dtype.kind == "f" or t.size == 0:
         return False
+    if t.size <= 64 and type(t) is np.ndarray:  # a few indices: Python's min/max beat a ufunc reduction's fixed cost
+        idx = t.ravel().tolist()
+        if min(idx) >= 0 and max(idx) < c:
+            return True
     # one reduction instead of min and max: as unsigned, a negative index is larger than any class
-    u = t.view(np.dtype(f"u{t.dtype.itemsize}"))
-    if int(backend.array_max(u)) < c:
+    elif int(backend.array_max(t.view(_UNSIGNED[t.dtype.itemsize]))) < c:
         return True
     valid = t[t != ignore_index]
     if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= c):

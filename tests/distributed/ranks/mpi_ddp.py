@@ -1,6 +1,6 @@
 """Run under mpiexec by tests/distributed/test_ddp.py: DistributedDataParallel against one process.
 
-    mpiexec -n N python tests/distributed/ranks/mpi_ddp.py equivalence|mismatch|empty-shard
+    mpiexec -n N python tests/distributed/ranks/mpi_ddp.py equivalence|mismatch|empty-shard|captured
 
 Every rank computes the single-process reference itself (same seed, full batch) and compares its
 DDP-trained parameters with it. Any failure prints the rank and aborts the whole job, so a failing
@@ -99,6 +99,35 @@ def equivalence(comm):
         print(f"equivalence OK on {n} ranks", flush=True)
 
 
+def reference_step(ref, ref_opt, opt, x, y, r, n):
+    """One single-process step of the reference on the whole batch; zero the DDP optimizer; this rank's shard."""
+    ref_opt.zero_grad()
+    F.cross_entropy(ref(dt.tensor(x)), y).backward()
+    ref_opt.step()
+    opt.zero_grad()
+    return shard_slice(len(x), r, n)
+
+
+def captured(comm):
+    """A captured step through DDP: its replays still count samples, arm the reducer and average the gradients."""
+    r, n = comm.rank, comm.size
+    ref, model = build("mlp"), build("mlp")
+    ddp = dist.DistributedDataParallel(model, bucket_cap_mb=0.0005)
+    ref_opt, opt = optim.SGD(ref.parameters(), lr=0.1, momentum=0.9), optim.SGD(model.parameters(), lr=0.1,
+                                                                               momentum=0.9)
+    step = dt.autograd.capture(lambda x, y: F.cross_entropy(ddp(x), y))
+    for k in range(6):
+        x, y = data("mlp", 10, k)
+        part = reference_step(ref, ref_opt, opt, x, y, r, n)
+        step(dt.tensor(x[part]), y[part])
+        opt.step()
+    diff = max_diff(ref, model)
+    check(diff <= TOL, f"captured: max |ddp - single| = {diff:.3e} > {TOL} on rank {r} of {n}")
+    check(step.traces == 1, f"captured: traced {step.traces} times on rank {r}, expected once")
+    if r == 0:
+        print(f"captured OK on {n} ranks", flush=True)
+
+
 def empty_shard(comm):
     """A global batch smaller than the world: ranks with no samples still take part (weight 0)."""
     r, n = comm.rank, comm.size
@@ -107,11 +136,7 @@ def empty_shard(comm):
     ref_opt, opt = optim.SGD(ref.parameters(), lr=0.1), optim.SGD(model.parameters(), lr=0.1)
     for step in range(3):
         x, y = data("mlp", 2, step)
-        ref_opt.zero_grad()
-        F.cross_entropy(ref(dt.tensor(x)), y).backward()
-        ref_opt.step()
-        opt.zero_grad()
-        part = shard_slice(2, r, n)
+        part = reference_step(ref, ref_opt, opt, x, y, r, n)
         if len(x[part]):
             F.cross_entropy(ddp(dt.tensor(x[part])), y[part]).backward()
         else:
@@ -273,7 +298,7 @@ def main() -> None:
     world = dist.init()
     dt.set_default_dtype(np.float64)
     cases = {"equivalence": equivalence, "mismatch": mismatch, "empty-shard": empty_shard, "syncbn": syncbn,
-             "compression": compression}
+             "compression": compression, "captured": captured}
     cases[sys.argv[1]](world)
     world.barrier()
 
