@@ -47,7 +47,8 @@ from .autocast import autocast_dtype
 from .capture_tape import CaptureError, _Tape
 from .tensor import Tensor
 
-__all__ = ["CaptureError", "CapturedStep", "capture", "replay_effect"]
+__all__ = ["CaptureError", "CapturedStep", "capture", "is_tracing", "note_buffers", "note_module_call", "replay_effect",
+           "replay_guard"]
 
 
 def capture(fn, max_traces: int = 8) -> CapturedStep:
@@ -63,15 +64,65 @@ def capture(fn, max_traces: int = 8) -> CapturedStep:
     return CapturedStep(fn, int(max_traces))
 
 
+def _tracing():
+    """The tracer of the step this thread is tracing, or None."""
+    tracer = function._tracer
+    if tracer is not None and tracer.__self__.thread == threading.get_ident():
+        return tracer.__self__
+    return None
+
+
 def replay_effect(fn) -> None:
     """Make ``fn()`` run at the start of every replay of the step being traced (nothing when not tracing).
 
     For Python-side state a forward changes besides its ops, which a replay would otherwise skip:
     DistributedDataParallel counts the samples and arms its reducer this way.
     """
-    tracer = function._tracer
-    if tracer is not None and tracer.__self__.thread == threading.get_ident():
-        tracer.__self__.effects.append(fn)
+    tracer = _tracing()
+    if tracer is not None:
+        tracer.effects.append(fn)
+
+
+def replay_guard(fn) -> None:
+    """Make the step being traced valid only while ``fn()`` is true: a replay finding it false traces again.
+
+    For Python-side state a forward decided on, which the recorded ops froze (a module's training flag).
+    """
+    tracer = _tracing()
+    if tracer is not None:
+        tracer.guards.append(fn)
+
+
+def note_buffers(owner, *names: str) -> None:
+    """During a trace: ``owner``'s attributes ``names`` are arrays its ops read and update in place (a batch
+    norm's running statistics). A replay reads each attribute afresh, so a buffer replaced by
+    ``load_state_dict`` is seen; a change of its shape or dtype traces again."""
+    tracer = _tracing()
+    if tracer is not None:
+        for name in names:
+            a = getattr(owner, name)
+            if a is not None:
+                tracer._mark(a, ("attr", (owner, name)))
+
+
+def is_tracing() -> bool:
+    """True while this thread traces a captured step (for Python-side state that a replay cannot reproduce)."""
+    return _tracing() is not None
+
+
+def note_module_call(module) -> None:
+    """A module's ``__call__`` during a trace: its training flag is guarded; forward hooks are refused
+    (they are Python a replay would not run)."""
+    if function._tracer is None:  # the common case, on every module call: one global read
+        return
+    tracer = _tracing()
+    if tracer is None:
+        return
+    if module._forward_hooks or module._forward_pre_hooks:
+        raise CaptureError(f"captured step: module {type(module).__name__} has forward hooks, which a replay would "
+                           "not run; remove them (or run this loss function eagerly)")
+    training = module.training
+    tracer.guards.append(lambda: module.training == training)
 
 
 class CapturedStep:
@@ -88,7 +139,7 @@ class CapturedStep:
             raise CaptureError("a captured step runs backward: call it with gradients enabled (not in no_grad)")
         key = _signature(args)
         tape = self._tapes.get(key)
-        if tape is not None and tape.state_ok():
+        if tape is not None and tape.valid():
             return tape.replay(args)
         self._tapes.pop(key, None)
         loss, tape = _trace(self.fn, args)
@@ -137,6 +188,7 @@ class _Tracer:
         self.where: dict[int, tuple] = {}  # id(tensor or array) -> ("arg", i) | ("out", k)
         self.state: dict[int, Tensor] = {}  # parameters read by reference, by id
         self.effects = []  # replay_effect() callables, run before each replay
+        self.guards = []  # replay_guard() callables, all true for a replay to be valid
         for i, a in enumerate(args):
             if isinstance(a, Tensor):
                 self._mark(a, ("arg", i))

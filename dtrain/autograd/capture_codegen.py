@@ -54,6 +54,10 @@ class _Writer:
             self.line(f"v{i} = args[{i}].data" if t.arg_is_tensor[i] else f"v{i} = args[{i}]")
         for s, tensor in enumerate(t.state):
             self.line(f"v{t.nargs + s} = {self.bind(f'S{s}', tensor)}.data")
+        for j, (owner, name) in enumerate(t.attrs):
+            if not name.isidentifier():
+                raise ValueError(f"captured step: buffer name {name!r} is not an identifier")
+            self.line(f"v{t.attr_base + j} = {self.bind(f'A{j}', owner)}.{name}")
         for c, value in enumerate(t.consts):
             self.line(f"v{t.const_base + c} = {self.bind(f'K{c}', value)}")
 

@@ -36,10 +36,11 @@ class _Tape:
                                    "(or .detach() it)")
         self.state = list(tracer.state.values())
         self.effects = tuple(tracer.effects)
+        self.guards = tuple(tracer.guards)
         self.state_meta = [(type(t.data), t.data.shape, t.data.dtype) for t in self.state]
         slot_of_state = {id(t): self.nargs + s for s, t in enumerate(self.state)}
-        template = [None] * (self.nargs + len(self.state))
-        consts = []
+        n_fixed = self.nargs + len(self.state)
+        consts, attrs, attr_index = [], [], {}
 
         def slot(src):
             kind, v = src
@@ -49,6 +50,12 @@ class _Tape:
                 return slot_of_state[id(v)]
             if kind == "out":
                 return ("out", v)
+            if kind == "attr":  # a module's buffer (owner, attribute name), read afresh on every replay
+                key = (id(v[0]), v[1])
+                if key not in attr_index:
+                    attr_index[key] = len(attrs)
+                    attrs.append(v)
+                return ("attr", attr_index[key])
             consts.append(v)
             return ("const", len(consts) - 1)
 
@@ -62,14 +69,15 @@ class _Tape:
                 else:
                     arr.append((name, slot((kind, v))))
             raw.append((cls, node, ins, params, arr, out))
-        out_base = len(template) + len(consts)
-        self.consts, self.const_base, self.out_base = consts, len(template), out_base
+        self.attrs, self.attr_base = attrs, n_fixed
+        self.attr_meta = [_meta(getattr(owner, name)) for owner, name in attrs]
+        self.consts, self.const_base = consts, n_fixed + len(attrs)
+        self.out_base = out_base = self.const_base + len(consts)
         self.arg_is_tensor = tuple(isinstance(a, Tensor) for a in args)
+        base = {"out": out_base, "attr": self.attr_base, "const": self.const_base}
 
         def resolve(s):
-            if isinstance(s, int):
-                return s
-            return (out_base + s[1]) if s[0] == "out" else len(template) + s[1]
+            return s if isinstance(s, int) else base[s[0]] + s[1]
 
         self.ops = [self._op(cls, node, [resolve(s) for s in ins], params,
                              tuple((n, resolve(s)) for n, s in arr), out_base + k, out)
@@ -111,12 +119,24 @@ class _Tape:
             self.ops[k].finish += (s,)
         self.live = [op for op in reversed(self.ops) if op.live]
 
+    def valid(self) -> bool:
+        """The parameters are as traced and every replay_guard holds: the tape may replay."""
+        if not self.state_ok():
+            return False
+        for guard in self.guards:
+            if not guard():
+                return False
+        return True
+
     def state_ok(self) -> bool:
         """The parameters still have the traced array type, shape and dtype, and are still leaves needing grad."""
         for t, (typ, shape, dtype) in zip(self.state, self.state_meta):
             d = t.data
             if (type(d) is not typ or d.shape != shape or d.dtype != dtype or not t._requires_grad
                     or t._node is not None):
+                return False
+        for (owner, name), meta in zip(self.attrs, self.attr_meta):
+            if _meta(getattr(owner, name, None)) != meta:
                 return False
         return True
 
@@ -138,6 +158,10 @@ class _Tape:
         for cb in callbacks:
             cb()
         return Tensor._make(loss, False, None)
+
+
+def _meta(a) -> tuple:
+    return (type(a), getattr(a, "shape", None), getattr(a, "dtype", None))
 
 
 def _mismatch(op, out):

@@ -14,10 +14,12 @@ What is measured
       3 -> 32 -> 64 (``channels=(32, 64)``; Linear 4096 -> 128), batch 64 (``synthetic:image=32,channels=3``,
       1,280 samples, 10 classes).
 
-    Three step implementations per model:
+    Four step implementations per model:
 
     * ``dtrain raw``: ``out = model(x); loss = F.cross_entropy(out, y); opt.zero_grad(); loss.backward();
       opt.step()`` on pre-made batches (inputs already ``dtrain.Tensor``);
+    * ``dtrain captured``: the raw loop with forward and backward through ``dt.autograd.capture`` (checked
+      to train to the same parameters and buffers as the raw loop, bit for bit, before timing);
     * ``dtrain Trainer``: ``dtrain.train.Trainer.train_step(x, y)`` (``monitor=False``) on the same
       batches as NumPy arrays, as the training loop runs it: device/dtype placement, the loss
       ``.item()`` and its finiteness check, the sync seam, the accuracy count;
@@ -71,10 +73,11 @@ from .report import OUT_HELP, command_line, command_section, default_out, fmt, w
 from .train_throughput_profile import NumpyMLPPhases, profile_lines, profile_mlp
 from .train_throughput_twins import LR, MOMENTUM, TorchRaw, torch_twin
 
-HELP = "single-process training throughput of the zoo models: dtrain raw, dtrain Trainer, PyTorch eager"
+HELP = ("single-process training throughput of the zoo models: dtrain raw, dtrain captured, dtrain Trainer, "
+        "PyTorch eager")
 
-IMPLS = ("dtrain", "trainer", "torch")
-IMPL_LABELS = {"dtrain": "dtrain raw", "trainer": "dtrain Trainer", "torch": "torch"}
+IMPLS = ("dtrain", "captured", "trainer", "torch")
+IMPL_LABELS = {"dtrain": "dtrain raw", "captured": "dtrain captured", "trainer": "dtrain Trainer", "torch": "torch"}
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,41 @@ class DtrainRaw(CycledStep):
         return out
 
 
+class DtrainCaptured(DtrainRaw):
+    """The raw loop with forward and backward through ``dt.autograd.capture`` (traced once, then replayed)."""
+
+    def __init__(self, model, batches):
+        super().__init__(model, batches)
+        self.captured = dt.autograd.capture(lambda x, y: F.cross_entropy(model(x), y))
+
+    def step(self, i: int):
+        x, y = self.batches[i % len(self.batches)]
+        self.opt.zero_grad()
+        loss = self.captured(x, y)
+        self.opt.step()
+        return loss
+
+
+def check_captured(cfg: Config, splits, seed: int, steps: int = 3) -> str:
+    """The captured step trains the model to the same parameters and buffers as the raw loop, bit for bit."""
+    from dtrain.models import build_model
+
+    states = []
+    for kind in (DtrainRaw, DtrainCaptured):
+        dt.manual_seed(seed)
+        model = build_model(cfg.model, splits.input_shape, splits.n_classes, **cfg.options)
+        model.train()
+        obj = kind(model, make_batches(*splits.train.arrays, cfg.batch, seed))
+        for i in range(steps):
+            obj.step(i)
+        states.append(model.state_dict())
+    for name, a in states[0].items():
+        if not np.array_equal(np.asarray(a), np.asarray(states[1][name])):
+            raise AssertionError(f"{cfg.label}: the captured step's {name} differs from the raw loop's after "
+                                 f"{steps} steps")
+    return f"captured = raw bit for bit after {steps} steps (parameters and buffers)"
+
+
 class DtrainTrainer:
     """``Trainer.train_step`` on the same model and optimizer kind (its own SGD instance)."""
 
@@ -169,6 +207,8 @@ def build_impls(cfg: Config, splits, impls: list[str], seed: int) -> tuple[dict,
         objs["torch"] = TorchRaw(torch, twin, batches)
     if "dtrain" in impls:
         objs["dtrain"] = DtrainRaw(model, batches)
+    if "captured" in impls:
+        objs["captured"] = DtrainCaptured(model, batches)
     if "trainer" in impls:
         objs["trainer"] = DtrainTrainer(model, batches, splits.train)
     return {name: objs[name] for name in impls}, n_params
@@ -222,6 +262,10 @@ def run_config(cfg: Config, splits, impls: list[str], args) -> dict:
     if "torch" in objs and "dtrain" in objs:
         check = check_same(cfg, objs)
         print(f"[{cfg.label}] check passed: {check}")
+    if "captured" in objs:
+        captured = check_captured(cfg, splits, args.seed)
+        check = f"{check}; {captured}"
+        print(f"[{cfg.label}] check passed: {captured}")
     per_repeat, n = time_config(cfg, objs, args.steps, args.repeats, args.warmup, args.target_s)
     row: dict = {"model": cfg.label, "params": n_params, "batch": cfg.batch, "repeats": args.repeats}
     for name in IMPLS:
@@ -232,6 +276,7 @@ def run_config(cfg: Config, splits, impls: list[str], args) -> dict:
         row[f"{name}_best_samples_per_s"] = cfg.batch / min(ts) if ts else float("nan")
         row[f"{name}_steps"] = n.get(name, 0)
     row["ratio_dtrain_torch"] = row["dtrain_samples_per_s"] / row["torch_samples_per_s"]
+    row["ratio_captured_torch"] = row["captured_samples_per_s"] / row["torch_samples_per_s"]
     row["ratio_trainer_raw"] = row["trainer_samples_per_s"] / row["dtrain_samples_per_s"]
     row["check"] = check
     parts = [f"{IMPL_LABELS[k]} {row[f'{k}_samples_per_s']:9.0f}/s" for k in impls]
@@ -241,19 +286,21 @@ def run_config(cfg: Config, splits, impls: list[str], args) -> dict:
 
 def table(rows: list[dict], have_torch: bool) -> list[str]:
     """The throughput table (samples/s per implementation, ratios)."""
-    head = "| model | params | batch | dtrain raw samples/s | dtrain Trainer samples/s |"
-    sep = "|---|---:|---:|---:|---:|"
+    head = "| model | params | batch | dtrain raw samples/s | dtrain captured samples/s | dtrain Trainer samples/s |"
+    sep = "|---|---:|---:|---:|---:|---:|"
     if have_torch:
-        head += " torch samples/s | dtrain/torch (raw) |"
-        sep += "---:|---:|"
+        head += " torch samples/s | dtrain/torch (raw) | captured/torch |"
+        sep += "---:|---:|---:|"
     head += " Trainer/raw |"
     sep += "---:|"
     out = [head, sep]
     for r in rows:
         line = (f"| {r['model']} | {r['params']:,} | {r['batch']} | "
-                f"{fmt(r['dtrain_samples_per_s'], ',.0f')} | {fmt(r['trainer_samples_per_s'], ',.0f')} |")
+                f"{fmt(r['dtrain_samples_per_s'], ',.0f')} | {fmt(r['captured_samples_per_s'], ',.0f')} | "
+                f"{fmt(r['trainer_samples_per_s'], ',.0f')} |")
         if have_torch:
-            line += f" {fmt(r['torch_samples_per_s'], ',.0f')} | **{fmt(r['ratio_dtrain_torch'], '.2f')}** |"
+            line += (f" {fmt(r['torch_samples_per_s'], ',.0f')} | **{fmt(r['ratio_dtrain_torch'], '.2f')}** | "
+                     f"**{fmt(r['ratio_captured_torch'], '.2f')}** |")
         line += f" {fmt(r['ratio_trainer_raw'], '.2f')} |"
         out.append(line)
     return out
@@ -273,6 +320,9 @@ def _intro(rows: list[dict], args, have_torch: bool, torch_error) -> list[str]:
         "",
         "- **dtrain raw**: `model(x)` -> `F.cross_entropy` -> `opt.zero_grad()` -> `loss.backward()` -> "
         "`opt.step()` on pre-made batches.",
+        "- **dtrain captured**: the raw loop with `loss = step(x, y)` for forward and backward, "
+        "`step = dt.autograd.capture(lambda x, y: F.cross_entropy(model(x), y))` (traced on the first call, then "
+        "replayed without the eager engine's per-op bookkeeping).",
         "- **dtrain Trainer**: `dtrain.train.Trainer(..., monitor=False).train_step(x, y)` on the same batches "
         "(placement/casting of the batch, `loss.item()` and its finiteness check, the sync seam, the accuracy count).",
         "- **torch**: the raw loop in PyTorch eager, `torch.set_num_threads(1)`." if have_torch else

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..autograd.capture import note_module_call
 from ..autograd.tensor import Tensor
 from ..backend import Device, as_device, device_of, get_array_module, is_float_dtype, resolve_dtype, to_device
 from .parameter import Parameter
@@ -160,6 +161,7 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
 
     def __call__(self, *args, **kwargs):
+        note_module_call(self)  # when a captured step is tracing: guard the training flag, refuse hooks
         if self._forward_pre_hooks:
             for hook in list(self._forward_pre_hooks.values()):
                 result = hook(self, args)

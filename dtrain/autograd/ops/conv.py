@@ -213,6 +213,7 @@ def _input_grad_by_correlation(gyh, w, x_hw, p, d):
 
 class FusedConv2d(FusedFunction):
     composition = "pad, strided getitem per kernel offset, stack, reshape, matmul with the weight (per group), + b"
+    capturable = True  # conv2d()'s frontend checks shapes and normalises fixed arguments only
 
     def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
         self.cfg = (stride, padding, dilation, groups)

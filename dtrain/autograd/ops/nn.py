@@ -29,6 +29,9 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 class FusedDropout(FusedFunction):
     composition = "x * mask (mask: 0 or 1/(1-p), a constant); fused so that only the mask is saved, not x"
+    # dropout()'s frontend decides from p and the training flag (a module's is guarded); the mask is drawn
+    # in forward from the generator object, so a replay draws the same sequence of masks as eager steps
+    capturable = True
 
     def forward(self, x, p=0.5, generator=None):
         keep = generator.uniform(x.shape, x.dtype, backend.device_of(x)) >= p

@@ -131,6 +131,10 @@ class FusedBatchNorm(FusedFunction):
     with per-channel a, b, c."""
 
     composition = "(x - mean(x)) / sqrt(var(x) + eps) * w + b over (N, H, W), or the running statistics in eval"
+    # batch_norm()'s frontend checks shapes only; the running statistics it passes must be arguments of
+    # the step or buffers a module declared with capture.note_buffers (BatchNorm does), as they are updated
+    # in place on every replay
+    capturable = True
 
     def forward(self, x, *wb, has_w=False, has_b=False, running_mean=None, running_var=None,
                 training=False, momentum=0.1, eps=1e-5):

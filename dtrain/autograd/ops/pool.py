@@ -29,6 +29,7 @@ class _FusedPool(FusedFunction):
 
 class FusedMaxPool2d(_FusedPool):
     composition = "pad with -inf, strided getitem per window offset, stack, amax over the window"
+    capturable = True  # the pooling frontends check shapes and normalise fixed arguments only
 
     def forward(self, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0), dilation=(1, 1)):
         self._setup(x, kernel, stride, padding, dilation)
@@ -112,6 +113,7 @@ class FusedMaxPool2d(_FusedPool):
 
 class FusedAvgPool2d(_FusedPool):
     composition = "pad, strided getitem per window offset, sum, / window size (or the count of real pixels)"
+    capturable = True
 
     def forward(self, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0), count_include_pad=True):
         self._setup(x, kernel, stride, padding, (1, 1))

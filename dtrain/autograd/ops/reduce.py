@@ -8,6 +8,8 @@ from ._util import acc_dtype, as_tensor, expand_grad, keep_shape, norm_axes, xp_
 
 
 class Sum(Function):
+    capturable = True  # sum()/mean() normalise the axes from the input's rank only
+
     def forward(self, x, axes=(), keepdims=False):
         self.in_shape, self.axes, self.keepdims = x.shape, axes, keepdims
         if x.dtype.itemsize < 4:
@@ -22,6 +24,8 @@ class Sum(Function):
 
 
 class Mean(Function):
+    capturable = True
+
     def forward(self, x, axes=(), keepdims=False):
         self.in_shape, self.axes, self.keepdims = x.shape, axes, keepdims
         n = 1

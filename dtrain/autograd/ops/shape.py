@@ -12,6 +12,8 @@ from ._util import as_tensor_args, norm_axes, scatter_add, xp_of
 
 
 class Reshape(Function):
+    capturable = True  # reshape()'s target shape follows from the input's shape (flatten, squeeze, view)
+
     def forward(self, x, shape=()):
         self.in_shape, self.shape = x.shape, shape
         return x.reshape(shape)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...autograd import ops
+from ...autograd.capture import CaptureError, is_tracing, note_buffers, replay_effect
 from ...autograd.tensor import Tensor
 from ...backend import as_device, get_default_dtype, resolve_dtype
 from .. import init
@@ -65,13 +66,22 @@ class BatchNormBase(Module):
                              f"{self.num_features} channels in dim 1, got shape {x.shape}")
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
-            self.num_batches_tracked += 1
+            self._count_batch()
             if self.momentum is None:  # cumulative moving average, as torch
                 momentum = 1.0 / float(self.num_batches_tracked)
+                if is_tracing():
+                    raise CaptureError(
+                        f"captured step: {type(self).__name__}(momentum=None) averages with a momentum that changes "
+                        "every step, which a replay would freeze; give it a fixed momentum or run eagerly")
+            replay_effect(self._count_batch)  # a replay runs the ops, not this method: count there too
+        note_buffers(self, "running_mean", "running_var")
         # Batch statistics in training, or always when no running statistics are tracked.
         use_batch_stats = self.training or not self.track_running_stats
         return ops.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, use_batch_stats,
                               momentum, self.eps)
+
+    def _count_batch(self) -> None:
+        self.num_batches_tracked += 1
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
