@@ -38,7 +38,7 @@ and callbacks queued from them run at the end, so DistributedDataParallel works 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import deque
 
 import numpy as np
 
@@ -132,21 +132,29 @@ class CapturedStep:
         self.fn = fn
         self.max_traces = max_traces
         self.traces = 0  # how many times a signature was traced (eagerly)
-        self._tapes: OrderedDict = OrderedDict()
+        # signature -> its tapes (several when guards differ: train and eval), and all tapes oldest first
+        self._tapes: dict[tuple, list] = {}
+        self._order: deque = deque()
 
     def __call__(self, *args):
         if not function._grad_mode.enabled:
             raise CaptureError("a captured step runs backward: call it with gradients enabled (not in no_grad)")
         key = _signature(args)
-        tape = self._tapes.get(key)
-        if tape is not None and tape.valid():
-            return tape.replay(args)
-        self._tapes.pop(key, None)
+        tapes = self._tapes.get(key)
+        if tapes is not None:
+            for tape in tapes:
+                if tape.valid():
+                    return tape.replay(args)
         loss, tape = _trace(self.fn, args)
         self.traces += 1
-        self._tapes[key] = tape
-        while len(self._tapes) > self.max_traces:
-            self._tapes.popitem(last=False)
+        self._tapes.setdefault(key, []).insert(0, tape)
+        self._order.append((key, tape))
+        while len(self._order) > self.max_traces:
+            old_key, old = self._order.popleft()
+            kept = self._tapes[old_key]
+            kept.remove(old)
+            if not kept:
+                del self._tapes[old_key]
         return loss
 
 
