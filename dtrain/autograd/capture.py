@@ -6,10 +6,11 @@
 
 does, bit for bit. The first call with a given signature runs exactly that, eagerly, while recording
 every op (its Function class, parameters and where each input comes from). Later calls with the
-same signature replay the record: each op's ``forward`` in order, then each ``backward`` in reverse,
-with gradients handed between ops through a flat list. No Tensor objects, graph edges, dependency
-counts or frontend argument checks are built per op, which is most of an eager step's cost on a
-small model (docs/autograd.md, "Captured steps").
+same signature replay the record as generated straight-line code (capture_tape.py, capture_codegen.py):
+each op's ``forward`` in order, then each ``backward`` in the eager engine's order, with gradients
+handed between ops through local variables. No Tensor objects, graph edges, dependency counts or
+frontend argument checks are built per op, which is most of an eager step's cost on a small model
+(docs/autograd.md, "Captured steps").
 
 What is replayed, and what is guarded
     * Arguments: tensors and arrays (their data read each call; shape, dtype, array type and
@@ -17,19 +18,22 @@ What is replayed, and what is guarded
     * Parameters: leaf tensors with ``requires_grad=True`` that ``loss_fn`` reads (a model's
       weights). Their current ``.data`` is read each call, so optimizer updates are seen; a change
       of shape, dtype or ``requires_grad`` makes the step trace again.
-    * Grad mode and the autocast dtype are part of the signature.
+    * Grad mode and the autocast dtype are part of the signature; each module called while tracing
+      guards its training flag (``model.eval()`` traces, or reuses, a tape of its own) and refuses
+      forward hooks; buffers a module declares (``note_buffers``: BatchNorm's running statistics)
+      are read afresh on every replay and updated in place there, as eagerly.
     * Only ops that declare ``capturable = True`` may appear: ops whose frontend decides only
       from shapes, dtypes and fixed arguments, or which re-decide value-dependent choices in
       ``capture_check`` (cross-entropy re-checks its class indices each call, raising the eager
       IndexError). Any other op, a non-parameter tensor that is not an argument, a hook on an
       intermediate tensor or a forward-mode tangent stops the trace with a CaptureError.
-    * Each op's output must have the traced type, shape and dtype, or the replay raises.
+    * Each op's output must have the traced array type and shape, or the replay raises.
 
 What is not re-run is the Python code of ``loss_fn`` itself: control flow that depends on values
-(``if loss > 1``), on module state (``model.train()`` / ``eval()``) or on globals is frozen as traced,
-as with any trace, and so are numbers it computes from data. Capture one step per mode. Code whose
-side effects must happen on every call registers them with ``replay_effect`` while it is traced
-(DistributedDataParallel's sample count does).
+(``if loss > 1``), on attributes other than a module's training flag, or on globals is frozen as
+traced, as with any trace, and so are numbers it computes from data. Code whose side effects must
+happen on every call registers them with ``replay_effect`` while it is traced (DistributedDataParallel's
+sample count and BatchNorm's batch count do); state it decided on, with ``replay_guard``.
 
 Leaf gradients are delivered as in ``backward()``: hooks fire once each leaf's gradient is complete,
 and callbacks queued from them run at the end, so DistributedDataParallel works unchanged.
@@ -54,7 +58,7 @@ __all__ = ["CaptureError", "CapturedStep", "capture", "is_tracing", "note_buffer
 def capture(fn, max_traces: int = 8) -> CapturedStep:
     """Wrap ``fn(*args) -> scalar loss Tensor`` as a training step that traces once and replays.
 
-    ``max_traces`` bounds how many signatures (argument shapes, dtypes, ...) are kept; the oldest is
+    ``max_traces`` bounds how many tapes (one per signature and guard state) are kept; the oldest is
     dropped past it. See the module docstring for what is guarded.
     """
     if not callable(fn):
@@ -135,17 +139,23 @@ class CapturedStep:
         # signature -> its tapes (several when guards differ: train and eval), and all tapes oldest first
         self._tapes: dict[tuple, list] = {}
         self._order: deque = deque()
+        self._last = None  # the tape replayed (or traced) last: its generated guard is tried first
 
     def __call__(self, *args):
         if not function._grad_mode.enabled:
             raise CaptureError("a captured step runs backward: call it with gradients enabled (not in no_grad)")
+        last = self._last
+        if last is not None and last.guard is not None and last.guard(args):  # the same step again
+            return last.replay(args)
         key = _signature(args)
         tapes = self._tapes.get(key)
         if tapes is not None:
             for tape in tapes:
                 if tape.valid():
+                    self._last = tape
                     return tape.replay(args)
         loss, tape = _trace(self.fn, args)
+        self._last = tape
         self.traces += 1
         self._tapes.setdefault(key, []).insert(0, tape)
         self._order.append((key, tape))

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import engine
-from .capture_codegen import generate
+from .autocast import autocast_dtype
+from .capture_codegen import generate, generate_guard
 from .tensor import Tensor
 
 
@@ -70,7 +71,7 @@ class _Tape:
                     arr.append((name, slot((kind, v))))
             raw.append((cls, node, ins, params, arr, out))
         self.attrs, self.attr_base = attrs, n_fixed
-        self.attr_meta = [_meta(getattr(owner, name)) for owner, name in attrs]
+        self.attr_meta = [self.meta_of(getattr(owner, name)) for owner, name in attrs]
         self.consts, self.const_base = consts, n_fixed + len(attrs)
         self.out_base = out_base = self.const_base + len(consts)
         self.arg_is_tensor = tuple(isinstance(a, Tensor) for a in args)
@@ -85,6 +86,7 @@ class _Tape:
         self.root = out_base + root
         self._liveness()
         self.run = generate(self, _mismatch)
+        self.guard = generate_guard(self, args, autocast_dtype())
         self.device = getattr(raw[0][5], "device", None) if type(raw[0][5]) is not np.ndarray else None
 
     @staticmethod
@@ -119,6 +121,11 @@ class _Tape:
             self.ops[k].finish += (s,)
         self.live = [op for op in reversed(self.ops) if op.live]
 
+    @staticmethod
+    def meta_of(a) -> tuple:
+        """What a buffer must keep for the tape to stay valid: its array type, shape and dtype."""
+        return (type(a), getattr(a, "shape", None), getattr(a, "dtype", None))
+
     def valid(self) -> bool:
         """The parameters are as traced and every replay_guard holds: the tape may replay."""
         if not self.state_ok():
@@ -136,7 +143,7 @@ class _Tape:
                     or t._node is not None):
                 return False
         for (owner, name), meta in zip(self.attrs, self.attr_meta):
-            if _meta(getattr(owner, name, None)) != meta:
+            if self.meta_of(getattr(owner, name, None)) != meta:
                 return False
         return True
 
@@ -158,10 +165,6 @@ class _Tape:
         for cb in callbacks:
             cb()
         return Tensor._make(loss, False, None)
-
-
-def _meta(a) -> tuple:
-    return (type(a), getattr(a, "shape", None), getattr(a, "dtype", None))
 
 
 def _mismatch(op, out):

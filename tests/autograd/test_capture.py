@@ -89,6 +89,16 @@ def test_a_new_shape_traces_again_and_each_signature_is_kept():
     assert small.traces == 3  # only the latest signature is kept
 
 
+def test_autocast_is_part_of_the_signature():
+    pc = mlp()
+    step = capture(loss_of(pc))
+    step(*batch(0))
+    step(*batch(1))  # replayed through the fast guard
+    with dt.autograd.autocast("float16"), pytest.raises(CaptureError, match="op Cast cannot be replayed"):
+        step(*batch(0))  # not the float32 tape: a new trace, which meets autocast's casts
+    assert step.traces == 1
+
+
 def test_a_parameter_whose_shape_changes_is_traced_again():
     pc = mlp()
     step = capture(loss_of(pc))
