@@ -214,6 +214,15 @@ class _Tracer:
             elif hasattr(a, "shape") and not isinstance(a, np.generic):
                 self._mark(a, ("arg", i))
 
+        seen: dict[int, int] = {}
+        for i, a in enumerate(args):  # a replay reads each argument separately: the trace may not merge two
+            arrays = (a,) if hasattr(a, "shape") and not isinstance(a, np.generic) else ()
+            for obj in ((a, a.data) if isinstance(a, Tensor) else arrays):
+                j = seen.setdefault(id(obj), i)
+                if j != i:
+                    raise CaptureError(f"captured step: arguments {j} and {i} are the same array; pass distinct "
+                                       "arrays (or pass it once)")
+
     def _mark(self, obj, src) -> None:
         self.keep.append(obj)
         self.where.setdefault(id(obj), src)

@@ -241,6 +241,9 @@ def test_hooks_on_intermediates_tangents_no_grad_and_bad_arguments_are_refused()
         step(batch(0)[0], [1, 2])
     with pytest.raises(CaptureError, match="the loss must be computed by the loss function's ops and require grad"):
         capture(lambda x, y: F.cross_entropy(F.relu(x), y))(*batch(0))  # nothing in it requires grad
+    x, y = batch(0)
+    with pytest.raises(CaptureError, match="arguments 0 and 1 are the same array"):
+        capture(lambda a, b: F.cross_entropy(F.linear(a + b, p[0], p[1]), y))(x, x)
     with pytest.raises(TypeError, match="expected a callable loss function, got int"):
         capture(3)
     with pytest.raises(ValueError, match="max_traces must be >= 1, got 0"):
