@@ -126,7 +126,7 @@ def note_module_call(module) -> None:
         raise CaptureError(f"captured step: module {type(module).__name__} has forward hooks, which a replay would "
                            "not run; remove them (or run this loss function eagerly)")
     training = module.training
-    tracer.guards.append(lambda: module.training == training)
+    replay_guard(lambda: module.training == training)
 
 
 class CapturedStep:

@@ -34,6 +34,8 @@ __all__ = ["SyncBatchNorm", "convert_sync_batchnorm"]
 class _SyncBatchNormFn(_BatchNormFn):
     """Batch norm whose two statistics passes and two gradient sums are all-reduced over ``comm``."""
 
+    capturable = False  # SyncBatchNorm's forward counts batches and passes buffers outside capture's rules
+
     def forward(self, x, *wb, comm=None, **options):
         self.comm = comm
         return super().forward(x, *wb, training=True, **options)
