@@ -55,8 +55,12 @@ __all__ = ["CaptureError", "CapturedStep", "capture", "is_tracing", "note_buffer
            "replay_guard"]
 
 
-def capture(fn, max_traces: int = 8) -> CapturedStep:
+def capture(fn, max_traces: int = 8, before_backward=None) -> CapturedStep:
     """Wrap ``fn(*args) -> scalar loss Tensor`` as a training step that traces once and replays.
+
+    ``fn`` may also return ``(loss, *outputs)`` (tensors its ops computed, such as the logits for an
+    accuracy count): the step then returns them too, detached. ``before_backward(loss_array)``, if given,
+    runs between the forward and the backward of every call (the Trainer sends its votes there).
 
     ``max_traces`` bounds how many tapes (one per signature and guard state) are kept; the oldest is
     dropped past it. See the module docstring for what is guarded.
@@ -65,7 +69,9 @@ def capture(fn, max_traces: int = 8) -> CapturedStep:
         raise TypeError(f"capture: expected a callable loss function, got {type(fn).__name__}")
     if int(max_traces) < 1:
         raise ValueError(f"capture: max_traces must be >= 1, got {max_traces}")
-    return CapturedStep(fn, int(max_traces))
+    if before_backward is not None and not callable(before_backward):
+        raise TypeError(f"capture: before_backward must be callable, got {type(before_backward).__name__}")
+    return CapturedStep(fn, int(max_traces), before_backward)
 
 
 def _tracing():
@@ -132,8 +138,9 @@ def note_module_call(module) -> None:
 class CapturedStep:
     """``step(*args)``: forward and backward of the captured loss function; returns the loss, detached."""
 
-    def __init__(self, fn, max_traces: int):
+    def __init__(self, fn, max_traces: int, before_backward=None):
         self.fn = fn
+        self.before_backward = before_backward
         self.max_traces = max_traces
         self.traces = 0  # how many times a signature was traced (eagerly)
         # signature -> its tapes (several when guards differ: train and eval), and all tapes oldest first
@@ -154,7 +161,7 @@ class CapturedStep:
                 if tape.valid():
                     self._last = tape
                     return tape.replay(args)
-        loss, tape = _trace(self.fn, args)
+        loss, tape = _trace(self.fn, args, self.before_backward)
         self._last = tape
         self.traces += 1
         self._tapes.setdefault(key, []).insert(0, tape)
@@ -284,20 +291,35 @@ class _Tracer:
         return ("value", v)
 
 
-def _trace(fn, args):
-    """Run ``fn`` eagerly under a tracer, then its backward; return (detached loss, replayable tape)."""
+def _trace(fn, args, before_backward):
+    """Run ``fn`` eagerly under a tracer, then its backward; return (what the step returns, replayable tape)."""
     tracer = _Tracer(args)
     if function._tracer is not None:
         raise CaptureError("captured step: a captured loss function may not call another captured step")
     function._tracer = tracer.record
     try:
-        loss = fn(*args)
+        result = fn(*args)
     finally:
         function._tracer = None
+    several = isinstance(result, tuple)
+    loss, *outputs = result if several else (result,)
     root = _check_loss(loss, tracer)
+    slots = [_output_op(t, i, tracer) for i, t in enumerate(outputs, 1)]
+    if before_backward is not None:
+        before_backward(loss.data)
     loss.backward()
-    tape = _Tape(tracer, args, root)
-    return Tensor._make(loss.data, False, None), tape
+    tape = _Tape(tracer, args, root, slots, several, before_backward)
+    detached = tuple(Tensor._make(t.data, False, None) for t in (loss, *outputs))
+    return (detached if several else detached[0]), tape
+
+
+def _output_op(t, i: int, tracer: _Tracer) -> int:
+    """The op that made output ``i`` (after the loss) of the loss function."""
+    src = tracer.where.get(id(t)) if isinstance(t, Tensor) else None
+    if src is None or src[0] != "out":
+        raise CaptureError(f"captured step: output {i} of the loss function must be a tensor its ops computed, got "
+                           f"{type(t).__name__}")
+    return src[1]
 
 
 def _check_loss(loss, tracer: _Tracer) -> int:

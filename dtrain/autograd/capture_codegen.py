@@ -18,7 +18,8 @@ from .autocast import autocast_dtype
 
 
 def generate(tape, mismatch):
-    """Compile ``tape`` into ``run(args) -> loss array`` (forward, then backward delivering leaf gradients).
+    """Compile ``tape`` into ``run(args) -> (loss array, output arrays)``: forward, the tape's
+    ``before_backward(loss)`` if any, then backward delivering leaf gradients.
 
     ``mismatch(op, out)`` is called when an op's output has not the traced type and shape: it returns the
     array made to fit (a NumPy scalar as a 0-d array) or raises.
@@ -26,8 +27,10 @@ def generate(tape, mismatch):
     gen = _Writer(tape, mismatch)
     gen.load_inputs()
     gen.forward()
+    if tape.before_backward is not None:
+        gen.line(f"{gen.bind('BEFORE', tape.before_backward)}(v{tape.root})")
     gen.backward()
-    gen.line(f"return v{tape.root}")
+    gen.line(f"return v{tape.root}, ({''.join(f'v{s}, ' for s in tape.outputs)})")
     src = "def run(args):\n" + "\n".join("    " + ln for ln in gen.lines) + "\n"
     namespace = dict(gen.names)
     exec(compile(src, f"<captured step: {len(tape.ops)} ops>", "exec"), namespace)
@@ -133,7 +136,7 @@ class _Writer:
             self.line(f"if type(v{op.out}) is not T{k} or v{op.out}.shape != H{k}:")
             self.line(f"    v{op.out} = MIS({self.bind(f'O{k}', op)}, v{op.out})")
             for s in sorted(set(op.ins)):  # drop activations no later op reads (ops keep what backward needs)
-                if last_use.get(s) == k and s >= t.out_base and s != t.root:
+                if last_use.get(s) == k and s >= t.out_base and s != t.root and s not in t.outputs:
                     self.line(f"v{s} = None")
 
     def backward(self) -> None:

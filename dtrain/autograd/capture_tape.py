@@ -28,8 +28,9 @@ class _Op:
 
 
 class _Tape:
-    def __init__(self, tracer, args, root: int):
+    def __init__(self, tracer, args, root: int, outputs=(), several: bool = False, before_backward=None):
         self.nargs = len(args)
+        self.several, self.before_backward = several, before_backward
         self.arg_leaf = tuple(isinstance(a, Tensor) and a._requires_grad for a in args)
         for i, a in enumerate(args):
             if self.arg_leaf[i] and a._node is not None:
@@ -84,6 +85,7 @@ class _Tape:
                              tuple((n, resolve(s)) for n, s in arr), out_base + k, out)
                     for k, (cls, node, ins, params, arr, out) in enumerate(raw)]
         self.root = out_base + root
+        self.outputs = tuple(out_base + k for k in outputs)  # slots returned with the loss
         self._liveness()
         self.run = generate(self, _mismatch)
         self.guard = generate_guard(self, args, autocast_dtype())
@@ -159,11 +161,13 @@ class _Tape:
         callbacks: list = []
         engine._callback_stack.append(callbacks)
         try:
-            loss = self.run(args)
+            loss, outputs = self.run(args)
         finally:
             engine._callback_stack.pop()
         for cb in callbacks:
             cb()
+        if self.several:
+            return (Tensor._make(loss, False, None), *(Tensor._make(a, False, None) for a in outputs))
         return Tensor._make(loss, False, None)
 
 

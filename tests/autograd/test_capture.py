@@ -89,6 +89,34 @@ def test_a_new_shape_traces_again_and_each_signature_is_kept():
     assert small.traces == 3  # only the latest signature is kept
 
 
+def test_outputs_come_back_with_the_loss_and_before_backward_sees_each_loss():
+    pe, pc = mlp(), mlp()
+    w1, b1, w2, b2 = pc
+    seen = []
+
+    def loss_fn(x, y):
+        logits = F.linear(F.relu(F.linear(x, w1, b1)), w2, b2)
+        return F.cross_entropy(logits, y), logits
+
+    step = capture(loss_fn, before_backward=lambda loss: seen.append((float(loss), pc[0].grad is None)))
+    for k in range(3):
+        for p in pe + pc:
+            p.grad = None
+        x, y = batch(k)
+        le = eager_step(loss_of(pe), x, y)
+        lc, logits = step(x, y)
+        np.testing.assert_array_equal(le.data, lc.data)
+        np.testing.assert_array_equal(logits.data, F.linear(F.relu(F.linear(x, *pe[:2])), *pe[2:]).data)
+        assert not logits.requires_grad
+        assert_same(pe, pc)
+        assert seen[-1] == (float(le.data), True)  # called with the loss, before any gradient exists
+    assert len(seen) == 3 and step.traces == 1
+    with pytest.raises(CaptureError, match="output 1 of the loss function must be a tensor its ops computed, got"):
+        capture(lambda x, y: (loss_of(pc)(x, y), 3))(*batch(0))
+    with pytest.raises(TypeError, match="before_backward must be callable, got int"):
+        capture(loss_fn, before_backward=1)
+
+
 def test_autocast_is_part_of_the_signature():
     pc = mlp()
     step = capture(loss_of(pc))
