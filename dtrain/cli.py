@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
         return _usage_error(exc)
+    from .autograd import CaptureError
     from .env import launcher_rank
     from .train.signals import TrainingInterrupted
 
@@ -366,8 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         if not rank:
             _write_error(f"dtrain {args.command}: {exc}")
         return exc.exit_status
-    except (ValueError, OSError, FloatingPointError, *_distributed_errors()) as exc:
-        # Bad input (config, data, checkpoint, numbers, no GPU): one clear line, no traceback.
+    except (ValueError, OSError, FloatingPointError, CaptureError, *_distributed_errors()) as exc:
+        # Bad input (config, data, checkpoint, numbers, no GPU, a model --capture cannot replay): one clear
+        # line, no traceback.
         return _report(args.command, exc, 2)
     except KeyboardInterrupt as exc:  # Ctrl-C outside training, or a second SIGINT/SIGTERM (SecondSignal)
         _write_error(f"dtrain {args.command}: interrupted{where}")

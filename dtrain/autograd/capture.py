@@ -122,15 +122,20 @@ def is_tracing() -> bool:
 
 def note_module_call(module) -> None:
     """A module's ``__call__`` during a trace: its training flag is guarded; forward hooks are refused
-    (they are Python a replay would not run)."""
+    (they are Python a replay would not run) unless they declare themselves inert for now."""
     if function._tracer is None:  # the common case, on every module call: one global read
         return
     tracer = _tracing()
     if tracer is None:
         return
-    if module._forward_hooks or module._forward_pre_hooks:
-        raise CaptureError(f"captured step: module {type(module).__name__} has forward hooks, which a replay would "
-                           "not run; remove them (or run this loss function eagerly)")
+    for hook in (*module._forward_pre_hooks.values(), *module._forward_hooks.values()):
+        # a hook that does nothing now, and says when (``hook.capture_inert() -> bool``), may be skipped by
+        # replays for as long as it stays inert (the Trainer's activation monitor outside its recording steps)
+        inert = getattr(hook, "capture_inert", None)
+        if inert is None or not inert():
+            raise CaptureError(f"captured step: module {type(module).__name__} has forward hooks, which a replay "
+                               "would not run; remove them (or run this loss function eagerly)")
+        replay_guard(inert)
     training = module.training
     replay_guard(lambda: module.training == training)
 
@@ -240,7 +245,7 @@ class _Tracer:
         if not getattr(cls, "capturable", False):
             raise CaptureError(
                 f"captured step: op {cls.__name__} cannot be replayed (its frontend makes choices a replay would "
-                "not re-check); run this loss function eagerly, or give the op capturable = True after review"
+                "not re-check); run without capture, or give the op capturable = True after review"
             )
         k = len(self.ops)
         srcs = tuple(self._source(cls, j, t, a) for j, (t, a) in enumerate(zip(inputs, arrays)))

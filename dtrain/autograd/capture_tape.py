@@ -40,8 +40,33 @@ class _Tape:
         self.effects = tuple(tracer.effects)
         self.guards = tuple(tracer.guards)
         self.state_meta = [(type(t.data), t.data.shape, t.data.dtype) for t in self.state]
-        slot_of_state = {id(t): self.nargs + s for s, t in enumerate(self.state)}
         n_fixed = self.nargs + len(self.state)
+        raw, attrs, consts = self._symbolic_ops(tracer)
+        self.attrs, self.attr_base = attrs, n_fixed
+        self.attr_meta = [self.meta_of(getattr(owner, name)) for owner, name in attrs]
+        self.consts, self.const_base = consts, n_fixed + len(attrs)
+        self.out_base = out_base = self.const_base + len(consts)
+        self.arg_is_tensor = tuple(isinstance(a, Tensor) for a in args)
+        base = {"out": out_base, "attr": self.attr_base, "const": self.const_base}
+
+        def resolve(s):
+            return s if isinstance(s, int) else base[s[0]] + s[1]
+
+        self.ops = [self._op(cls, node, [resolve(s) for s in ins], params,
+                             tuple((n, resolve(s)) for n, s in arr), out_base + k, out)
+                    for k, (cls, node, ins, params, arr, out) in enumerate(raw)]
+        self.root = out_base + root
+        self.outputs = tuple(out_base + k for k in outputs)  # slots returned with the loss
+        self._liveness()
+        self.run = generate(self, _mismatch)
+        self.guard = generate_guard(self, args, autocast_dtype())
+        self.device = getattr(raw[0][5], "device", None) if type(raw[0][5]) is not np.ndarray else None
+
+    def _symbolic_ops(self, tracer):
+        """Each traced op as (cls, node, input slots, fixed parameters, array parameters' slots, output array):
+        argument and parameter slots are numbers already; ("out", k), ("attr", j) and ("const", j) are placed
+        once the numbers of buffers and constants are known."""
+        slot_of_state = {id(t): self.nargs + s for s, t in enumerate(self.state)}
         consts, attrs, attr_index = [], [], {}
 
         def slot(src):
@@ -71,25 +96,7 @@ class _Tape:
                 else:
                     arr.append((name, slot((kind, v))))
             raw.append((cls, node, ins, params, arr, out))
-        self.attrs, self.attr_base = attrs, n_fixed
-        self.attr_meta = [self.meta_of(getattr(owner, name)) for owner, name in attrs]
-        self.consts, self.const_base = consts, n_fixed + len(attrs)
-        self.out_base = out_base = self.const_base + len(consts)
-        self.arg_is_tensor = tuple(isinstance(a, Tensor) for a in args)
-        base = {"out": out_base, "attr": self.attr_base, "const": self.const_base}
-
-        def resolve(s):
-            return s if isinstance(s, int) else base[s[0]] + s[1]
-
-        self.ops = [self._op(cls, node, [resolve(s) for s in ins], params,
-                             tuple((n, resolve(s)) for n, s in arr), out_base + k, out)
-                    for k, (cls, node, ins, params, arr, out) in enumerate(raw)]
-        self.root = out_base + root
-        self.outputs = tuple(out_base + k for k in outputs)  # slots returned with the loss
-        self._liveness()
-        self.run = generate(self, _mismatch)
-        self.guard = generate_guard(self, args, autocast_dtype())
-        self.device = getattr(raw[0][5], "device", None) if type(raw[0][5]) is not np.ndarray else None
+        return raw, attrs, consts
 
     @staticmethod
     def _op(cls, node, ins, params, array_params, out, out_array) -> _Op:

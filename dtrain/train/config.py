@@ -85,6 +85,9 @@ OPTIONS: tuple[Option, ...] = (
            ("ring", "hierarchical", "mpi", "nccl")),
     Option("bucket_mb", float, 25.0, "DDP gradient bucket size in MiB", check="positive", metavar="MB"),
     Option("overlap", bool, True, "overlap gradient all-reduce with backward"),
+    Option("capture", bool, False, "trace each training step once (per batch shape) and replay its ops without the "
+           "eager engine's per-op bookkeeping: the same results bit for bit, faster on small models; needs "
+           "--precision fp32 and a model of capturable ops (mlp, cnn, resnet)"),
     Option("sync_batchnorm", bool, False, "under mpiexec, BatchNorm statistics over the global batch (SyncBatchNorm)"),
     Option("device", str, "cpu", "cpu | cuda | cuda:INDEX", metavar="DEVICE"),
     Option("dtype", str, "float32", "parameter and activation dtype", ("float32", "float64")),
@@ -137,7 +140,7 @@ MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")  # the optimizers --momentum is passed 
 # Options that steer the run rather than define what is trained: changing them on --resume is routine.
 _RUN_CONTROL = frozenset({"resume", "out", "overwrite", "progress", "monitor", "tensorboard", "device", "timeout",
                           "stall_warning", "check_every", "checkpoint_dir", "checkpoint_every", "keep_checkpoints",
-                          "max_steps", "threads"})
+                          "max_steps", "threads", "capture"})
 
 
 def _coerce(opt: Option, value, source: str):

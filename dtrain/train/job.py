@@ -294,7 +294,7 @@ def _make_trainer(cfg, sync, collectives, log, splits, model, opt, scheduler, lo
     options = TrainOptions(device=device, dtype=dtype, precision=cfg["precision"], loss_scale=cfg["loss_scale"],
                            clip_grad_norm=cfg["clip_grad_norm"], nonfinite=cfg["nonfinite"],
                            check_every=cfg["check_every"], max_skipped_in_a_row=cfg["max_skipped_in_a_row"],
-                           max_skipped_fraction=cfg["max_skipped_fraction"])
+                           max_skipped_fraction=cfg["max_skipped_fraction"], capture=cfg["capture"])
     trainer = Trainer(
         model, opt, train_loader, test_loader, loss_fn=loss_fn, correct_fn=correct_fn, epochs=cfg["epochs"],
         max_steps=cfg["max_steps"], scheduler=scheduler,

@@ -326,6 +326,7 @@ class ActivationMonitor:
                 stats = self._stats[name] = _RunningStats()
             stats.add(out, is_relu)
 
+        hook.capture_inert = lambda: not self._recording  # a captured step may skip it while not recording
         return hook
 
     @property

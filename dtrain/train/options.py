@@ -33,6 +33,10 @@ class TrainOptions:
         handle_signals: on SIGINT/SIGTERM finish the current step on every rank, write a final checkpoint
             (rank 0) and raise :class:`~dtrain.train.signals.TrainingInterrupted`; a second signal
             interrupts at once.
+        capture: run each step's forward and backward through :func:`dtrain.autograd.capture` (traced once
+            per batch shape, then replayed without the eager engine's per-op bookkeeping; the same results
+            bit for bit). Needs fp32 precision and no loss scale; a model with an op capture does not replay
+            stops at the first step with a CaptureError. The monitor's recording steps run eagerly.
     """
 
     device: object = None
@@ -45,6 +49,7 @@ class TrainOptions:
     max_skipped_in_a_row: int = 25
     max_skipped_fraction: float = 0.2
     handle_signals: bool = True
+    capture: bool = False
 
     def __post_init__(self):
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
@@ -53,6 +58,9 @@ class TrainOptions:
             raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {self.nonfinite!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.capture and self.precision != "fp32":
+            raise ValueError(f"capture needs precision fp32 (autocast's casts are not replayed), got "
+                             f"{self.precision!r}")
         check_int("check_every", self.check_every, 0, expected="a non-negative integer")
         check_int("max_skipped_in_a_row", self.max_skipped_in_a_row, 1, expected="a positive integer")
         if not isinstance(self.max_skipped_fraction, (int, float)) or not 0 <= self.max_skipped_fraction < 1:

@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import backend
 from ..autograd.autocast import autocast
+from ..autograd.capture import capture
 from ..autograd.function import no_grad
 from ..autograd.tensor import Tensor
 from ..backend import as_device, is_float_dtype, resolve_dtype, to_device
@@ -112,6 +113,12 @@ class Trainer:
         self._params = [p for p in model.parameters() if p.requires_grad]
         self._net = self.sync.prepare(model)  # what forward runs through (a DDP wrapper in a world > 1)
         self.monitor = EpochMonitor(model) if self.reporter.options.monitor else None
+        self._captured, self._loss_value = None, 0.0  # the step through dt.autograd.capture (options.capture)
+        if self.options.capture:
+            if self.nonfinite.scaler is not None:
+                raise ValueError("capture: a loss scale cannot be replayed (the scale changes between steps); "
+                                 "train without one (loss_scale None) or without capture")
+            self._captured = capture(self._loss_and_output, before_backward=self._votes_on_loss)
 
     # -- one step ------------------------------------------------------------------------------
     def _to_device(self, a):
@@ -121,14 +128,18 @@ class Trainer:
             a = a.astype(self.dtype)
         return a
 
-    def _forward(self, x, net=None):
+    def _input(self, x):
+        """The batch's inputs as the model takes them: a Tensor on the device, or integer token ids as arrays."""
         x = self._to_device(x)
+        return Tensor(x) if is_float_dtype(x.dtype) else x
+
+    def _forward(self, x, net=None):
         net = self._net if net is None else net
         half = self.options.autocast_dtype
         if half is None:
-            return net(Tensor(x) if is_float_dtype(x.dtype) else x)  # integer token ids go in as arrays
+            return net(self._input(x))
         with autocast(half):  # mixed precision: half matmul/linear/conv on float32 master weights
-            out = net(Tensor(x) if is_float_dtype(x.dtype) else x)
+            out = net(self._input(x))
         # The loss (softmax, log, means) is computed in float32.
         return out.float() if isinstance(out, Tensor) and out.dtype != np.float32 else out
 
@@ -148,20 +159,21 @@ class Trainer:
         self.sync.set_step(step)
         self.optimizer.zero_grad()
         out, loss, loss_value = None, None, 0.0
-        if len(x):
+        if len(x) and self._captured is not None and not (record and self.monitor is not None):
             y = self._to_device(y)
-            recording = self.monitor.recording(record) if self.monitor is not None else contextlib.nullcontext()
-            with recording:
-                out = self._forward(x)
-            loss = self.loss_fn(out, y)
-            loss_value = float(loss.item())
-        # Two votes travel with this step's gradient sync (no collective of their own): "a signal asked
-        # me to stop" and "my loss is non-finite". Their sums are the same on every rank.
-        # A third: rank 0's "a time-based checkpoint is due" (--checkpoint-every 30s).
-        self.sync.set_control([self.signals.vote(), float(not math.isfinite(loss_value)),
-                               self.checkpoints.time_vote(self.log.is_main)])
-        if loss is not None:
-            self.nonfinite.scale(loss).backward()  # DDP averages during it
+            _, out = self._captured(self._input(x), y)  # forward, votes, backward (DDP averages in it)
+            loss_value = self._loss_value
+        else:
+            if len(x):
+                y = self._to_device(y)
+                recording = self.monitor.recording(record) if self.monitor is not None else contextlib.nullcontext()
+                with recording:
+                    out = self._forward(x)
+                loss = self.loss_fn(out, y)
+                loss_value = float(loss.item())
+            self._send_votes(loss_value)
+            if loss is not None:
+                self.nonfinite.scale(loss).backward()  # DDP averages during it
         votes = self.sync.after_backward(len(x))  # a rank with an empty shard of the batch still takes part
         self.signals.tally(votes[0])
         self._checkpoint_votes = float(votes[2])
@@ -177,6 +189,22 @@ class Trainer:
             self.scheduler.step()
         correct = self.correct_fn(out, y) if self.correct_fn is not None and out is not None else 0.0
         return loss_value * len(x), correct
+
+    def _send_votes(self, loss_value: float) -> None:
+        # Two votes travel with this step's gradient sync (no collective of their own): "a signal asked
+        # me to stop" and "my loss is non-finite". Their sums are the same on every rank.
+        # A third: rank 0's "a time-based checkpoint is due" (--checkpoint-every 30s).
+        self.sync.set_control([self.signals.vote(), float(not math.isfinite(loss_value)),
+                               self.checkpoints.time_vote(self.log.is_main)])
+
+    def _loss_and_output(self, x, y):
+        """The captured step's loss function: the loss, and the output for the accuracy count."""
+        return self.loss_fn(out := self._net(x), y), out
+
+    def _votes_on_loss(self, loss) -> None:
+        """Between the captured step's forward and backward: the loss is known, the votes go with the sync."""
+        self._loss_value = float(loss)
+        self._send_votes(self._loss_value)
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(self, loader=None) -> tuple[float | None, float | None]:

@@ -78,6 +78,18 @@ def test_dtrain_train_under_mpiexec_matches_one_process(run_mpi, tmp_path):
     assert res.stdout.count("epoch   2") == 1  # only rank 0 prints
 
 
+def test_dtrain_train_capture_under_mpiexec_equals_eager(run_mpi, tmp_path):
+    """`mpiexec -n 2 dtrain train --capture` (a CNN with dropout; DDP counts samples on every replay, the
+    votes travel with each replayed backward) ends with the same parameters as the eager run."""
+    args = ["train", "--model", "cnn", "--max-steps", "15", "--no-progress"]
+    run_mpi("-m", 2, "dtrain", *args, "--out", str(tmp_path / "eager"), timeout=180)
+    run_mpi("-m", 2, "dtrain", *args, "--capture", "--out", str(tmp_path / "captured"), timeout=180)
+    eager, captured = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("eager", "captured"))
+    assert captured["world_size"] == 2 and captured["steps"] == eager["steps"] == 15
+    assert captured["param_checksum"] == eager["param_checksum"]
+    assert captured["test_loss"] == eager["test_loss"]
+
+
 def test_bad_input_under_mpiexec_fails_on_every_rank_without_hanging(run_mpi):
     res = run_mpi("-m", 2, "dtrain", "train", "--dataset", "npz:/nonexistent.npz", check=False, timeout=60)
     assert res.returncode != 0
