@@ -14,7 +14,7 @@ What is measured
       3 -> 32 -> 64 (``channels=(32, 64)``; Linear 4096 -> 128), batch 64 (``synthetic:image=32,channels=3``,
       1,280 samples, 10 classes).
 
-    Four step implementations per model:
+    Five step implementations per model:
 
     * ``dtrain raw``: ``out = model(x); loss = F.cross_entropy(out, y); opt.zero_grad(); loss.backward();
       opt.step()`` on pre-made batches (inputs already ``dtrain.Tensor``);
@@ -23,6 +23,7 @@ What is measured
     * ``dtrain Trainer``: ``dtrain.train.Trainer.train_step(x, y)`` (``monitor=False``) on the same
       batches as NumPy arrays, as the training loop runs it: device/dtype placement, the loss
       ``.item()`` and its finiteness check, the sync seam, the accuracy count;
+    * ``dtrain Trainer --capture``: the same with ``TrainOptions(capture=True)``;
     * ``torch``: the same raw loop in PyTorch eager, ``torch.set_num_threads(1)`` (skipped if torch
       does not import).
 
@@ -76,8 +77,9 @@ from .train_throughput_twins import LR, MOMENTUM, TorchRaw, torch_twin
 HELP = ("single-process training throughput of the zoo models: dtrain raw, dtrain captured, dtrain Trainer, "
         "PyTorch eager")
 
-IMPLS = ("dtrain", "captured", "trainer", "torch")
-IMPL_LABELS = {"dtrain": "dtrain raw", "captured": "dtrain captured", "trainer": "dtrain Trainer", "torch": "torch"}
+IMPLS = ("dtrain", "captured", "trainer", "trainer-captured", "torch")
+IMPL_LABELS = {"dtrain": "dtrain raw", "captured": "dtrain captured", "trainer": "dtrain Trainer",
+               "trainer-captured": "dtrain Trainer --capture", "torch": "torch"}
 
 
 @dataclass(frozen=True)
@@ -170,15 +172,16 @@ def check_captured(cfg: Config, splits, seed: int, steps: int = 3) -> str:
 class DtrainTrainer:
     """``Trainer.train_step`` on the same model and optimizer kind (its own SGD instance)."""
 
-    def __init__(self, model, batches, train_split):
+    def __init__(self, model, batches, train_split, capture: bool = False):
         from dtrain.data import DataLoader
         from dtrain.models import loss_and_accuracy
-        from dtrain.train import ReportOptions, Trainer
+        from dtrain.train import ReportOptions, Trainer, TrainOptions
 
         loss_fn, correct_fn = loss_and_accuracy("classification")
         opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
         loader = DataLoader(train_split, batch_size=len(batches[0][0]))
         self.trainer = Trainer(model, opt, loader, loss_fn=loss_fn, correct_fn=correct_fn,
+                               options=TrainOptions(capture=capture),
                                report=ReportOptions(monitor=False, progress=False))
         self.batches = batches
 
@@ -211,6 +214,8 @@ def build_impls(cfg: Config, splits, impls: list[str], seed: int) -> tuple[dict,
         objs["captured"] = DtrainCaptured(model, batches)
     if "trainer" in impls:
         objs["trainer"] = DtrainTrainer(model, batches, splits.train)
+    if "trainer-captured" in impls:
+        objs["trainer-captured"] = DtrainTrainer(model, batches, splits.train, capture=True)
     return {name: objs[name] for name in impls}, n_params
 
 
@@ -278,6 +283,7 @@ def run_config(cfg: Config, splits, impls: list[str], args) -> dict:
     row["ratio_dtrain_torch"] = row["dtrain_samples_per_s"] / row["torch_samples_per_s"]
     row["ratio_captured_torch"] = row["captured_samples_per_s"] / row["torch_samples_per_s"]
     row["ratio_trainer_raw"] = row["trainer_samples_per_s"] / row["dtrain_samples_per_s"]
+    row["ratio_trainer_captured"] = row["trainer-captured_samples_per_s"] / row["trainer_samples_per_s"]
     row["check"] = check
     parts = [f"{IMPL_LABELS[k]} {row[f'{k}_samples_per_s']:9.0f}/s" for k in impls]
     print(f"[{cfg.label}] " + "  ".join(parts) + f"  (steps/repeat {'/'.join(str(v) for v in n.values())})")
@@ -291,8 +297,8 @@ def table(rows: list[dict], have_torch: bool) -> list[str]:
     if have_torch:
         head += " torch samples/s | dtrain/torch (raw) | captured/torch |"
         sep += "---:|---:|---:|"
-    head += " Trainer/raw |"
-    sep += "---:|"
+    head += " Trainer/raw | Trainer --capture samples/s | Trainer --capture / Trainer |"
+    sep += "---:|---:|---:|"
     out = [head, sep]
     for r in rows:
         line = (f"| {r['model']} | {r['params']:,} | {r['batch']} | "
@@ -301,7 +307,8 @@ def table(rows: list[dict], have_torch: bool) -> list[str]:
         if have_torch:
             line += (f" {fmt(r['torch_samples_per_s'], ',.0f')} | **{fmt(r['ratio_dtrain_torch'], '.2f')}** | "
                      f"**{fmt(r['ratio_captured_torch'], '.2f')}** |")
-        line += f" {fmt(r['ratio_trainer_raw'], '.2f')} |"
+        line += (f" {fmt(r['ratio_trainer_raw'], '.2f')} | {fmt(r['trainer-captured_samples_per_s'], ',.0f')} | "
+                 f"**{fmt(r['ratio_trainer_captured'], '.2f')}** |")
         out.append(line)
     return out
 
@@ -325,6 +332,8 @@ def _intro(rows: list[dict], args, have_torch: bool, torch_error) -> list[str]:
         "replayed without the eager engine's per-op bookkeeping).",
         "- **dtrain Trainer**: `dtrain.train.Trainer(..., monitor=False).train_step(x, y)` on the same batches "
         "(placement/casting of the batch, `loss.item()` and its finiteness check, the sync seam, the accuracy count).",
+        "- **dtrain Trainer --capture**: the same Trainer with `TrainOptions(capture=True)` (`dtrain train "
+        "--capture`).",
         "- **torch**: the raw loop in PyTorch eager, `torch.set_num_threads(1)`." if have_torch else
         f"- **torch: not measured** ({torch_error or 'excluded by --impls'}); only dtrain columns are shown.",
         "",

@@ -28,11 +28,11 @@ def test_autograd_overhead_checks_and_reports_the_captured_step(tmp_path, capsys
 
 def test_train_throughput_checks_the_captured_step_bit_for_bit(tmp_path, capsys):
     args = parse(train_throughput, ["--steps", "2", "--repeats", "1", "--warmup", "1", "--profile-steps", "0",
-                                    "--models", "cnn", "resnet", "--impls", "dtrain", "captured",
-                                    "--out", str(tmp_path)])
+                                    "--models", "cnn", "resnet", "--impls", "dtrain", "captured", "trainer",
+                                    "trainer-captured", "--out", str(tmp_path)])
     assert train_throughput.run(args) == 0
     out = capsys.readouterr().out
     for model in ("cnn", "resnet"):
         assert f"[{model}] check passed: captured = raw bit for bit after 3 steps (parameters and buffers)" in out
     md = (tmp_path / "train_throughput.md").read_text()
-    assert "dtrain captured samples/s" in md
+    assert "dtrain captured samples/s" in md and "Trainer --capture / Trainer" in md
