@@ -711,14 +711,17 @@ def test_conv_and_tiled_max_pool_match_torch_on_random_configurations_with_ties_
     assert np.isnan(np.asarray(yd.data)).sum() == 2
 
 
+@pytest.mark.parametrize("keep_cols", [0, 4 << 20], ids=["rebuilt", "kept"])
 @pytest.mark.parametrize("block_bytes", [64, 40_000, 1 << 19])
-def test_conv_in_blocks_of_rows_and_of_images_matches_torch(monkeypatch, block_bytes):
+def test_conv_in_blocks_of_rows_and_of_images_matches_torch(monkeypatch, block_bytes, keep_cols):
     # The channels-last convolution builds its columns block by block: one output row of one image
     # (64 bytes), two or more whole images (40 kB), or the whole batch (512 KiB), in forward, weight gradient and
-    # the stride-1 input gradient. Every blocking gives torch's values and gradients (float64).
+    # the stride-1 input gradient. The weight gradient multiplies the forward's column matrix when it was kept
+    # (KEEP_COLS_BYTES), else rebuilds it block by block. Every variant gives torch's values and gradients (float64).
     from dtrain.autograd.ops import conv
 
     monkeypatch.setattr(conv, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(conv, "KEEP_COLS_BYTES", keep_cols)
     rng = np.random.default_rng(7)
     for n, c, o, h, k, s, p, d in [(5, 3, 4, 9, 3, 1, 1, 1), (4, 2, 3, 11, 3, 2, 1, 1), (3, 4, 2, 10, 2, 1, 2, 2),
                                    (6, 3, 5, 7, 1, 1, 0, 1)]:
