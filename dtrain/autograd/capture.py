@@ -293,7 +293,19 @@ class _Tracer:
                     "already in the form the op takes (e.g. integer class indices as int64)"
                 )
             return src
+        if isinstance(v, (tuple, list, dict)) and _holds_array(v):
+            raise CaptureError(f"captured step: {what} of op {cls.__name__} holds an array inside a "
+                               f"{type(v).__name__}, which a replay would reuse as traced; run without capture")
         return ("value", v)
+
+
+def _holds_array(v) -> bool:
+    """Whether a parameter value nests an array (a replay freezes such containers as they were traced)."""
+    if isinstance(v, dict):
+        v = tuple(v.values())
+    if isinstance(v, (tuple, list)):
+        return any(_holds_array(x) for x in v)
+    return hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, np.generic)
 
 
 def _trace(fn, args, before_backward):

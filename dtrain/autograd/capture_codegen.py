@@ -129,7 +129,8 @@ class _Writer:
             if op.check is not None:
                 self.line(f"p = {self.bind(f'CHK{k}', op.check)}(({ins}{',' if ins else ''}), {params})")
                 params = "p"
-            call = f"{f}.forward({ins}, **{params})" if (op.params or kw or op.check) else f"{f}.forward({ins})"
+            call_args = ", ".join(([ins] if ins else []) + ([f"**{params}"] if (op.params or kw or op.check) else []))
+            call = f"{f}.forward({call_args})"
             self.line(f"v{op.out} = {call}")
             self.bind(f"T{k}", op.out_meta[0])
             self.bind(f"H{k}", op.out_meta[1])

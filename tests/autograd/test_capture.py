@@ -304,6 +304,28 @@ class _Sum(dt.autograd.Function):
         return np.broadcast_to(g, self.shape)
 
 
+class _Gather(dt.autograd.Function):
+    """An op whose parameter nests an array in a tuple (as an index would), declared capturable."""
+
+    capturable = True
+
+    def forward(self, x, index=()):
+        self.shape, self.index = x.shape, index
+        return x[index]
+
+    def backward(self, g):
+        out = np.zeros(self.shape, g.dtype)
+        np.add.at(out, self.index, g)
+        return out
+
+
+def test_an_array_nested_in_a_parameter_is_refused():
+    p = mlp()
+    rows = np.array([0, 2, 2])
+    with pytest.raises(CaptureError, match="argument 'index' of op _Gather holds an array inside a tuple"):
+        capture(lambda x, y: F.cross_entropy(_Gather.apply(F.linear(x, p[0], p[1]), index=(rows,)), y[:3]))(*batch(0))
+
+
 def test_a_replayed_op_whose_output_shape_changes_is_refused():
     p = mlp()
     step = capture(lambda x: _Sum.apply(_Positive.apply(F.linear(x, p[0], p[1]))))
