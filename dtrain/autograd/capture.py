@@ -46,13 +46,22 @@ from collections import deque
 
 import numpy as np
 
-from . import function
+from . import capture_hooks, function
 from .autocast import autocast_dtype
-from .capture_tape import CaptureError, _Tape
+from .capture_hooks import (
+    CaptureError,
+    is_tracing,
+    note_buffers,
+    note_constant,
+    note_module_call,
+    replay_effect,
+    replay_guard,
+)
+from .capture_tape import _Tape
 from .tensor import Tensor
 
-__all__ = ["CaptureError", "CapturedStep", "capture", "is_tracing", "note_buffers", "note_module_call", "replay_effect",
-           "replay_guard"]
+__all__ = ["CaptureError", "CapturedStep", "capture", "is_tracing", "note_buffers", "note_constant", "note_module_call",
+           "replay_effect", "replay_guard"]
 
 
 def capture(fn, max_traces: int = 8, before_backward=None) -> CapturedStep:
@@ -72,72 +81,6 @@ def capture(fn, max_traces: int = 8, before_backward=None) -> CapturedStep:
     if before_backward is not None and not callable(before_backward):
         raise TypeError(f"capture: before_backward must be callable, got {type(before_backward).__name__}")
     return CapturedStep(fn, int(max_traces), before_backward)
-
-
-def _tracing():
-    """The tracer of the step this thread is tracing, or None."""
-    tracer = function._tracer
-    if tracer is not None and tracer.__self__.thread == threading.get_ident():
-        return tracer.__self__
-    return None
-
-
-def replay_effect(fn) -> None:
-    """Make ``fn()`` run at the start of every replay of the step being traced (nothing when not tracing).
-
-    For Python-side state a forward changes besides its ops, which a replay would otherwise skip:
-    DistributedDataParallel counts the samples and arms its reducer this way.
-    """
-    tracer = _tracing()
-    if tracer is not None:
-        tracer.effects.append(fn)
-
-
-def replay_guard(fn) -> None:
-    """Make the step being traced valid only while ``fn()`` is true: a replay finding it false traces again.
-
-    For Python-side state a forward decided on, which the recorded ops froze (a module's training flag).
-    """
-    tracer = _tracing()
-    if tracer is not None:
-        tracer.guards.append(fn)
-
-
-def note_buffers(owner, *names: str) -> None:
-    """During a trace: ``owner``'s attributes ``names`` are arrays its ops read and update in place (a batch
-    norm's running statistics). A replay reads each attribute afresh, so a buffer replaced by
-    ``load_state_dict`` is seen; a change of its shape or dtype traces again."""
-    tracer = _tracing()
-    if tracer is not None:
-        for name in names:
-            a = getattr(owner, name)
-            if a is not None:
-                tracer._mark(a, ("attr", (owner, name)))
-
-
-def is_tracing() -> bool:
-    """True while this thread traces a captured step (for Python-side state that a replay cannot reproduce)."""
-    return _tracing() is not None
-
-
-def note_module_call(module) -> None:
-    """A module's ``__call__`` during a trace: its training flag is guarded; forward hooks are refused
-    (they are Python a replay would not run) unless they declare themselves inert for now."""
-    if function._tracer is None:  # the common case, on every module call: one global read
-        return
-    tracer = _tracing()
-    if tracer is None:
-        return
-    for hook in (*module._forward_pre_hooks.values(), *module._forward_hooks.values()):
-        # a hook that does nothing now, and says when (``hook.capture_inert() -> bool``), may be skipped by
-        # replays for as long as it stays inert (the Trainer's activation monitor outside its recording steps)
-        inert = getattr(hook, "capture_inert", None)
-        if inert is None or not inert():
-            raise CaptureError(f"captured step: module {type(module).__name__} has forward hooks, which a replay "
-                               "would not run; remove them (or run this loss function eagerly)")
-        replay_guard(inert)
-    training = module.training
-    replay_guard(lambda: module.training == training)
 
 
 class CapturedStep:
@@ -311,13 +254,13 @@ def _holds_array(v) -> bool:
 def _trace(fn, args, before_backward):
     """Run ``fn`` eagerly under a tracer, then its backward; return (what the step returns, replayable tape)."""
     tracer = _Tracer(args)
-    if function._tracer is not None:
+    if capture_hooks.tracer is not None:
         raise CaptureError("captured step: a captured loss function may not call another captured step")
-    function._tracer = tracer.record
+    capture_hooks.tracer = tracer
     try:
         result = fn(*args)
     finally:
-        function._tracer = None
+        capture_hooks.tracer = None
     several = isinstance(result, tuple)
     loss, *outputs = result if several else (result,)
     root = _check_loss(loss, tracer)

@@ -15,11 +15,8 @@ import numpy as np
 from . import engine
 from .autocast import autocast_dtype
 from .capture_codegen import generate, generate_guard
+from .capture_hooks import CaptureError
 from .tensor import Tensor
-
-
-class CaptureError(RuntimeError):
-    """A loss function (or one call of it) that a captured step cannot trace or replay faithfully."""
 
 
 class _Op:

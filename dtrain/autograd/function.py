@@ -35,6 +35,7 @@ import threading
 import numpy as np
 
 from ..backend import get_array_module
+from . import capture_hooks
 
 __all__ = ["Function", "FusedFunction", "no_grad", "enable_grad", "is_grad_enabled", "set_grad_enabled", "unbroadcast"]
 
@@ -45,7 +46,6 @@ class _GradMode(threading.local):
 
 _grad_mode = _GradMode()
 _seq = itertools.count()  # creation order of nodes: the engine's deterministic tie-break
-_tracer = None  # while a captured step traces (capture.py): called with every op apply runs
 
 
 def is_grad_enabled() -> bool:
@@ -198,8 +198,8 @@ class Function:
             result = Tensor._make(out, False, None)
         if has_tangent:
             result._tangent = _push_tangents(fn, inputs, out)
-        if _tracer is not None:
-            _tracer(cls, fn, inputs, arrays, params, result)
+        if capture_hooks.tracer is not None:  # a captured step is tracing (capture.py)
+            capture_hooks.tracer.record(cls, fn, inputs, arrays, params, result)
         return result
 
 

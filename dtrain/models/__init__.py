@@ -232,7 +232,9 @@ def loss_and_accuracy(task: str):
         return (lambda out, y: ops.mse_loss(out, y)), None
 
     def ce(out, y):
-        return ops.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)) if task == "lm" else \
+        # the language model's targets are flattened by an op (not by NumPy beside the graph), so that a captured
+        # step (dtrain train --capture) reads each call's targets
+        return ops.cross_entropy(out.reshape(-1, out.shape[-1]), Tensor(y).reshape(-1)) if task == "lm" else \
             ops.cross_entropy(out, y)
 
     return ce, count_correct

@@ -87,7 +87,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("overlap", bool, True, "overlap gradient all-reduce with backward"),
     Option("capture", bool, False, "trace each training step once (per batch shape) and replay its ops without the "
            "eager engine's per-op bookkeeping: the same results bit for bit, faster on small models; needs "
-           "--precision fp32 and a model of capturable ops (mlp, cnn, resnet)"),
+           "--precision fp32 and a model of ops capture may replay (every zoo model)"),
     Option("sync_batchnorm", bool, False, "under mpiexec, BatchNorm statistics over the global batch (SyncBatchNorm)"),
     Option("device", str, "cpu", "cpu | cuda | cuda:INDEX", metavar="DEVICE"),
     Option("dtype", str, "float32", "parameter and activation dtype", ("float32", "float64")),

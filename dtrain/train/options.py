@@ -36,7 +36,8 @@ class TrainOptions:
         capture: run each step's forward and backward through :func:`dtrain.autograd.capture` (traced once
             per batch shape, then replayed without the eager engine's per-op bookkeeping; the same results
             bit for bit). Needs fp32 precision and no loss scale; a model with an op capture does not replay
-            stops at the first step with a CaptureError. The monitor's recording steps run eagerly.
+            (every zoo model replays) stops at the first step with a CaptureError. The monitor's recording
+            steps run eagerly.
     """
 
     device: object = None

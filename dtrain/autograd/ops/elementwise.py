@@ -322,6 +322,8 @@ def erf(x) -> Tensor:
 
 
 class Where(Function):
+    capturable = True  # where()'s frontend checks the condition's dtype (fixed by the signature) only
+
     def forward(self, a, b, cond=None):
         self.saved = (cond,)
         return xp_of(a).where(cond, a, b)
@@ -352,11 +354,26 @@ def where(cond, a, b) -> Tensor:
     return Where.apply(a_t, b_t, cond=c)
 
 
+class Compare(Function):
+    """a <op> b elementwise (``less``, ``equal``, ...): a bool array. An op rather than a computation beside the
+    graph, so that a captured step recomputes it on every replay (its inputs are detached: no gradient)."""
+
+    capturable = True
+
+    def forward(self, a, b, op="less"):
+        return getattr(xp_of(a), op)(a, b)
+
+    def backward(self, g):
+        return None, None
+
+    def jvp(self, ta, tb):
+        return None
+
+
 def compare(a, b, op: str) -> Tensor:
     """Elementwise comparison (``less``, ``equal``, ...): a bool tensor with no gradient."""
     a_t, b_t = pair(a, b)
-    xp = a_t.xp
-    return Tensor._make(getattr(xp, op)(a_t.data, b_t.data), False, None)
+    return Compare.apply(a_t.detach(), b_t.detach(), op=op)
 
 
 class Cast(Function):

@@ -31,6 +31,8 @@ def mm(a, b):
 class Matmul(Function):
     """a @ b with NumPy's rules: 1-D operands are promoted and the added axis removed again."""
 
+    capturable = True  # matmul()'s frontend checks shapes only (autocast casts are ops of their own)
+
     def forward(self, a, b):
         self.saved = (a, b)
         return mm(a, b)

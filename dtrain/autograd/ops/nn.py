@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from ... import backend
+from ..capture_hooks import note_constant
 from ..function import FusedFunction
 from ..tensor import Tensor
 from ._util import acc_dtype, as_tensor, scatter_add, xp_of
@@ -63,6 +64,14 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, generator=None) ->
 
 class FusedEmbedding(FusedFunction):
     composition = "weight[indices] (getitem), with no gradient into the padding_idx row"
+    capturable = True
+
+    @staticmethod
+    def capture_check(arrays, params):
+        """A captured step's replay re-runs the frontend's index check on this call's indices (NumPy would wrap a
+        negative index silently): the same IndexError as eagerly."""
+        _check_embedding_range(params["indices"], arrays[0].shape[0])
+        return params
 
     def forward(self, w, indices=None, padding_idx=None):
         self.w_shape, self.indices, self.padding_idx = w.shape, indices, padding_idx
@@ -88,13 +97,17 @@ def _int_array(v, xp, name: str):
     return a
 
 
+def _check_embedding_range(idx, n: int) -> None:
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
+        bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
+        raise IndexError(f"embedding index {bad} is out of range for {n} embeddings")
+
+
 def embedding(indices, weight: Tensor, padding_idx: int | None = None) -> Tensor:
     """Rows of ``weight`` (num_embeddings, dim) picked by integer ``indices`` (any shape)."""
     idx = _int_array(indices, weight.xp, "embedding indices")
     n = weight.shape[0]
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
-        bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
-        raise IndexError(f"embedding index {bad} is out of range for {n} embeddings")
+    _check_embedding_range(idx, n)
     if padding_idx is not None and padding_idx < 0:
         padding_idx += n
     return FusedEmbedding.apply(weight, indices=idx, padding_idx=padding_idx)
@@ -121,7 +134,9 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
     L, S = q.shape[-2], k.shape[-2]
     xp = q.xp
     if is_causal:
-        scores = where(xp.tril(xp.ones((L, S), dtype=bool)), scores, -np.inf)
+        causal = xp.tril(xp.ones((L, S), dtype=bool))
+        note_constant(causal)  # a function of the shapes only: a captured step may reuse it
+        scores = where(causal, scores, -np.inf)
     if attn_mask is not None:
         m = attn_mask.data if isinstance(attn_mask, Tensor) else xp.asarray(attn_mask)
         scores = where(m, scores, -np.inf) if m.dtype == np.bool_ else scores + as_tensor(attn_mask, scores)

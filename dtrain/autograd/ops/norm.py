@@ -228,6 +228,7 @@ class FusedLayerNorm(_FusedNorm):
     """Normalise over the trailing ``len(normalized_shape)`` axes."""
 
     composition = "(x - mean(x)) / sqrt(var(x) + eps) * w + b over the trailing axes"
+    capturable = True  # layer_norm()'s frontend checks shapes only
 
     batch_stats = True
 

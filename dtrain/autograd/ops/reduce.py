@@ -97,6 +97,7 @@ def _stable_softmax(xp, x, axis):
 
 class FusedSoftmax(FusedFunction):
     composition = "e = exp(x - amax(x)); e / sum(e)"
+    capturable = True  # softmax()/log_softmax() normalise the axis from the input's rank only
 
     def forward(self, x, axis=-1):
         y = _stable_softmax(xp_of(x), x, axis)
@@ -113,6 +114,7 @@ class FusedSoftmax(FusedFunction):
 
 class FusedLogSoftmax(FusedFunction):
     composition = "s = x - amax(x); s - log(sum(exp(s)))"
+    capturable = True
 
     def forward(self, x, axis=-1):
         xp = xp_of(x)

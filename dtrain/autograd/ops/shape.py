@@ -26,6 +26,8 @@ class Reshape(Function):
 
 
 class Permute(Function):
+    capturable = True  # permute()'s axes are normalised from the input's rank only
+
     def forward(self, x, axes=()):
         self.axes = axes
         return x.transpose(axes)
@@ -85,6 +87,10 @@ def _index_arrays(index, xp):
 class GetItem(Function):
     """x[index]: slices, ints, None, Ellipsis, bool masks and integer arrays (gathers)."""
 
+    # A captured step replays an index of ints, slices, None and Ellipsis as traced (Python values), and an
+    # index array only when it is an argument's or an op's output; an array inside an index tuple is refused.
+    capturable = True
+
     def forward(self, x, index=None, advanced=False):
         self.in_shape, self.dtype, self.index, self.advanced = x.shape, x.dtype, index, advanced
         return x[index]
@@ -108,6 +114,8 @@ def getitem(x: Tensor, index) -> Tensor:
 
 
 class Concat(Function):
+    capturable = True  # concat()/stack() check shapes and normalise the axis from the rank only
+
     def forward(self, *xs, axis=0):
         self.axis = axis
         self.shapes = [x.shape for x in xs]
@@ -125,6 +133,8 @@ class Concat(Function):
 
 
 class Stack(Function):
+    capturable = True
+
     def forward(self, *xs, axis=0):
         self.axis = axis
         return xp_of(xs[0]).stack(xs, axis=axis)

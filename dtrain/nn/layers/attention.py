@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ...autograd import ops
+from ...autograd.capture_hooks import note_constant
 from ...autograd.tensor import Tensor
 from .. import init
 from ..module import Module, ModuleList
@@ -152,6 +153,8 @@ class MultiheadAttention(Module):
             # future on its own (a causal attn_mask combined with it is unchanged).
             future = xp.triu(xp.ones((length, s), dtype=bool), k=1)
             m = xp.where(future, xp.asarray(-np.inf, dtype=dtype), xp.asarray(0.0, dtype=dtype))
+            if total is None:
+                note_constant(m)  # the causal mask alone depends on the lengths only: a captured step reuses it
             total = m if total is None else total + m
         return total
 

@@ -17,6 +17,7 @@ import math
 import warnings
 
 from ...autograd import ops
+from ...autograd.capture_hooks import note_constant
 from ...autograd.tensor import Tensor
 from ...spec import is_real
 from .. import init
@@ -126,6 +127,7 @@ class _RNNBase(Module):
         if hx is None:
             with x.device.context():
                 zeros = Tensor(x.xp.zeros((batch, self.hidden_size), dtype=x.dtype))
+            note_constant(zeros.data)  # the default state depends on the shapes only: a captured step reuses it
             states = [(zeros,) * n_state] * self.num_layers
         else:
             parts = [self._check_state(h, what, batch, batched) for h, what in zip(hx, ("h_0", "c_0"))]
