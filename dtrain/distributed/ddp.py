@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-from ..autograd.capture import replay_effect
+from ..autograd.capture_hooks import replay_effect
 from ..autograd.function import is_grad_enabled
 from ..nn.module import Module
 from ..spec import is_real

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..autograd.capture import note_module_call
+from ..autograd.capture_hooks import note_module_call
 from ..autograd.tensor import Tensor
 from ..backend import Device, as_device, device_of, get_array_module, is_float_dtype, resolve_dtype, to_device
 from .parameter import Parameter

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...autograd import ops
-from ...autograd.capture import CaptureError, is_tracing, note_buffers, replay_effect
+from ...autograd.capture_hooks import CaptureError, is_tracing, note_buffers, replay_effect
 from ...autograd.tensor import Tensor
 from ...backend import as_device, get_default_dtype, resolve_dtype
 from .. import init
