@@ -88,7 +88,7 @@ class _Writer:
         self.tape = tape
         self.lines: list[str] = []
         self.names: dict = {"SEED": engine.seed_gradient, "KEY": engine._array_key, "FIT": engine._fit,
-                            "FIN": _deliver, "MIS": mismatch, "BADLEN": _bad_count,
+                            "FIN": engine._finish_leaf, "MIS": mismatch, "BADLEN": _bad_count,
                             "ND": tape.ops[tape.root - tape.out_base].out_meta[0]}  # the tape's array type
 
     def line(self, text: str) -> None:
@@ -190,17 +190,6 @@ class _Writer:
             self.line(f"if g{s} is not None:")
             self.line(f"    FIN({leaf}, g{s}, handed)")
             self.line(f"    g{s} = None")
-
-
-def _deliver(leaf, g, handed: set) -> None:
-    """The engine's leaf hand-over, with its common case (no hooks, no .grad yet, a fresh array) inline."""
-    if leaf.grad is None and not leaf._hooks and not leaf._post_hooks and g.flags.c_contiguous:
-        key = engine._array_key(g)
-        if key not in handed:  # never hand one array to two leaves
-            handed.add(key)
-            leaf.grad = g
-            return
-    engine._finish_leaf(leaf, g, handed)
 
 
 def _bad_count(fn, grads, n: int) -> None:
