@@ -100,15 +100,13 @@ class CapturedStep:
         if not function._grad_mode.enabled:
             raise CaptureError("a captured step runs backward: call it with gradients enabled (not in no_grad)")
         last = self._last
-        if last is not None and last.guard is not None and last.guard(args):  # the same step again
+        if last is not None and last.guard(args):  # the same step again
             return last.replay(args)
         key = _signature(args)
-        tapes = self._tapes.get(key)
-        if tapes is not None:
-            for tape in tapes:
-                if tape.valid():
-                    self._last = tape
-                    return tape.replay(args)
+        for tape in self._tapes.get(key, ()):
+            if tape.guard(args):  # train and eval tapes share a signature; their guards tell them apart
+                self._last = tape
+                return tape.replay(args)
         loss, tape = _trace(self.fn, args, self.before_backward)
         self._last = tape
         self.traces += 1

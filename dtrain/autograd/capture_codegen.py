@@ -40,36 +40,37 @@ def generate(tape, mismatch):
 
 
 def generate_guard(tape, args, autocast):
-    """``guard(args) -> bool``, true only when ``args`` have the signature the tape was traced with and the
-    tape is valid (parameters, buffers and replay guards as traced): what CapturedStep learns through its
-    signature dictionary, as one straight-line function for the common case of calling the same step
-    again. None when an argument's array is not a NumPy array (those always take the dictionary)."""
-    names = {"ND": np.ndarray, "AC": autocast, "AUTOCAST": autocast_dtype, "META": tape.meta_of}
+    """``guard(args) -> bool``: true only when ``args`` have the signature the tape was traced with and the
+    tape is still valid (parameters, buffers and replay guards as traced). CapturedStep tries the last
+    tape's guard first, and checks the tapes it finds under a signature with theirs."""
+    names = {"AC": autocast, "AUTOCAST": autocast_dtype, "META": tape.meta_of}
     lines = [f"if len(args) != {len(args)} or AUTOCAST() != AC:", "    return False"]
+
+    def array_check(var: str, arr, tag: str) -> None:  # type, shape, dtype (and device off the CPU) of an array
+        names.update({f"AT{tag}": type(arr), f"S{tag}": arr.shape, f"D{tag}": arr.dtype})
+        cond = f"type({var}) is not AT{tag} or {var}.shape != S{tag} or {var}.dtype != D{tag}"
+        if type(arr) is not np.ndarray:
+            names[f"DEV{tag}"] = getattr(arr, "device", None)
+            cond += f" or getattr({var}, 'device', None) != DEV{tag}"
+        lines.extend([f"if {cond}:", "    return False"])
+
     for i, a in enumerate(args):
         names[f"T{i}"] = type(a)
         lines.append(f"a = args[{i}]")
         if hasattr(a, "_is_dtrain_tensor"):
-            d = a.data
-            if type(d) is not np.ndarray:
-                return None
-            names.update({f"S{i}": d.shape, f"D{i}": d.dtype, f"R{i}": a._requires_grad, f"L{i}": a._node is None})
+            names.update({f"R{i}": a._requires_grad, f"L{i}": a._node is None})
             lines += [f"if type(a) is not T{i} or a._tangent is not None or a._requires_grad != R{i} or "
-                      f"(a._node is None) != L{i}:", "    return False", "d = a.data",
-                      f"if type(d) is not ND or d.shape != S{i} or d.dtype != D{i}:", "    return False"]
-        elif type(a) is np.ndarray:
-            names.update({f"S{i}": a.shape, f"D{i}": a.dtype})
-            lines += [f"if type(a) is not ND or a.shape != S{i} or a.dtype != D{i}:", "    return False"]
+                      f"(a._node is None) != L{i}:", "    return False", "d = a.data"]
+            array_check("d", a.data, str(i))
         elif hasattr(a, "shape") and hasattr(a, "dtype") and not isinstance(a, np.generic):
-            return None
+            array_check("a", a, str(i))
         else:
             names[f"V{i}"] = a
             lines += [f"if type(a) is not T{i} or not (a == V{i}):", "    return False"]
-    for s, (t, (typ, shape, dtype)) in enumerate(zip(tape.state, tape.state_meta)):
-        names.update({f"P{s}": t, f"PT{s}": typ, f"PS{s}": shape, f"PD{s}": dtype})
-        lines += [f"d = P{s}.data",
-                  f"if type(d) is not PT{s} or d.shape != PS{s} or d.dtype != PD{s} or not P{s}._requires_grad "
-                  f"or P{s}._node is not None:", "    return False"]
+    for s, t in enumerate(tape.state):
+        names[f"P{s}"] = t
+        lines += [f"if not P{s}._requires_grad or P{s}._node is not None:", "    return False", f"d = P{s}.data"]
+        array_check("d", t.data, f"P{s}")
     for j, ((owner, name), meta) in enumerate(zip(tape.attrs, tape.attr_meta)):
         names.update({f"B{j}": owner, f"BM{j}": meta})
         lines += [f"if META(getattr(B{j}, {name!r}, None)) != BM{j}:", "    return False"]

@@ -36,7 +36,6 @@ class _Tape:
         self.state = list(tracer.state.values())
         self.effects = tuple(tracer.effects)
         self.guards = tuple(tracer.guards)
-        self.state_meta = [(type(t.data), t.data.shape, t.data.dtype) for t in self.state]
         n_fixed = self.nargs + len(self.state)
         raw, attrs, consts = self._symbolic_ops(tracer)
         self.attrs, self.attr_base = attrs, n_fixed
@@ -131,27 +130,6 @@ class _Tape:
     def meta_of(a) -> tuple:
         """What a buffer must keep for the tape to stay valid: its array type, shape and dtype."""
         return (type(a), getattr(a, "shape", None), getattr(a, "dtype", None))
-
-    def valid(self) -> bool:
-        """The parameters are as traced and every replay_guard holds: the tape may replay."""
-        if not self.state_ok():
-            return False
-        for guard in self.guards:
-            if not guard():
-                return False
-        return True
-
-    def state_ok(self) -> bool:
-        """The parameters still have the traced array type, shape and dtype, and are still leaves needing grad."""
-        for t, (typ, shape, dtype) in zip(self.state, self.state_meta):
-            d = t.data
-            if (type(d) is not typ or d.shape != shape or d.dtype != dtype or not t._requires_grad
-                    or t._node is not None):
-                return False
-        for (owner, name), meta in zip(self.attrs, self.attr_meta):
-            if self.meta_of(getattr(owner, name, None)) != meta:
-                return False
-        return True
 
     def replay(self, args):
         if self.device is not None:
