@@ -682,7 +682,7 @@ def test_conv_and_tiled_max_pool_match_torch_on_random_configurations_with_ties_
     for _ in range(25):
         n, c, o = int(rng.integers(0, 3)), int(rng.integers(1, 5)), int(rng.integers(1, 5))
         h, w = (int(v) for v in rng.integers(3, 10, size=2))
-        k, s, p, d = int(rng.integers(1, 4)), int(rng.integers(1, 3)), int(rng.integers(0, 3)), int(rng.integers(1, 3))
+        k, s, p, d = int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(0, 3)), int(rng.integers(1, 3))
         if (k - 1) * d + 1 > min(h, w) + 2 * p:
             continue
         x = rng.integers(-2, 3, size=(n, c, h, w)).astype(np.float64)
@@ -736,3 +736,34 @@ def test_conv_in_blocks_of_rows_and_of_images_matches_torch(monkeypatch, block_b
         np.testing.assert_allclose(np.asarray(yd.data), yt.detach().numpy(), rtol=1e-9, atol=1e-12)
         for a, t in zip(ds, ts):
             np.testing.assert_allclose(np.asarray(a.grad.data), t.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_conv_offset_major_columns_and_input_grad_by_phases_match_torch(dtype):
+    # Two more paths of the channels-last convolution: inputs with a few channels (C * itemsize under
+    # SHORT_RUN_BYTES, a width stride of 1) build their columns offset-major from the NCHW input; strided
+    # convolutions with a kernel wider than 1x1 sum their input gradient phase by phase. Rectangular
+    # strides, dilations and paddings, odd sizes, batch 0 and 1, against torch in float64.
+    from dtrain.autograd.ops import conv
+
+    rng = np.random.default_rng(11)
+    few = conv.SHORT_RUN_BYTES // np.dtype(dtype).itemsize - 1  # the most channels that take the short-run path
+    tol = dict(rtol=1e-9, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-4)
+    configs = [  # n, c, o, (h, w), k, stride, padding, dilation
+        (3, few, 4, (9, 7), 3, (1, 1), (1, 1), (1, 1)), (2, few, 3, (8, 9), 3, (2, 1), (0, 1), (1, 2)),
+        (1, 1, 2, (5, 6), 2, (3, 1), (1, 0), (1, 1)), (0, few, 2, (6, 6), 3, (1, 1), (1, 1), (1, 1)),
+        (4, 3, 5, (9, 9), 3, (2, 2), (1, 1), (1, 1)), (2, 4, 3, (11, 10), 3, (3, 2), (2, 1), (2, 1)),
+        (2, 5, 2, (8, 8), 2, (2, 3), (0, 1), (1, 2)), (1, 2, 3, (7, 7), 3, (2, 2), (0, 0), (1, 1)),
+    ]
+    for n, c, o, hw, k, s, p, d in configs:
+        x, wt, b = rng.normal(size=(n, c) + hw), rng.normal(size=(o, c, k, k)), rng.normal(size=o)
+        ts = [torch.tensor(a, requires_grad=True) for a in (x, wt, b)]
+        yt = torch.nn.functional.conv2d(*ts, stride=s, padding=p, dilation=d)
+        g = rng.normal(size=tuple(yt.shape))
+        yt.backward(torch.tensor(g))
+        ds = [dt.tensor(a.astype(dtype), requires_grad=True) for a in (x, wt, b)]
+        yd = F.conv2d(*ds, stride=s, padding=p, dilation=d)
+        yd.backward(dt.tensor(g.astype(dtype)))
+        np.testing.assert_allclose(np.asarray(yd.data), yt.detach().numpy(), **tol)
+        for a, t in zip(ds, ts):
+            np.testing.assert_allclose(np.asarray(a.grad.data), t.grad.numpy(), **tol)

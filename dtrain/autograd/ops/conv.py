@@ -117,6 +117,42 @@ def _col2im_nhwc(gc, padded_nhwc, k, s, d, out):
     return gx
 
 
+# -- few channels: columns by kernel offset ----------------------------------------------------------------
+# With C * itemsize under SHORT_RUN_BYTES (the stem of an image model: 1 or 3 channels), channels-last columns
+# are copied in runs of C values, a few bytes each (the digits stem: 106 us for a 4096 x 9 matrix). The column
+# matrix transposed, (KH*KW*C, N*OH*OW) with the same column order, reads each kernel offset's rows of OW
+# values from the NCHW input instead; the GEMM takes it transposed, at no cost. Only for a stride-1 width
+# (contiguous runs) and a matrix small enough to build whole (KEEP_COLS_BYTES).
+
+SHORT_RUN_BYTES = 16
+
+
+def _nchw_padded(x, p):
+    """The NCHW array ``x`` zero padded: ``x`` itself when there is no padding, else zeros and the interior."""
+    if p == (0, 0):
+        return x
+    n, c, h, w = x.shape
+    out = xp_of(x).zeros((n, c, h + 2 * p[0], w + 2 * p[1]), dtype=x.dtype)
+    out[:, :, p[0]:p[0] + h, p[1]:p[1] + w] = x
+    return out
+
+
+def _conv_offset_major(xpad, wmat_t, k, d, out, stride_h: int):
+    """(N, OH, OW, O) and the (N*OH*OW, KH*KW*C) column matrix (a transposed view of an offset-major copy) of
+    a width-stride-1 convolution of the padded NCHW ``xpad``."""
+    xp = xp_of(xpad)
+    n, c = xpad.shape[:2]
+    st = xpad.strides
+    win = _strided(xpad, (k[0], k[1], c, n, out[0], out[1]),
+                   (st[2] * d[0], st[3] * d[1], st[1], st[0], st[2] * stride_h, st[3]))
+    cols_t = xp.empty(win.shape, dtype=xpad.dtype)
+    xp.copyto(cols_t, win)
+    cols = cols_t.reshape(k[0] * k[1] * c, n * out[0] * out[1]).T
+    y = xp.empty((n, out[0], out[1], wmat_t.shape[1]), dtype=xpad.dtype)
+    _product_into(y.reshape(cols.shape[0], wmat_t.shape[1]), cols, wmat_t)
+    return y, cols
+
+
 # -- blocked im2col + GEMM ---------------------------------------------------------------------------------
 # The column matrix of a whole batch is 9x the input (2.4 MB for 64 digits at 16 channels): built at once, it
 # has left the cache by the time the GEMM reads it, which then runs at half speed. Built and multiplied in
@@ -226,6 +262,37 @@ def _input_grad_by_correlation(gyh, w, x_hw, p, d):
     return gx.transpose(0, 3, 1, 2)
 
 
+def _input_grad_by_phases(gyh, w, x_hw, p, s, d):
+    """The input gradient of a strided convolution. One batched GEMM gives every kernel offset's contribution
+    as a contiguous (N, OH, OW, C) block. Offset (i, j) of output (u, v) lands on padded input row s*u + d*i,
+    which is row u + (d*i) // s of the row phase (d*i) % s: the blocks are summed into an (SH, SW, N, QH, QW,
+    C) array of phases, where each addition runs over contiguous rows of QW*C values (col2im's additions into
+    every s-th pixel run over C values at a time: 1.5x slower on the digits ResNet's stride-2 convolution),
+    and each phase is then copied to its pixels of the NHWC gradient. Returns (N, C, H, W), channels-last."""
+    xp = xp_of(gyh)
+    n, oh, ow, o = gyh.shape
+    c, kh, kw = w.shape[1:]
+    taps = xp.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, o, c)
+    blocks = mm(gyh.reshape(1, n * oh * ow, o), taps).reshape(kh, kw, n, oh, ow, c)
+    (hp, wp), (h, wd) = (x_hw[0] + 2 * p[0], x_hw[1] + 2 * p[1]), x_hw
+    phases = xp.zeros((s[0], s[1], n, -(-hp // s[0]), -(-wp // s[1]), c), dtype=blocks.dtype)
+    for i in range(kh):
+        e, a = divmod(d[0] * i, s[0])
+        for j in range(kw):
+            f, b = divmod(d[1] * j, s[1])
+            phases[a, b, :, e:e + oh, f:f + ow, :] += blocks[i, j]
+    gx = xp.empty((n, h, wd, c), dtype=blocks.dtype)
+    for a in range(s[0]):
+        h0 = (a - p[0]) % s[0]  # the first input row in this phase: (h0 + p) % s == a
+        for b in range(s[1]):
+            w0 = (b - p[1]) % s[1]
+            if h0 < h and w0 < wd:
+                q, r = (h0 + p[0]) // s[0], (w0 + p[1]) // s[1]
+                gx[:, h0::s[0], w0::s[1], :] = phases[a, b, :, q:q + len(range(h0, h, s[0])),
+                                                      r:r + len(range(w0, wd, s[1])), :]
+    return gx.transpose(0, 3, 1, 2)
+
+
 class FusedConv2d(FusedFunction):
     composition = "pad, strided getitem per kernel offset, stack, reshape, matmul with the weight (per group), + b"
     capturable = True  # conv2d()'s frontend checks shapes and normalises fixed arguments only
@@ -236,10 +303,17 @@ class FusedConv2d(FusedFunction):
         kh, kw = w.shape[2:]
         self.out_hw = tuple(_out_size(x.shape[2 + a], (kh, kw)[a], stride[a], padding[a], dilation[a]) for a in (0, 1))
         if groups == 1:  # channels-last, blocked; the padded input is kept, and small column matrices
-            xpad = _nhwc_padded(x, padding)
-            win = self._win(xpad, (kh, kw))
-            keep = is_grad_enabled() and win.size * win.itemsize <= KEEP_COLS_BYTES
-            y, self.cols = _conv_nhwc(win, xp_of(w).ascontiguousarray(self._wmat_nhwc(w).T), keep)
+            wmat_t = xp_of(w).ascontiguousarray(self._wmat_nhwc(w).T)
+            cols_bytes = x.shape[0] * self.out_hw[0] * self.out_hw[1] * kh * kw * x.shape[1] * x.itemsize
+            keep = is_grad_enabled() and cols_bytes <= KEEP_COLS_BYTES
+            if x.shape[1] * x.itemsize < SHORT_RUN_BYTES and stride[1] == 1 and cols_bytes <= KEEP_COLS_BYTES:
+                xpad = _nchw_padded(x, padding)
+                y, cols = _conv_offset_major(xpad, wmat_t, (kh, kw), dilation, self.out_hw, stride[0])
+                xpad = xpad.transpose(0, 2, 3, 1)  # an NHWC view: what backward's and jvp's windows read
+            else:
+                xpad = _nhwc_padded(x, padding)
+                y, cols = _conv_nhwc(self._win(xpad, (kh, kw)), wmat_t, keep)
+            self.cols = cols if keep else None
             self.saved = (xpad, w)
             if b is not None:
                 y += b
@@ -295,7 +369,9 @@ class FusedConv2d(FusedFunction):
                 gw = xp.ascontiguousarray(gwm.reshape(o, kh, kw, c).transpose(0, 3, 1, 2)).astype(w.dtype, copy=False)
             if nx and stride == (1, 1):
                 gx = _input_grad_by_correlation(gyh, w, (h, wd), padding, dilation)
-            elif nx:
+            elif nx and kh * kw > 1:
+                gx = _input_grad_by_phases(gyh, w, (h, wd), padding, stride, dilation)
+            elif nx:  # one kernel offset: one phase, no sums
                 gc = mm(gyh.reshape(-1, o), self._wmat_nhwc(w)).reshape(n, oh, ow, kh, kw, c)
                 padded = (n, h + 2 * padding[0], wd + 2 * padding[1], c)
                 gxp = _col2im_nhwc(gc, padded, (kh, kw), stride, dilation, self.out_hw)

@@ -85,7 +85,10 @@ class ChannelMatrix:
     convolution's output) is this matrix already; any other layout is copied once. Results go back as
     (N, C, ...) views of channels-last memory."""
 
-    ROW = 4096  # values per broadcast row at most
+    # Values per broadcast row at most. Measured (1 thread, float32, the digits ResNet's (4096, 16) and (1024, 32)):
+    # rows of 512 to 4096 values run at 60% of a full-array multiply's speed, rows of 8192 at its speed, and
+    # batch norm's forward and backward are 10-17% faster than with rows of 4096.
+    ROW = 8192
 
     def __init__(self, x, dtype):
         self.xp = xp_of(x)
