@@ -3,9 +3,11 @@
 Windows are strided views of the (padded) input. Convolution (groups == 1) works channels-last: the input
 becomes a padded NHWC array whose windows (N, OH, OW, KH, KW, C) are copied into column blocks (im2col, runs
 of C contiguous values) of about BLOCK_BYTES, each multiplied by the weight while still in cache; the result
-is the (N, C, OH, OW) view of NHWC memory. Backward rebuilds the columns for the weight gradient, takes the
-stride-1 input gradient as a correlation of the padded output gradient with the flipped kernel, and scatters
-other strides back offset by offset (col2im: KH*KW vectorised block additions). With groups the columns keep
+is the (N, C, OH, OW) view of NHWC memory. An input with very few channels is copied offset by offset from
+NCHW instead (runs of OW values). The weight gradient multiplies the forward's column matrix when it was
+small enough to keep, else rebuilds it block by block; the stride-1 input gradient is a correlation of the
+padded output gradient with the flipped kernel; larger strides sum each kernel offset's block of a batched
+GEMM phase by phase of the stride (a 1x1 kernel scatters its one block: col2im). With groups the columns keep
 the NCHW order (N, OH, OW, C, KH, KW), one block per group.
 """
 
