@@ -394,3 +394,24 @@ def test_docs_table_lists_every_op_in_its_category():
     assert rows == expected, (f"docs/autograd.md's op table disagrees with the code: missing "
                               f"{sorted(set(expected) - set(rows))}, extra {sorted(set(rows) - set(expected))}, "
                               f"wrong category {sorted(n for n in rows if n in expected and rows[n] != expected[n])}")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_relu_against_zeros_equals_maximum_with_zero_bit_for_bit(dtype):
+    # relu_array compares C-contiguous and channels-last arrays in its size range with an array of zeros
+    # (NumPy's SIMD loop) instead of the scalar 0: every value, NaN, signed zeros and infinities included,
+    # must be what maximum(x, 0) gives, in x's memory layout, for every layout and size.
+    rng = np.random.default_rng(3)
+    lo, hi = activation.ZEROS_MIN_SIZE, activation.ZEROS_MAX_BYTES // np.dtype(dtype).itemsize
+    base = rng.standard_normal(2 * hi).astype(dtype)
+    base[:6] = [-0.0, 0.0, np.nan, -np.inf, np.inf, -np.nan]
+    n, h, c = 2, 8, 2
+    channels_last = np.ascontiguousarray(base[:2 * lo].reshape(n, h, -1, c)).transpose(0, 3, 1, 2)
+    arrays = [base[:lo], base[:lo - 1], base[:hi], base[:hi + 1], base[:2 * lo].reshape(64, -1),
+              base[:2 * lo].reshape(64, -1).T, base[:4 * lo:2], channels_last, base[:2 * lo].reshape(n, h, -1, c)]
+    for x in arrays:
+        y = activation.relu_array(x)
+        ref = np.maximum(x, 0)
+        assert y.shape == ref.shape and y.strides == ref.strides
+        np.testing.assert_array_equal(y, ref)  # NaN where ref has NaN
+        np.testing.assert_array_equal(np.signbit(y), np.signbit(ref))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..function import FusedFunction
 from ..tensor import Tensor
 from ._util import as_tensor, xp_of
@@ -52,11 +54,46 @@ class FusedSigmoid(FusedFunction):
     jvp = backward
 
 
+# ReLU's forward against zeros rather than the scalar 0: NumPy's maximum has a SIMD loop for two arrays but not
+# for an array and a scalar (25 -> 8 us at (64, 16, 8, 8) float32). The zeros are one read-only flat array per
+# dtype, grown to the largest size asked, in x's memory order (C-contiguous, or channels-last after a conv).
+# Small arrays (call overhead dominates) and arrays over ZEROS_MAX_BYTES (memory-bound, where reading zeros
+# costs bandwidth) keep the scalar.
+ZEROS_MIN_SIZE, ZEROS_MAX_BYTES = 16384, 1 << 20
+_zero_arrays: dict = {}
+
+
+_TO_NHWC, _TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
+
+
+def _zeros(dtype, size: int):
+    """A read-only flat array of at least ``size`` zeros (grown and kept per dtype)."""
+    flat = _zero_arrays.get(dtype)
+    if flat is None or flat.size < size:
+        flat = np.zeros(size, dtype=dtype)
+        flat.flags.writeable = False
+        _zero_arrays[dtype] = flat
+    return flat[:size]
+
+
+def relu_array(x):
+    """max(x, 0) (NaN stays NaN; the result has x's memory layout), against zeros where that is faster: a
+    C-contiguous or a channels-last NumPy array of ZEROS_MIN_SIZE values to ZEROS_MAX_BYTES."""
+    if type(x) is np.ndarray and ZEROS_MIN_SIZE <= x.size and x.nbytes <= ZEROS_MAX_BYTES:
+        if x.flags.c_contiguous:
+            return np.maximum(x, _zeros(x.dtype, x.size).reshape(x.shape))
+        if x.ndim == 4:
+            xt = x.transpose(_TO_NHWC)
+            if xt.flags.c_contiguous:
+                return np.maximum(xt, _zeros(x.dtype, x.size).reshape(xt.shape)).transpose(_TO_NCHW)
+    return xp_of(x).maximum(x, 0)
+
+
 class FusedReLU(FusedFunction):
     composition = "where(x > 0, x, 0)"
 
     def forward(self, x):
-        y = xp_of(x).maximum(x, 0)
+        y = relu_array(x)
         self.saved = (y,)
         return y
 
