@@ -126,6 +126,11 @@ case("conv2d-groups2", lambda x, w, b: F.conv2d(x, w, b, groups=2), (2, 4, 5, 5)
 case("conv2d-rect-kernel", lambda x, w: F.conv2d(x, w, stride=(2, 1), padding=(1, 0)), (1, 2, 6, 5),
      (2, 2, 2, 3))
 case("conv2d-1x1", lambda x, w: F.conv2d(x, w), (2, 3, 4, 4), (5, 3, 1, 1))
+# one input channel: columns copied offset by offset from NCHW; stride 3 x 2: input gradient summed per phase
+case("conv2d-one-channel-stride2x1", lambda x, w, b: F.conv2d(x, w, b, stride=(2, 1), padding=1, dilation=(1, 2)),
+     (2, 1, 6, 7), (3, 1, 3, 3), (3,))
+case("conv2d-stride3x2-phases", lambda x, w: F.conv2d(x, w, stride=(3, 2), padding=(2, 1)), (1, 2, 8, 7),
+     (3, 2, 3, 2))
 case("max_pool2d-2", lambda x: F.max_pool2d(x, 2), (2, 3, 4, 6))
 case("max_pool2d-3-s2-p1", lambda x: F.max_pool2d(x, 3, stride=2, padding=1), (1, 2, 7, 6))
 case("max_pool2d-overlap", lambda x: F.max_pool2d(x, 2, stride=1), (1, 2, 4, 4))
