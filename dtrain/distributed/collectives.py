@@ -172,7 +172,8 @@ def allreduce(array, op: str = "mean", algorithm="ring", comm: Communicator | No
         algorithm: a name from :data:`dtrain.distributed.algorithms.ALGORITHMS` — "ring" (dtrain's
             pipelined ring; bitwise identical on every rank), "hierarchical" (reduce within each node,
             ring across node leaders, broadcast within nodes; identical on every rank), "mpi"
-            (MPI_Allreduce, the reference) or "nccl" (CuPy arrays only) — or an AllreduceAlgorithm object.
+            (MPI_Allreduce, the reference), "nccl" (CuPy arrays only) or "shm" (every rank on one node: one
+            shared-memory window, no copies through MPI) — or an AllreduceAlgorithm object.
         comm: the Communicator (default: the world).
         async_op: queue it on the Communicator's background thread and return a Handle whose
             ``wait()`` returns ``array``; do not touch ``array`` before then.

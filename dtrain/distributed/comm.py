@@ -258,6 +258,9 @@ class Communicator:
         if self.watchdog is not None and self is _world:
             self.watchdog.stop()
         self._buffers.clear()
+        for derived in self.cache.values():  # e.g. the shm algorithm's window: freed collectively, in creation order
+            if hasattr(derived, "close"):
+                derived.close()
         self.cache.clear()
         for sub in (self.node_comm, self.leader_comm):
             if sub is not None:

@@ -45,7 +45,8 @@ class DistributedDataParallel(Module):
         overlap: start each bucket's sum during backward (True) or all at the end (False).
         algorithm: the all-reduce algorithm the buckets (and the compressor's payloads) travel on: "ring"
             (ours), "hierarchical" (per node, then a ring over node leaders), "mpi" (MPI_Allreduce), "nccl"
-            (device arrays, no compression), or an AllreduceAlgorithm object.
+            (device arrays, no compression), "shm" (every rank on one node: one shared-memory window), or an
+            AllreduceAlgorithm object.
         comm: the Communicator (default: the world from dtrain.distributed.init()).
         broadcast_buffers: also broadcast rank 0's buffers (e.g. BatchNorm running stats) at construction.
 

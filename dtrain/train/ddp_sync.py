@@ -38,7 +38,7 @@ class DDPGradientSync(GradientSync):
 
     Args:
         comm: the world Communicator; compressor: the gradient Compressor (built once by the job);
-        algorithm: "ring" | "hierarchical" | "mpi" | "nccl"; bucket_mb: DDP bucket size in MiB;
+        algorithm: "ring" | "hierarchical" | "mpi" | "nccl" | "shm"; bucket_mb: DDP bucket size in MiB;
         overlap: overlap bucket all-reduces with backward.
     """
 

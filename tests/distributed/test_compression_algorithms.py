@@ -60,7 +60,7 @@ def test_a_hook_runs_on_a_world_of_one_without_being_called():
 
 def test_unknown_algorithm_is_named_with_the_registry():
     with pytest.raises(ValueError, match=r"^DistributedDataParallel: unknown algorithm 'tree': expected one of "
-                                         r"'ring', 'mpi', 'hierarchical', 'nccl'$"):
+                                         r"'ring', 'mpi', 'hierarchical', 'nccl', 'shm'$"):
         dist.DistributedDataParallel(nn.Linear(3, 2), algorithm="tree")
 
 

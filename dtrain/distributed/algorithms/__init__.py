@@ -14,6 +14,9 @@ name            arrays       needs                 bit-identical?   use when
 ``mpi``         host, device the MPI library's     as the library   small messages (latency-bound), or to compare
                 (staged)     own algorithms        (usually yes)    against the MPI library
 ``nccl``        device only  CuPy built with NCCL  as NCCL          GPUs with NCCL (NVLink, InfiniBand)
+``shm``         host, device every rank on one     yes, every rank  one node, large buffers: no copies through
+                (via host)   node (MPI-3 shared                     MPI's buffers (ranks read each other's
+                             memory windows)                        memory directly)
 ==============  ===========  ====================  ===============  ===========================================
 
 "staged": device arrays go through pinned host buffers unless MPI is CUDA-aware
@@ -38,15 +41,17 @@ from .ring import (
     ring_allreduce_bytes,
     ring_reduce_scatter,
 )
+from .shm import SharedMemoryAllreduce
 
 __all__ = [
     "ALGORITHMS", "PIPELINE_BYTES", "PIPELINE_DEPTH", "REDUCE_OPS", "AllreduceAlgorithm", "HierarchicalAllreduce",
     "MPIAllreduce", "NcclAllreduce", "RingAllreduce", "chunk_bounds", "get", "ring_allgather", "ring_allreduce_bytes",
-    "ring_reduce_scatter",
+    "ring_reduce_scatter", "SharedMemoryAllreduce",
 ]
 
 ALGORITHMS: dict[str, AllreduceAlgorithm] = {
-    a.name: a for a in (RingAllreduce(), MPIAllreduce(), HierarchicalAllreduce(), NcclAllreduce())
+    a.name: a for a in (RingAllreduce(), MPIAllreduce(), HierarchicalAllreduce(), NcclAllreduce(),
+                         SharedMemoryAllreduce())
 }
 
 

@@ -2,7 +2,7 @@
 replaces the built-in one; run as ``mpiexec -n 4 python mpi_compression_algorithms.py`` with
 DTRAIN_RANKS_PER_NODE=2 (4 ranks as 2 "nodes"). tests/distributed/test_compression_algorithms.py runs it.
 
-* ``compression.reduce`` of every compressor over ring, mpi and hierarchical: every rank holds the same
+* ``compression.reduce`` of every compressor over ring, mpi, hierarchical and shm: every rank holds the same
   bits; the result equals the flat ring's (bit for bit for ``none`` on integer-valued data and for the
   all-gather compressors; within the compressor's own rounding otherwise);
 * the bytes this rank sent to the other node under ``hierarchical`` are exactly those of the hierarchical
@@ -32,7 +32,7 @@ from dtrain.distributed.algorithms.base import offsets_of
 SHAPES = [("w1", (24, 10)), ("b1", (24,)), ("w2", (6, 24)), ("b2", (6,))]
 SIZE = sum(int(np.prod(s)) for _, s in SHAPES)
 SPECS = ["none", "fp16", "bf16", "powersgd:2:start=0", "randomk:0.1", "topk:0.05", "qsgd:16", "signsgd"]
-ALGORITHMS = ("ring", "mpi", "hierarchical")
+ALGORITHMS = ("ring", "mpi", "hierarchical", "shm")
 STEPS = 4
 
 
@@ -118,7 +118,7 @@ def check_reduce(world, spec: str) -> None:
                 assert sent == want, f"{spec} over hierarchical: {sent} bytes to the other node, schedule says {want}"
             outs.append(flat)
         results[alg] = outs
-    for alg in ("mpi", "hierarchical"):
+    for alg in ("mpi", "hierarchical", "shm"):
         for step, (got, ring) in enumerate(zip(results[alg], results["ring"])):
             what = f"{spec} over {alg}, step {step}, vs the ring"
             if spec == "none" or compression.get(spec).exchange == "allgather":

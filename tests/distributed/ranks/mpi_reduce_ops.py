@@ -5,7 +5,7 @@ The same assertions hold at every world size:
 
 * closed forms: rank r contributes ``x_r[i] = (i % 5) - 3 |r - (i % N)|``, so over the ranks the
   maximum is ``i % 5`` (rank ``i % N`` holds it) and the minimum ``(i % 5) - 3 max(i % N, N - 1 - i % N)``;
-  exact in every dtype, for "ring", "hierarchical" and "mpi", int32/int64 included;
+  exact in every dtype, for "ring", "hierarchical", "mpi" and "shm", int32/int64 included;
 * random data: every algorithm gives exactly NumPy's ``maximum``/``minimum`` over the gathered inputs
   (half types compared in float32: the same values), bitwise identical on every rank, also with the
   ring pipelined in tiny pieces and through reduce_scatter;
@@ -29,7 +29,7 @@ import dtrain.distributed as dist
 from dtrain.backend import bfloat16_dtype
 from dtrain.distributed.algorithms import AllreduceAlgorithm, RingAllreduce
 
-ALGORITHMS = ("ring", "hierarchical", "mpi")
+ALGORITHMS = ("ring", "hierarchical", "mpi", "shm")
 INT_DTYPES = (np.int32, np.int64)
 
 

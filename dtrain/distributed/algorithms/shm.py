@@ -1,0 +1,179 @@
+"""Every rank on one node: the all-reduce through one MPI shared-memory window (``MPI_Win_allocate_shared``)
+instead of messages.
+
+Every call starts with a handshake: each rank writes its (count, dtype, op) into a 64-byte header in
+front of its segment, and after a fence (``MPI_Win_sync``, a barrier of the node, ``MPI_Win_sync``) checks
+every other rank's, so ranks that pass different sizes get a ValueError naming them instead of reading
+past each other's data, and all ranks grow the window together when the array is larger than it. Then
+each rank copies its array into its own segment; after a fence, rank r reduces chunk r
+(``chunk_bounds(count, size)``) in its segment, reading the other ranks' segments directly, in rank
+order ("mean" divides there); after another fence every rank copies each chunk straight from its owner's
+segment into its array. The next call's handshake fence keeps any rank from overwriting its segment
+while others still read it.
+
+Each element crosses between processes twice, once to be reduced and once to be gathered, and nothing
+goes through MPI's own buffers: the ring's send and receive copies are gone, for three barriers a call.
+Each chunk is reduced on one rank in a fixed order and only copied afterwards, so the result is bitwise
+identical on every rank. Half types are reduced in float32 and rounded once, as in the ring; max and
+min run the same schedule. Device arrays are copied to host memory and back.
+
+The window is made at the first call on a communicator (collective; 1 MiB per rank) and grown in steps
+of 1 MiB; it lives in ``comm.cache`` and is freed by ``Communicator.close()``.
+
+Bytes counted (``record_send``): what the other ranks read from this rank's segment, N + (n-2)*N/n for
+N bytes, which is what the ring sends.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from ...backend import get_array_module, is_half_dtype
+from .. import comm as _comm
+from .base import F32, REDUCE_OPS, AllreduceAlgorithm, chunk_bounds, offsets_of
+
+__all__ = ["SharedMemoryAllreduce"]
+
+HEADER = 64  # bytes in front of each rank's data: (count, dtype, op) as int64
+_STEP = 1 << 20  # the window grows in multiples of this many bytes per rank
+_OPS = ("sum", "max", "min", "allgather")
+
+
+class SharedSegments:
+    """One MPI shared-memory window over the node: a header and ``nbytes`` of data per rank, each rank's
+    segment seen as a NumPy array by every rank of the node communicator ``node`` (which it owns)."""
+
+    def __init__(self, node, nbytes: int):
+        MPI = _comm._MPI
+        self.node, self.nbytes = node, nbytes
+        self.win = MPI.Win.Allocate_shared(HEADER + nbytes, 1, comm=node)
+        self.win.Lock_all(MPI.MODE_NOCHECK)
+        self.segments = [np.frombuffer(self.win.Shared_query(q)[0], dtype=np.uint8, count=HEADER + nbytes)
+                         for q in range(node.Get_size())]
+
+    def data(self, dtype, count: int) -> list:
+        """Every rank's data area as ``count`` values of ``dtype``, in rank order."""
+        nbytes = count * np.dtype(dtype).itemsize
+        return [s[HEADER:HEADER + nbytes].view(dtype) for s in self.segments]
+
+    def fence(self) -> None:
+        """Every rank's writes visible to all, and no rank past this point before all reach it."""
+        self.win.Sync()
+        self.node.Barrier()
+        self.win.Sync()
+
+    def close(self) -> None:
+        """Free the window and the node communicator (collective over the node)."""
+        self.win.Unlock_all()
+        self.win.Free()
+        self.node.Free()
+
+
+def _node(comm):
+    """A communicator over the ranks that share this rank's memory; ValueError on every rank unless that is
+    every rank."""
+    MPI = _comm._MPI
+    node = comm.comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
+    size = node.Get_size()
+    if size != comm.size:
+        node.Free()
+        raise ValueError(f"all-reduce algorithm 'shm' (rank {comm.rank}): every rank must be on one node, but this "
+                         f"rank shares memory with {size} of the {comm.size} ranks (hosts: "
+                         f"{', '.join(sorted(set(comm.hosts)))}); use 'ring' or 'hierarchical' across nodes")
+    return node
+
+
+def handshake(comm, count: int, dtype, op: str, what: str) -> SharedSegments:
+    """The communicator's window, checked and big enough for ``count`` values of ``dtype`` on every rank.
+
+    Writes (count, dtype, op) into this rank's header, fences, and compares every rank's: ValueError on
+    every rank when any differ, naming the ranks; else the window, grown (collectively) when too small."""
+    seg = comm.cache.get("shm")
+    if seg is None:
+        seg = comm.cache["shm"] = SharedSegments(_node(comm), _STEP)
+    dtype = np.dtype(dtype)
+    mine = (count, zlib.crc32(dtype.name.encode()), _OPS.index(op))
+    seg.segments[comm.rank][:24].view(np.int64)[:] = mine
+    seg.fence()
+    headers = [tuple(int(v) for v in s[:24].view(np.int64)) for s in seg.segments]
+    bad = [q for q, theirs in enumerate(headers) if theirs != mine]
+    if bad:
+        differ = "; ".join(f"rank {q}: {_describe(headers[q], mine)}" for q in bad)
+        raise ValueError(f"{what} (rank {comm.rank}): every rank must pass the same size, dtype and op; this rank "
+                         f"passed {count} values of {dtype}, op {op}; {differ}")
+    nbytes = count * dtype.itemsize
+    if nbytes > seg.nbytes:  # every rank saw the same count: all grow together
+        node = seg.node.Dup()
+        seg.close()
+        seg = comm.cache["shm"] = SharedSegments(node, -(-nbytes // _STEP) * _STEP)
+    return seg
+
+
+def _describe(header: tuple, mine: tuple) -> str:
+    count, dtype, op = header
+    return (f"{count} values of {'the same dtype' if dtype == mine[1] else 'another dtype'}, "
+            f"op {_OPS[op] if 0 <= op < len(_OPS) else '?'}")
+
+
+class SharedMemoryAllreduce(AllreduceAlgorithm):
+    """All-reduce and all-gather through one shared-memory window (every rank on one node)."""
+
+    name = "shm"
+    reduce_ops = REDUCE_OPS
+
+    def allreduce(self, comm, flat, mean: bool, op: str = "sum") -> None:
+        if get_array_module(flat) is not np:  # under CUDA-aware MPI device arrays arrive here: via the host
+            host = flat.get()
+            self.allreduce(comm, host, mean, op)
+            flat.set(host)
+            return
+        n, r = comm.size, comm.rank
+        seg = handshake(comm, flat.size, flat.dtype, op, "shm all-reduce")
+        views = seg.data(flat.dtype, flat.size)
+        views[r][...] = flat
+        seg.fence()
+        bounds = chunk_bounds(flat.size, n)
+        lo, hi = bounds[r]
+        _reduce_chunk(comm, views, lo, hi, n if mean else 0, op)
+        seg.fence()
+        for q, (a, b) in enumerate(bounds):
+            flat[a:b] = views[q][a:b]
+        comm.record_send((flat.size + (n - 2) * (hi - lo)) * flat.itemsize, False)
+
+    def allgather(self, comm, buf, counts: list[int]) -> None:
+        if get_array_module(buf) is not np:
+            host = buf.get()
+            self.allgather(comm, host, counts)
+            buf.set(host)
+            return
+        r = comm.rank
+        seg = handshake(comm, buf.size, np.uint8, "allgather", "shm all-gather")
+        views = seg.data(np.uint8, buf.size)
+        blocks = offsets_of(counts)
+        lo, hi = blocks[r]
+        views[r][lo:hi] = buf[lo:hi]
+        seg.fence()
+        for q, (a, b) in enumerate(blocks):
+            if q != r:
+                buf[a:b] = views[q][a:b]
+        comm.record_send((comm.size - 1) * (hi - lo), False)
+
+
+def _reduce_chunk(comm, views, lo: int, hi: int, divide_by: int, op: str) -> None:
+    """views[rank][lo:hi] = the reduction of every rank's [lo:hi], this rank's first, then the others in rank
+    order (divided by ``divide_by`` when non-zero); half types in a float32 scratch, rounded once."""
+    r = comm.rank
+    combine = {"sum": np.add, "max": np.maximum, "min": np.minimum}[op]
+    own = views[r][lo:hi]
+    acc = comm.buffer("shm.acc", hi - lo, F32) if is_half_dtype(own.dtype) else own
+    if acc is not own:
+        acc[...] = own
+    for q, theirs in enumerate(views):
+        if q != r:
+            combine(acc, theirs[lo:hi], out=acc, dtype=acc.dtype)
+    if divide_by:
+        np.divide(acc, divide_by, out=acc)
+    if acc is not own:
+        own[...] = acc

@@ -1,0 +1,141 @@
+"""Rank-side checks of the shared-memory all-reduce (``algorithm="shm"``), the same assertions at every
+world size; tests/distributed/test_shm.py runs it under mpiexec.
+
+* sum and mean of every float dtype and int32/int64, sizes 0 to past the window's first 1 MiB (it grows),
+  equal every rank's values summed in float64 to within the dtype's rounding (ints exactly), and the same
+  bits on every rank; max/min are covered with the other algorithms in mpi_reduce_ops.py;
+* async (the communicator's worker thread has a window of its own) and the all-gather;
+* ranks that pass different sizes or ops get a ValueError naming the other ranks, on every rank, and the
+  next all-reduce is right again;
+* DistributedDataParallel with ``algorithm="shm"`` trains to the same parameters as with the ring (to
+  rounding) and bit-identical on every rank;
+* the throughput benchmark's shared-memory floor (the same window technique, bench-side) runs, checks its
+  own sums and reports positive times;
+* ``destroy_process_group`` frees the windows (collectively) and returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from mpi_harness import run_or_abort
+
+import dtrain as dt
+import dtrain.distributed as dist
+import dtrain.nn.functional as F
+from dtrain import nn, optim
+from dtrain.backend import bfloat16_dtype, finfo_eps
+from dtrain.distributed.algorithms import get
+
+
+def same_everywhere(world, a, what: str) -> None:
+    digests = world.comm.allgather(hashlib.sha256(np.ascontiguousarray(a).view(np.uint8).tobytes()).hexdigest())
+    assert len(set(digests)) == 1, f"{what}: the ranks hold different bits"
+
+
+def dtypes() -> list:
+    return [np.float16, np.float32, np.float64, np.int32, np.int64] + ([bfloat16_dtype()] if bfloat16_dtype() else [])
+
+
+def sums_and_means(world) -> None:
+    n, r = world.size, world.rank
+    rng = np.random.default_rng(40 + r)
+    for count in (0, 1, max(n - 1, 1), n + 1, 4099, 300_001):
+        for dtype in dtypes():
+            integer = np.dtype(dtype).kind == "i"
+            x = (rng.integers(-1000, 1000, count) if integer else rng.standard_normal(count) * 10).astype(dtype)
+            every = np.stack(world.comm.allgather(x.astype(np.float64)))
+            for op in ("sum",) if integer else ("sum", "mean"):
+                a = x.copy()
+                assert dist.allreduce(a, op=op, algorithm="shm") is a and a.dtype == np.dtype(dtype)
+                want = every.sum(axis=0) / (n if op == "mean" else 1)
+                what = f"shm {op} {np.dtype(dtype)}[{count}]"
+                if integer:
+                    assert np.array_equal(a, want.astype(dtype)), what
+                else:  # a float32 (float64 for float64) sum of n values, rounded once to the dtype
+                    acc = np.dtype(np.float64 if np.dtype(dtype) == np.float64 else np.float32)
+                    scale = np.abs(every).sum(axis=0) / (n if op == "mean" else 1)
+                    bound = (finfo_eps(np.dtype(dtype)) + n * finfo_eps(acc)) * scale + 1e-300
+                    err = np.abs(a.astype(np.float64) - want)
+                    assert np.all(err <= bound), f"{what}: error {np.max(err / bound):.2f}x the bound"
+                same_everywhere(world, a, what)
+
+
+def async_and_allgather(world) -> None:
+    n, r = world.size, world.rank
+    h = dist.allreduce(np.full(70_000, r + 1.0, np.float32), op="sum", algorithm="shm", async_op=True)
+    assert np.all(h.wait() == n * (n + 1) / 2)
+    outs = [np.zeros(3 + q, np.float64) for q in range(n)]
+    buf = np.zeros(sum(8 * (3 + q) for q in range(n)), np.uint8)
+    lo = sum(8 * (3 + q) for q in range(r))
+    buf[lo:lo + 8 * (3 + r)] = np.full(3 + r, float(r)).view(np.uint8)
+    get("shm").allgather(world, buf, [8 * (3 + q) for q in range(n)])
+    pos = 0
+    for q, out in enumerate(outs):
+        out[...] = buf[pos:pos + out.nbytes].view(np.float64)
+        pos += out.nbytes
+        assert np.all(out == q), (q, out)
+
+
+def mismatches(world) -> None:
+    n, r = world.size, world.rank
+    for a, op in ((np.ones(10 + r, np.float32), "sum"), (np.ones(10, np.float32), "max" if r == n - 1 else "sum")):
+        try:
+            dist.allreduce(a, op=op, algorithm="shm")
+        except ValueError as exc:
+            msg = str(exc)
+            assert msg.startswith(f"shm all-reduce (rank {r}): every rank must pass the same size, dtype and op; "
+                                  f"this rank passed {a.size} values of float32, op {op}; rank "), msg
+        else:
+            raise AssertionError(f"rank {r}: different sizes or ops across ranks did not raise")
+    b = np.full(5, r + 1.0)
+    dist.allreduce(b, op="sum", algorithm="shm")
+    assert np.all(b == n * (n + 1) / 2), b
+
+
+def train(world, algorithm: str) -> np.ndarray:
+    dt.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 4))
+    ddp = dist.DistributedDataParallel(model, bucket_cap_mb=0.01, algorithm=algorithm)
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((48, 10)).astype(np.float32), rng.integers(0, 4, 48)
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    per = len(x) // world.size
+    mine = slice(world.rank * per, (world.rank + 1) * per)
+    for _ in range(5):
+        opt.zero_grad()
+        F.cross_entropy(ddp(dt.tensor(x[mine])), y[mine]).backward()
+        opt.step()
+    ddp.remove_hooks()
+    return np.concatenate([p.data.reshape(-1) for p in model.parameters()])
+
+
+def ddp(world) -> None:
+    shm, ring = train(world, "shm"), train(world, "ring")
+    same_everywhere(world, shm, "DDP over shm")
+    np.testing.assert_allclose(shm, ring, rtol=1e-5, atol=1e-6)
+
+
+def floor(world) -> None:
+    from mpi4py import MPI
+
+    from dtrain.bench.throughput_split import shared_memory_floor
+
+    got = shared_memory_floor(MPI.COMM_WORLD, 100_003, repeats=3, warmup=1)
+    assert set(got) == {"shared_floor", "local_floor"} and min(got.values()) > 0, got
+
+
+def main() -> None:
+    world = dist.init()
+    sums_and_means(world)
+    async_and_allgather(world)
+    mismatches(world)
+    ddp(world)
+    floor(world)
+    dist.destroy_process_group()
+    print(f"shm OK rank {world.rank} of {world.size}", flush=True)
+
+
+if __name__ == "__main__":
+    run_or_abort(main)
