@@ -9,6 +9,8 @@ What is measured
     * ``dtrain``: ``dist.DistributedDataParallel(model, bucket_cap_mb=25, overlap=True, algorithm="ring")``,
       ``loss = F.cross_entropy(ddp(x), y); opt.zero_grad(); loss.backward(); opt.step()``;
     * ``dtrain overlap off``: the same with ``overlap=False`` (every bucket all-reduced after backward);
+    * ``dtrain shm``: the same with ``algorithm="shm"`` (every rank on one node: the buckets are summed
+      through one MPI shared-memory window instead of the ring's messages);
     * ``dtrain 1 MB buckets``: ``overlap=True, bucket_cap_mb=1`` (``--small-bucket-mb``; the whole
       gradient fits one 25 MB bucket, so the default cannot overlap anything on this model);
     * ``torch``: ``torch.nn.parallel.DistributedDataParallel`` with its defaults (gloo backend, 25 MB
@@ -33,7 +35,8 @@ What is measured
     the write of the averaged gradients, which the engine runs as a callback at the end of
     ``loss.backward()``; read from ``ddp.last_finish_s``), and zero_grad+step. An all-reduce of the
     gradient's size alone (ring on the main thread, ring through the communicator's worker thread,
-    MPI_Allreduce) gives the communication cost for comparison, and the ranks' entry times into
+    MPI_Allreduce, shm) and the least data movement any all-reduce of it needs on one node (the
+    shared-memory floor) give the communication cost for comparison, and the ranks' entry times into
     ``ddp.finish`` (end of backward minus ``last_finish_s``; one monotonic clock per machine) separate
     waiting for the other rank from waiting for the all-reduce. At 2 ranks rank 0 is
     also profiled with cProfile for ``--profile-steps`` steps of the default dtrain variant.
@@ -71,7 +74,7 @@ from .peers import CycledStep, checksum, import_torch, setup_torch_gloo, slowest
 from .ranks import launch_worker, under_mpiexec
 from .report import OUT_HELP, command_line, default_out
 from .throughput_report import summarize, throughput_table, write_outputs
-from .throughput_split import BATCH, allreduce_alone, profile_steps, time_split
+from .throughput_split import BATCH, allreduce_alone, profile_steps, shared_memory_floor, time_split
 
 HELP = "DDP training throughput at 1 and 2 ranks: dtrain variants vs PyTorch DDP, step time split, profile"
 
@@ -90,11 +93,14 @@ class Variant:
     lib: str  # "dtrain" | "torch" | "local" (dtrain without DDP: the machine's ceiling)
     overlap: bool = True
     bucket_mb: float = 25.0
+    algorithm: str = "ring"
 
 
 def variants(small_bucket_mb: float, with_torch: bool) -> list[Variant]:
     out = [Variant("dtrain", "dtrain DDP, overlap on (25 MB buckets)", "dtrain", True, 25.0),
            Variant("dtrain_no_overlap", "dtrain DDP, overlap off", "dtrain", False, 25.0)]
+    out.append(Variant("dtrain_shm", "dtrain DDP, overlap on, shm all-reduce (25 MB buckets)", "dtrain", True, 25.0,
+                       "shm"))
     if small_bucket_mb > 0:
         out.append(Variant("dtrain_small_buckets", f"dtrain DDP, overlap on, {small_bucket_mb:g} MB buckets",
                            "dtrain", True, small_bucket_mb))
@@ -136,7 +142,7 @@ class DtrainStepper(CycledStep):
             self.ddp = self.model
         else:
             self.ddp = dist.DistributedDataParallel(self.model, bucket_cap_mb=var.bucket_mb, overlap=var.overlap,
-                                                    algorithm="ring")
+                                                    algorithm=var.algorithm)
         self.opt = optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
         self.batches = [(dt.tensor(x), y) for x, y in batches]
         self.net, self.loss_fn = self.ddp, F.cross_entropy
@@ -284,7 +290,7 @@ def worker(args) -> list[dict]:
                             "steps": args.split_steps, **time_split(steppers[v.key], cw, args.split_steps)})
     if n > 1:
         records.append({"kind": "allreduce", "world_size": n, "count": n_params,
-                        **allreduce_alone(world, cw, n_params)})
+                        **allreduce_alone(world, cw, n_params), **shared_memory_floor(cw, n_params)})
     # Checksums now, while every implementation has run the same steps (the profile adds some to one).
     records.append(_checks_record(vars_, steppers, cw, check, torch_error))
     prof = profile_steps(steppers["dtrain"], cw, args.profile_steps) if n > 1 and args.profile_steps > 0 else None

@@ -148,7 +148,22 @@ def _allreduce_note(ar: dict) -> str:
     return (f"- An all-reduce of the whole gradient alone ({ar['count']:,} float32, {mb:.1f} MiB; median of 15, "
             f"slowest rank) at 2 ranks: dtrain ring on the calling thread **{ar['ring_main']:.2f} ms**, the same ring "
             f"through the communicator's worker thread (`async_op=True` + `wait()`, as DDP runs it) "
-            f"{ar['ring_worker']:.2f} ms, MPI_Allreduce {ar['mpi_main']:.2f} ms.")
+            f"{ar['ring_worker']:.2f} ms, MPI_Allreduce {ar['mpi_main']:.2f} ms"
+            + (f", dtrain shm {ar['shm_main']:.2f} ms." if "shm_main" in ar else ".") + _floor_note(ar))
+
+
+def _floor_note(ar: dict) -> str:
+    if "shared_floor" not in ar:
+        return ""
+    return (f" Moving the data alone, the cheapest way (both buffers in one MPI shared-memory window; each rank adds "
+            f"the other's half of its chunk into its own, then copies the other's summed chunk; no copy through MPI): "
+            f"**{ar['shared_floor']:.2f} ms**; the same additions and copies from arrays the rank's own core had just "
+            f"written: {ar['local_floor']:.2f} ms"
+            + (" (moving the data between the cores, not the arithmetic, sets it)."
+               if ar["shared_floor"] > 1.5 * ar["local_floor"] else
+               " (here the move between the cores costs about what the arithmetic does).")
+            + " The speed at which this machine's cores exchange data changes from minute to minute, so numbers "
+            "measured one after the other can disagree.")
 
 
 def _one_vs_two_notes(one: dict, on: dict, ref: dict | None, ar: dict | None) -> list[str]:
@@ -278,6 +293,12 @@ def _goals(s: dict, records: list[dict]) -> list[str]:
         f"- dtrain DDP >= {GOAL_VS_TORCH}x PyTorch DDP samples/s at 2 ranks: **{fmt(ratio, '.2f')}x**, "
         f"{verdict(ratio, GOAL_VS_TORCH)}.", "",
     ]
+    shm_eff = next((row["efficiency"] for row in s["rows"] if row["variant"] == "dtrain_shm"), None)
+    if shm_eff is not None:
+        shm_ratio = s["vs_torch"].get((2, "dtrain_shm"))
+        md[-1:-1] = [f"- the same two with `algorithm=\"shm\"` (one node): **{shm_eff * 100:.1f}%**, "
+                     f"{verdict(shm_eff, GOAL_EFFICIENCY)}; **{fmt(shm_ratio, '.2f')}x** PyTorch DDP, "
+                     f"{verdict(shm_ratio, GOAL_VS_TORCH)}."]
     if eff is not None and ceiling is not None:
         md += [f"For scale: two ranks that do not communicate at all reach {ceiling * 100:.1f}% here (the reference "
                f"row), so sharing the machine alone costs {100 - ceiling * 100:.1f} points of efficiency before DDP "
@@ -292,6 +313,10 @@ def _goals(s: dict, records: list[dict]) -> list[str]:
                        f"would give {bound * 100:.0f}%. Hiding the all-reduce behind backward would need CPU time "
                        "that no rank has spare here, since the all-reduce is itself CPU work (memory copies and "
                        "additions on the ranks' own cores).")
+            if "shared_floor" in ar:
+                floor = one_ms / (ref_ms + ar["shared_floor"])
+                md[-1] += (f" An all-reduce that cost only the data movement itself (below, {ar['shared_floor']:.2f} "
+                           f"ms) would give {floor * 100:.0f}%.")
         md.append("")
     same = [s["by"][(1, k)]["samples_per_s"] for k in ("dtrain", "dtrain_no_overlap", "dtrain_small_buckets", "local")
             if (1, k) in s["by"]]

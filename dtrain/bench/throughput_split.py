@@ -3,8 +3,9 @@
 The split of a step into forward, local backward (with the bucket packing its gradient hooks do),
 ``ddp.finish`` (packing what was not launched yet, waiting for the buckets, writing the averaged
 gradients) and the optimizer, from the timings the reducer records for every synchronisation
-(``ddp.timings``); an all-reduce of the gradient's size alone, three ways; and a cProfile of rank 0's
-main thread grouped into areas.
+(``ddp.timings``); an all-reduce of the gradient's size alone, three ways; the least data movement any
+all-reduce of that size needs when the ranks share a node (:func:`shared_memory_floor`); and a cProfile of
+rank 0's main thread grouped into areas.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def time_split(stepper, cw, steps: int, warmup: int = 5) -> dict[str, float]:
 
 
 def allreduce_alone(world, cw, count: int, repeats: int = 15, warmup: int = 3) -> dict[str, float]:
-    """Median ms (slowest rank) of one all-reduce of ``count`` float32, three ways, interleaved."""
+    """Median ms (slowest rank) of one all-reduce of ``count`` float32, three ways (four on one node: shm),
+    interleaved."""
     from dtrain.distributed import allreduce
 
     a = np.ones(count, np.float32)
@@ -84,6 +86,8 @@ def allreduce_alone(world, cw, count: int, repeats: int = 15, warmup: int = 3) -
         "ring_worker": lambda: allreduce(a, op="sum", algorithm="ring", comm=world, async_op=True).wait(),
         "mpi_main": lambda: allreduce(a, op="sum", algorithm="mpi", comm=world),
     }
+    if world.node_count == 1:
+        modes["shm_main"] = lambda: allreduce(a, op="sum", algorithm="shm", comm=world)
     times: dict[str, list[float]] = {k: [] for k in modes}
     for i in range(warmup + repeats):
         for k, fn in modes.items():
@@ -97,6 +101,72 @@ def allreduce_alone(world, cw, count: int, repeats: int = 15, warmup: int = 3) -
             if i >= warmup:
                 times[k].append(el)
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def shared_memory_floor(cw, count: int, repeats: int = 15, warmup: int = 3) -> dict[str, float]:
+    """``{"shared_floor": ms}``: the median (slowest rank) of the data movement every all-reduce of ``count``
+    float32 needs when all ranks share one node, done the cheapest way there is. Every rank's buffer lives in
+    one MPI shared-memory window; each rank adds the other ranks' values of its own chunk into its buffer
+    (what a reduce-scatter must read), then copies the other ranks' summed chunks (what an all-gather must
+    read), with no copy through MPI in between. Empty when the ranks span nodes or there is one rank."""
+    from mpi4py import MPI
+
+    node = cw.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        if cw.size < 2 or node.size != cw.size:
+            return {}
+        win = MPI.Win.Allocate_shared(count * 4, 4, comm=node)
+        try:
+            win.Lock_all(MPI.MODE_NOCHECK)
+            try:
+                return {"shared_floor": _floor_rounds(win, node, count, repeats, warmup),
+                        "local_floor": _floor_rounds(win, node, count, repeats, warmup, local=True)}
+            finally:
+                win.Unlock_all()
+        finally:
+            win.Free()
+    finally:
+        node.Free()
+
+
+def _floor_rounds(win, node, count: int, repeats: int, warmup: int, local: bool = False) -> float:
+    """The floor's median ms; with ``local``, the same additions and copies from private arrays of this rank,
+    written by its own core just before each round as the other ranks write theirs, instead of their buffers."""
+    n, r = node.size, node.rank
+    bufs = [np.frombuffer(win.Shared_query(q)[0], dtype=np.float32, count=count) for q in range(n)]
+    mine, bounds = bufs[r], [(count * q // n, count * (q + 1) // n) for q in range(n)]
+    lo, hi = bounds[r]
+    privates = [np.empty(count, np.float32) for _ in range(n - 1)] if local else []
+    if local:
+        bufs = [mine] + privates if r == 0 else privates[:r] + [mine] + privates[r:]
+
+    def fence():  # every rank's writes visible to all, and no rank ahead of the others
+        win.Sync()
+        node.Barrier()
+        win.Sync()
+
+    times = []
+    for i in range(warmup + repeats):
+        mine.fill(1.0)
+        for p in privates:  # written now by this core, as the other ranks write theirs: ones in this rank's
+            p.fill(float(n))  # chunk, their sums in theirs
+            p[lo:hi] = 1.0
+        fence()
+        t0 = time.perf_counter()
+        for q in range(n):
+            if q != r:
+                np.add(mine[lo:hi], bufs[q][lo:hi], out=mine[lo:hi])
+        fence()
+        for q, (a, b) in enumerate(bounds):
+            if q != r:
+                mine[a:b] = bufs[q][a:b]
+        fence()
+        el = slowest(node, time.perf_counter() - t0)
+        if not (mine == n).all():
+            raise RuntimeError(f"shared-memory floor check failed on rank {r}: the sums are not {n}")
+        if i >= warmup:
+            times.append(el)
+    return statistics.median(times) * 1e3
 
 
 _AREAS = (  # (prefix of the path below dtrain/, function name or None, area)
