@@ -5,14 +5,18 @@ Every call starts with a handshake: each rank writes its (count, dtype, op) into
 front of its segment, and after a fence (``MPI_Win_sync``, a barrier of the node, ``MPI_Win_sync``) checks
 every other rank's, so ranks that pass different sizes get a ValueError naming them instead of reading
 past each other's data, and all ranks grow the window together when the array is larger than it. Then
-each rank copies its array into its own segment; after a fence, rank r reduces chunk r
-(``chunk_bounds(count, size)``) in its segment, reading the other ranks' segments directly, in rank
-order ("mean" divides there); after another fence every rank copies each chunk straight from its owner's
+each rank copies into its own segment the chunks the others reduce (``chunk_bounds(count, size)``); after
+a fence, rank r reduces chunk r from its own array and the other ranks' segments, read directly, its own
+values first and then the others in rank order, into its segment ("mean" divides there); after another
+fence every rank copies each chunk straight from its owner's
 segment into its array. The next call's handshake fence keeps any rank from overwriting its segment
 while others still read it.
 
 Each element crosses between processes twice, once to be reduced and once to be gathered, and nothing
 goes through MPI's own buffers: the ring's send and receive copies are gone, for three barriers a call.
+Measured on a 2-core VM at 7.1 MiB and 2 ranks it was not reliably faster than the ring over MPICH
+(between 0.6x and 1.3x its time, with the machine's cross-core speed; a version pipelined in pieces was
+no faster): see docs/distributed.md.
 Each chunk is reduced on one rank in a fixed order and only copied afterwards, so the result is bitwise
 identical on every rank. Half types are reduced in float32 and rounded once, as in the ring; max and
 min run the same schedule. Device arrays are copied to host memory and back.
@@ -132,11 +136,13 @@ class SharedMemoryAllreduce(AllreduceAlgorithm):
         n, r = comm.size, comm.rank
         seg = handshake(comm, flat.size, flat.dtype, op, "shm all-reduce")
         views = seg.data(flat.dtype, flat.size)
-        views[r][...] = flat
-        seg.fence()
         bounds = chunk_bounds(flat.size, n)
+        for q, (a, b) in enumerate(bounds):  # the chunks the others reduce (this rank's own is read from flat)
+            if q != r:
+                views[r][a:b] = flat[a:b]
+        seg.fence()
         lo, hi = bounds[r]
-        _reduce_chunk(comm, views, lo, hi, n if mean else 0, op)
+        _reduce_chunk(comm, flat[lo:hi], views, lo, hi, n if mean else 0, op)
         seg.fence()
         for q, (a, b) in enumerate(bounds):
             flat[a:b] = views[q][a:b]
@@ -161,19 +167,20 @@ class SharedMemoryAllreduce(AllreduceAlgorithm):
         comm.record_send((comm.size - 1) * (hi - lo), False)
 
 
-def _reduce_chunk(comm, views, lo: int, hi: int, divide_by: int, op: str) -> None:
-    """views[rank][lo:hi] = the reduction of every rank's [lo:hi], this rank's first, then the others in rank
-    order (divided by ``divide_by`` when non-zero); half types in a float32 scratch, rounded once."""
+def _reduce_chunk(comm, own, views, lo: int, hi: int, divide_by: int, op: str) -> None:
+    """views[rank][lo:hi] = the reduction of this rank's ``own`` values of the chunk, then the other ranks'
+    [lo:hi] in rank order (divided by ``divide_by`` when non-zero); half types in a float32 scratch, rounded
+    once."""
     r = comm.rank
     combine = {"sum": np.add, "max": np.maximum, "min": np.minimum}[op]
-    own = views[r][lo:hi]
-    acc = comm.buffer("shm.acc", hi - lo, F32) if is_half_dtype(own.dtype) else own
-    if acc is not own:
-        acc[...] = own
+    out = views[r][lo:hi]
+    acc = comm.buffer("shm.acc", hi - lo, F32) if is_half_dtype(own.dtype) else out
+    first = own
     for q, theirs in enumerate(views):
         if q != r:
-            combine(acc, theirs[lo:hi], out=acc, dtype=acc.dtype)
+            combine(first, theirs[lo:hi], out=acc, dtype=acc.dtype)
+            first = acc
     if divide_by:
         np.divide(acc, divide_by, out=acc)
-    if acc is not own:
-        own[...] = acc
+    if acc is not out:
+        out[...] = acc
