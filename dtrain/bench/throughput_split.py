@@ -111,39 +111,33 @@ def shared_memory_floor(cw, count: int, repeats: int = 15, warmup: int = 3) -> d
     read), with no copy through MPI in between. Empty when the ranks span nodes or there is one rank."""
     from mpi4py import MPI
 
+    from dtrain.distributed.algorithms.shm import SharedSegments
+
     node = cw.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
-        if cw.size < 2 or node.size != cw.size:
-            return {}
-        win = MPI.Win.Allocate_shared(count * 4, 4, comm=node)
-        try:
-            win.Lock_all(MPI.MODE_NOCHECK)
-            try:
-                return {"shared_floor": _floor_rounds(win, node, count, repeats, warmup),
-                        "local_floor": _floor_rounds(win, node, count, repeats, warmup, local=True)}
-            finally:
-                win.Unlock_all()
-        finally:
-            win.Free()
-    finally:
+    if cw.size < 2 or node.size != cw.size:
         node.Free()
+        return {}
+    seg = SharedSegments(node, count * 4)  # owns node from here
+    try:
+        return {"shared_floor": _floor_rounds(seg, count, repeats, warmup),
+                "local_floor": _floor_rounds(seg, count, repeats, warmup, local=True)}
+    finally:
+        seg.close()
 
 
-def _floor_rounds(win, node, count: int, repeats: int, warmup: int, local: bool = False) -> float:
-    """The floor's median ms; with ``local``, the same additions and copies from private arrays of this rank,
-    written by its own core just before each round as the other ranks write theirs, instead of their buffers."""
+def _floor_rounds(seg, count: int, repeats: int, warmup: int, local: bool = False) -> float:
+    """The floor's median ms over the window ``seg`` (a SharedSegments); with ``local``, the same additions and
+    copies from private arrays of this rank, written by its own core just before each round as the other ranks
+    write theirs, instead of their segments."""
+    node = seg.node
     n, r = node.size, node.rank
-    bufs = [np.frombuffer(win.Shared_query(q)[0], dtype=np.float32, count=count) for q in range(n)]
+    bufs = seg.data(np.float32, count)
     mine, bounds = bufs[r], [(count * q // n, count * (q + 1) // n) for q in range(n)]
     lo, hi = bounds[r]
     privates = [np.empty(count, np.float32) for _ in range(n - 1)] if local else []
     if local:
-        bufs = [mine] + privates if r == 0 else privates[:r] + [mine] + privates[r:]
-
-    def fence():  # every rank's writes visible to all, and no rank ahead of the others
-        win.Sync()
-        node.Barrier()
-        win.Sync()
+        bufs = privates[:r] + [mine] + privates[r:]
+    fence = seg.fence
 
     times = []
     for i in range(warmup + repeats):

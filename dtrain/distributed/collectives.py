@@ -202,7 +202,7 @@ def _allreduce_job(comm: Communicator, algo: AllreduceAlgorithm, flat, mean: boo
             if not algo.host_staging:
                 algo.allreduce(comm, flat, mean, op)
                 return array
-            with on_host(comm, flat, "allreduce") as wire:
+            with on_host(comm, flat, "allreduce", host_memory=algo.host_memory) as wire:
                 algo.allreduce(comm, wire, mean, op)
     return array
 
@@ -281,7 +281,7 @@ def _allgather_job(comm: Communicator, algo: AllreduceAlgorithm, flat, counts: l
             if not algo.host_staging:
                 algo.allgather(comm, out.view(np.uint8), [c * size for c in counts])
             else:
-                with on_host(comm, out.view(np.uint8), "allgather") as wire:
+                with on_host(comm, out.view(np.uint8), "allgather", host_memory=algo.host_memory) as wire:
                     algo.allgather(comm, wire, [c * size for c in counts])
     return out
 

@@ -94,7 +94,8 @@ def _pinned(comm, key: str, nbytes: int) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def on_host(comm, array, key: str = "stage", copy_in: bool = True, copy_out: bool = True) -> Iterator:
+def on_host(comm, array, key: str = "stage", copy_in: bool = True, copy_out: bool = True,
+            host_memory: bool = False) -> Iterator:
     """Yield an array MPI can use in place of ``array``: ``array`` itself for NumPy arrays and for device
     arrays under CUDA-aware MPI, else a pinned host copy (filled from ``array`` when ``copy_in``),
     copied back into ``array`` on exit when ``copy_out``.
@@ -106,7 +107,7 @@ def on_host(comm, array, key: str = "stage", copy_in: bool = True, copy_out: boo
     if xp is np and not forced:
         yield array
         return
-    if xp is not np and cuda_aware_mpi()[0]:
+    if xp is not np and cuda_aware_mpi()[0] and not host_memory:
         yield array
         return
     if xp is np:  # forced: an ordinary scratch buffer plays the pinned one

@@ -56,10 +56,14 @@ def _windows(x, k, s, d, out):
 
 
 def _pad2d(x, p, value=0.0):
+    """The NCHW array ``x`` padded with ``value``: ``x`` itself when there is no padding, else one array filled
+    with ``value`` and the interior copied in (faster than ``pad``)."""
     if p == (0, 0):
         return x
-    xp = xp_of(x)
-    return xp.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])), mode="constant", constant_values=value)
+    n, c, h, w = x.shape
+    out = xp_of(x).full((n, c, h + 2 * p[0], w + 2 * p[1]), value, dtype=x.dtype)
+    out[:, :, p[0]:p[0] + h, p[1]:p[1] + w] = x
+    return out
 
 
 def _window_offsets(k, s, d, out):
@@ -127,16 +131,6 @@ def _col2im_nhwc(gc, padded_nhwc, k, s, d, out):
 # (contiguous runs) and a matrix small enough to build whole (KEEP_COLS_BYTES).
 
 SHORT_RUN_BYTES = 16
-
-
-def _nchw_padded(x, p):
-    """The NCHW array ``x`` zero padded: ``x`` itself when there is no padding, else zeros and the interior."""
-    if p == (0, 0):
-        return x
-    n, c, h, w = x.shape
-    out = xp_of(x).zeros((n, c, h + 2 * p[0], w + 2 * p[1]), dtype=x.dtype)
-    out[:, :, p[0]:p[0] + h, p[1]:p[1] + w] = x
-    return out
 
 
 def _conv_offset_major(xpad, wmat_t, k, d, out, stride_h: int):
@@ -309,7 +303,7 @@ class FusedConv2d(FusedFunction):
             cols_bytes = x.shape[0] * self.out_hw[0] * self.out_hw[1] * kh * kw * x.shape[1] * x.itemsize
             keep = is_grad_enabled() and cols_bytes <= KEEP_COLS_BYTES
             if x.shape[1] * x.itemsize < SHORT_RUN_BYTES and stride[1] == 1 and cols_bytes <= KEEP_COLS_BYTES:
-                xpad = _nchw_padded(x, padding)
+                xpad = _pad2d(x, padding)
                 y, cols = _conv_offset_major(xpad, wmat_t, (kh, kw), dilation, self.out_hw, stride[0])
                 xpad = xpad.transpose(0, 2, 3, 1)  # an NHWC view: what backward's and jvp's windows read
             else:

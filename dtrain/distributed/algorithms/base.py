@@ -37,6 +37,8 @@ class AllreduceAlgorithm:
 
     Class attributes: ``name`` (the registry key), ``host_staging`` (device arrays go through pinned
     host buffers unless MPI is CUDA-aware; False when the algorithm reads device memory itself),
+    ``host_memory`` (the algorithm reads the arrays with NumPy itself, not through MPI: device arrays are
+    staged through host buffers even under CUDA-aware MPI),
     ``device_only`` (accepts device arrays only), ``reduce_ops`` (the ops of :data:`REDUCE_OPS` its
     ``allreduce`` implements; "sum" only unless a subclass says more, so a subclass written before
     max/min existed is refused them by the argument checks instead of silently summing).
@@ -44,6 +46,7 @@ class AllreduceAlgorithm:
 
     name = ""
     host_staging = True
+    host_memory = False
     device_only = False
     reduce_ops: tuple[str, ...] = ("sum",)
 
