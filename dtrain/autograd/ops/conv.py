@@ -18,6 +18,7 @@ import numpy as np
 from ..autocast import cast_inputs
 from ..function import FusedFunction, is_grad_enabled
 from ..tensor import Tensor
+from ._gemm import matmul_into, matmul_tn
 from ._util import tsum, xp_of
 from .linalg import mm
 
@@ -205,9 +206,13 @@ def _gemm_blocks(win, each, keep: bool = False):
 
 
 def _product_into(out, a, b):
-    """out[...] = a @ b, without a temporary where the dtype allows (half products go through mm)."""
+    """out[...] = a @ b, without a temporary where the dtype allows (half products go through mm); on NumPy in
+    row blocks that OpenBLAS's small-matrix kernels take (_gemm.py)."""
     if out.dtype.itemsize >= 4 and a.dtype == b.dtype == out.dtype:
-        xp_of(a).matmul(a, b, out=out)
+        if xp_of(a) is np:
+            matmul_into(out, a, b)
+        else:
+            xp_of(a).matmul(a, b, out=out)
     else:
         out[...] = mm(a, b)
 
@@ -225,17 +230,24 @@ def _conv_nhwc(win, wmat_t, keep: bool = False):
     return y, cols
 
 
+def _sum_of_products(gy, cols):
+    """gy.T @ cols: on NumPy (one dtype) in row blocks for OpenBLAS's small kernels (_gemm.py), else via mm."""
+    if xp_of(gy) is np and gy.dtype == cols.dtype and gy.dtype.itemsize >= 4:
+        return matmul_tn(gy, cols)
+    return mm(gy.T, cols)
+
+
 def _weight_grad_nhwc(win, gyh, cols=None):
     """(O, KH*KW*C) = gy.T @ columns: the forward's whole column matrix when it was kept, else summed over
     blocks whose columns are rebuilt from the saved input."""
     xp = xp_of(win)
     acc = xp.result_type(gyh.dtype, np.float32) if gyh.dtype.itemsize < 4 else gyh.dtype
     if cols is not None:
-        return mm(gyh.reshape(cols.shape[0], gyh.shape[3]).T, cols).astype(acc, copy=False)
+        return _sum_of_products(gyh.reshape(cols.shape[0], gyh.shape[3]), cols).astype(acc, copy=False)
     gw = xp.zeros((gyh.shape[3], win.shape[3] * win.shape[4] * win.shape[5]), dtype=acc)
 
     def each(n0, n1, h0, h1, cols):
-        gw[...] += mm(gyh[n0:n1, h0:h1].reshape(cols.shape[0], gyh.shape[3]).T, cols)
+        gw[...] += _sum_of_products(gyh[n0:n1, h0:h1].reshape(cols.shape[0], gyh.shape[3]), cols)
     _gemm_blocks(win, each)
     return gw
 
