@@ -55,6 +55,20 @@ def test_block_rows_needs_small_kernel_pools_with_one_thread(monkeypatch):
     assert _gemm.block_rows(a, 144, 16) == 0  # the small kernels are single-threaded: keep BLAS's threads
 
 
+def test_a_change_of_the_thread_count_is_read_again_after_recheck_s(monkeypatch):
+    a = np.empty((4096, 144), np.float32)
+    pool = FakePool(1)
+    monkeypatch.setattr(_gemm, "_pools", [[pool]])
+    monkeypatch.setattr(_gemm, "RECHECK_S", 3600.0)
+    assert _gemm.block_rows(a, 144, 16) == 410
+    pool.num_threads = 8
+    assert _gemm.block_rows(a, 144, 16) == 410  # the answer of the last read holds for RECHECK_S
+    monkeypatch.setattr(_gemm, "RECHECK_S", 0.0)
+    assert _gemm.block_rows(a, 144, 16) == 0
+    pool.num_threads = 1
+    assert _gemm.block_rows(a, 144, 16) == 410
+
+
 def test_detect_honours_the_environment_setting_and_keeps_only_avx512_openblas():
     assert _gemm._detect("0") == []
     assert _gemm._detect("1") is None

@@ -14,13 +14,14 @@ kernel. Measured, one thread (AMD EPYC, OpenBLAS 0.3.31 SkylakeX), in one call -
 
 With the AVX2 kernels (Haswell, Zen) the same blocks are 8-15 % slower, and the small kernels run on one
 thread only: the blocks are used only where NumPy's BLAS is OpenBLAS with one of those cores and one thread
-(read on every call: dtrain's thread configuration may change it). ``DTRAIN_SMALL_GEMM=0`` turns them off,
+(read again every second: dtrain's thread configuration may change it). ``DTRAIN_SMALL_GEMM=0`` turns them off,
 ``=1`` on whatever the BLAS (both for comparisons); unset means that detection.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -31,6 +32,8 @@ AVX512_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 ENV = "DTRAIN_SMALL_GEMM"
 
 _pools: list = []  # [None | list of threadpoolctl library controllers], decided once per process
+RECHECK_S = 1.0  # a change of the BLAS's thread count takes effect within this time
+_threads: list = [0.0, None, False]  # [when the thread count was read, of which pools, all one thread]
 
 
 def _small_kernel_pools():
@@ -58,6 +61,15 @@ def _detect(setting: str):
             and str(getattr(lib, "architecture", "")).lower() in AVX512_CORES]
 
 
+def _one_thread(pools) -> bool:
+    """Whether every pool runs one thread: asked again after RECHECK_S (each question costs about 1 us, and a
+    step asks dozens of times), or at once for other pools."""
+    now = time.monotonic()
+    if _threads[1] is not pools or now - _threads[0] > RECHECK_S:
+        _threads[:] = [now, pools, all(lib.num_threads == 1 for lib in pools)]
+    return _threads[2]
+
+
 def block_rows(a, k: int, n: int, least: int = MIN_ROWS) -> int:
     """Rows per block for a product of ``a``'s rows with a K x N operand: 0 for one call (not NumPy float32
     or float64, small enough already, blocks too thin, or no small kernels / more than one thread)."""
@@ -67,7 +79,7 @@ def block_rows(a, k: int, n: int, least: int = MIN_ROWS) -> int:
     if rows < least:
         return 0
     pools = _small_kernel_pools()
-    if pools is not None and (not pools or any(lib.num_threads != 1 for lib in pools)):
+    if pools is not None and not (pools and _one_thread(pools)):
         return 0
     blocks = -(-a.shape[0] // rows)
     return -(-a.shape[0] // blocks)  # blocks of even size: no thin last block
