@@ -81,7 +81,7 @@ class BatchNormBase(Module):
                               momentum, self.eps)
 
     def _count_batch(self) -> None:
-        self.num_batches_tracked += 1
+        self.num_batches_tracked[...] += 1  # in place: no buffer reassignment (Module.__setattr__) per step
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
