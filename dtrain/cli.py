@@ -50,6 +50,9 @@ def _info(_args) -> int:
         lines.append(f"collectives on GPU arrays: unavailable ({type(exc).__name__}: {exc})")
     lines.append(f"bfloat16: {'yes (ml_dtypes)' if dtrain.bfloat16 is not None else 'no (pip install ml_dtypes)'}")
     lines += _thread_lines()
+    from .autograd.ops.gemm import describe
+
+    lines.append(describe())
     print("\n".join(lines))
     return 0
 

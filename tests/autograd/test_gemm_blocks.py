@@ -1,4 +1,4 @@
-"""Row-blocked GEMMs for OpenBLAS's small-matrix kernels (dtrain/autograd/ops/_gemm.py): the blocks' rules,
+"""Row-blocked GEMMs for OpenBLAS's small-matrix kernels (dtrain/autograd/ops/gemm.py): the blocks' rules,
 their results against one NumPy call, and convolutions with and without them."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 
 import dtrain as dt
 import dtrain.nn.functional as F
-from dtrain.autograd.ops import _gemm
+from dtrain.autograd.ops import gemm as _gemm
 
 
 class FakePool:
@@ -124,3 +124,33 @@ def test_convolution_with_blocks_equals_convolution_without(monkeypatch, shape, 
     assert any(r > 0 for r in seen), f"no GEMM of this convolution was blocked: {seen}"
     for name, p, b in zip(("output", "input gradient", "weight gradient"), plain, blocked):
         np.testing.assert_allclose(b, p, rtol=1e-12, atol=1e-11, err_msg=name)
+
+
+def test_a_bad_setting_names_the_variable_and_the_values_it_takes():
+    with pytest.raises(ValueError, match=r"environment variable DTRAIN_SMALL_GEMM must be 0 \(off\), 1 \(on\) or "
+                                         r"auto .*got 'yes'"):
+        _gemm._detect("yes")
+    assert [lib.filepath for lib in _gemm._detect(" AUTO ")] == [lib.filepath for lib in _gemm._detect("")]
+
+
+class FakeOpenBLAS(FakePool):
+    architecture = "SkylakeX"
+
+
+def test_describe_says_whether_the_blocks_are_on_and_why(monkeypatch):
+    monkeypatch.setattr(_gemm, "_pools", [None])
+    assert _gemm.describe() == "convolution GEMM blocks: on (DTRAIN_SMALL_GEMM=1)"
+    monkeypatch.setattr(_gemm, "_pools", [[]])
+    monkeypatch.delenv("DTRAIN_SMALL_GEMM", raising=False)
+    assert _gemm.describe() == ("convolution GEMM blocks: off (NumPy's BLAS is not OpenBLAS with AVX-512 "
+                                "kernels)")
+    monkeypatch.setenv("DTRAIN_SMALL_GEMM", "0")
+    assert _gemm.describe() == "convolution GEMM blocks: off (DTRAIN_SMALL_GEMM=0)"
+    monkeypatch.setattr(_gemm, "_pools", [[FakeOpenBLAS(1)]])
+    assert _gemm.describe() == ("convolution GEMM blocks: on (OpenBLAS SkylakeX small-matrix kernels; BLAS threads "
+                                "now [1])")
+    monkeypatch.setattr(_gemm, "_pools", [[FakeOpenBLAS(2)]])
+    assert _gemm.describe().startswith("convolution GEMM blocks: off while the BLAS runs more than one thread")
+    monkeypatch.setattr(_gemm, "_pools", [])
+    monkeypatch.setenv("DTRAIN_SMALL_GEMM", "maybe")
+    assert _gemm.describe().startswith("convolution GEMM blocks: unknown (environment variable DTRAIN_SMALL_GEMM")

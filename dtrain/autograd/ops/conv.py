@@ -18,8 +18,8 @@ import numpy as np
 from ..autocast import cast_inputs
 from ..function import FusedFunction, is_grad_enabled
 from ..tensor import Tensor
-from ._gemm import matmul_into, matmul_tn
 from ._util import tsum, xp_of
+from .gemm import matmul_into, matmul_tn
 from .linalg import mm
 
 
@@ -207,7 +207,7 @@ def _gemm_blocks(win, each, keep: bool = False):
 
 def _product_into(out, a, b):
     """out[...] = a @ b, without a temporary where the dtype allows (half products go through mm); on NumPy in
-    row blocks that OpenBLAS's small-matrix kernels take (_gemm.py)."""
+    row blocks that OpenBLAS's small-matrix kernels take (gemm.py)."""
     if out.dtype.itemsize >= 4 and a.dtype == b.dtype == out.dtype:
         if xp_of(a) is np:
             matmul_into(out, a, b)
@@ -231,7 +231,7 @@ def _conv_nhwc(win, wmat_t, keep: bool = False):
 
 
 def _sum_of_products(gy, cols):
-    """gy.T @ cols: on NumPy (one dtype) in row blocks for OpenBLAS's small kernels (_gemm.py), else via mm."""
+    """gy.T @ cols: on NumPy (one dtype) in row blocks for OpenBLAS's small kernels (gemm.py), else via mm."""
     if xp_of(gy) is np and gy.dtype == cols.dtype and gy.dtype.itemsize >= 4:
         return matmul_tn(gy, cols)
     return mm(gy.T, cols)

@@ -40,11 +40,15 @@ def _small_kernel_pools():
     """The OpenBLAS pools whose small kernels the blocks are for, [] for none (decided once), or None
     when ``DTRAIN_SMALL_GEMM=1`` forces blocks whatever the BLAS."""
     if not _pools:
-        _pools.append(_detect(os.environ.get(ENV, "").strip()))
+        _pools.append(_detect(os.environ.get(ENV, "")))
     return _pools[0]
 
 
 def _detect(setting: str):
+    setting = setting.strip().lower()
+    if setting not in ("", "auto", "0", "1"):
+        raise ValueError(f"environment variable {ENV} must be 0 (off), 1 (on) or auto (unset: on with OpenBLAS's "
+                         f"AVX-512 kernels and one thread), got {setting!r}")
     if setting == "0":
         return []
     if setting == "1":
@@ -107,3 +111,21 @@ def matmul_tn(a, b):
     for i in range(rows, a.shape[0], rows):
         np.add(acc, np.matmul(b[i:i + rows].T, a[i:i + rows], out=part), out=acc)
     return acc.T
+
+
+def describe() -> str:
+    """One line for ``dtrain info``: whether convolution GEMMs run in small-kernel blocks here, and why."""
+    try:
+        pools = _small_kernel_pools()
+    except ValueError as exc:
+        return f"convolution GEMM blocks: unknown ({exc})"
+    if pools is None:
+        return f"convolution GEMM blocks: on ({ENV}=1)"
+    if not pools:
+        off = os.environ.get(ENV, "").strip() == "0"
+        why = f"{ENV}=0" if off else "NumPy's BLAS is not OpenBLAS with AVX-512 kernels"
+        return f"convolution GEMM blocks: off ({why})"
+    threads = sorted({lib.num_threads for lib in pools})
+    cores = ", ".join(sorted({str(lib.architecture) for lib in pools}))
+    state = "on" if threads == [1] else "off while the BLAS runs more than one thread"
+    return f"convolution GEMM blocks: {state} (OpenBLAS {cores} small-matrix kernels; BLAS threads now {threads})"
