@@ -22,7 +22,7 @@ from ..spec import is_real
 from .algorithms import get as get_algorithm
 from .collectives import broadcast
 from .comm import Communicator, get_world
-from .compression import Compressor
+from .compression import Compressor, NoCompression
 from .compression import get as get_compressor
 from .hooks import HookState, compression_hook
 from .reducer import CONTROL_SLOTS, Reducer
@@ -80,7 +80,7 @@ class DistributedDataParallel(Module):
         names = {id(p): name for name, p in module.named_parameters()}
         state = HookState(self.comm, algorithm, self.compressor)
         self.reducer = Reducer(params, names, self.comm, int(bucket_cap_mb * 2**20), self.overlap, compression_hook,
-                               state, algorithm)
+                               state, algorithm, shared_buckets=isinstance(self.compressor, NoCompression))
         self._hook_handles = [p.register_post_accumulate_grad_hook(self.reducer.grad_ready) for p in params]
         self._no_sync = False
 
@@ -121,6 +121,7 @@ class DistributedDataParallel(Module):
         if self.reducer.active:
             raise RuntimeError("register_comm_hook: a synchronisation is in progress")
         self.reducer.hook, self.reducer.hook_state = hook, state
+        self.reducer.window_active = False  # buckets in a shared window stay there, summed by the hook now
 
     def finish(self) -> None:
         """Wait for every bucket and write the averaged gradients (automatic at the end of backward)."""

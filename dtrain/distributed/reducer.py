@@ -8,6 +8,10 @@ post-accumulate hooks have fired and every earlier bucket has been launched (all
 in the same order). When backward ends, :meth:`Reducer.finish` (an engine callback) waits for the
 hooks' handles and writes the averaged gradients back into ``param.grad``.
 
+With an algorithm that offers bucket storage (the shm algorithm's ``bucket_window``) and the plain sum as the
+hook, the buckets live in a shared-memory window: packed there, summed chunk by chunk where they are, and
+written back from the rank that summed each chunk (no copies in or out of the all-reduce).
+
 Uneven shards are averaged exactly: each rank packs n_r·g_r (n_r its samples since the last sync); the
 counts travel in a small all-reduce just ahead of the first bucket, and every rank divides by Σ n_r —
 the gradient of the mean loss over the union of the ranks' samples, as one process would compute it.
@@ -49,15 +53,19 @@ class Bucket:
         for p in params:
             self.offsets.append((n, n + p.data.size))
             n += p.data.size
-        xp = get_array_module(params[0].data)
-        self.buffer = xp.empty(n, dtype=self.dtype)
-        # (parameter name, view of the buffer in the parameter's shape): what compressors and hooks see
-        self.segments = [(names[id(p)], self.buffer[lo:hi].reshape(p.data.shape))
-                         for p, (lo, hi) in zip(params, self.offsets)]
+        self.names = [names[id(p)] for p in params]
+        self.rebind(get_array_module(params[0].data).empty(n, dtype=self.dtype))
         self.step = 0
         self.handle = None
         self.launched = False
         self.pending = len(params)
+
+    def rebind(self, buffer) -> None:
+        """Make ``buffer`` (flat, this bucket's size and dtype) the bucket's storage."""
+        self.buffer = buffer
+        # (parameter name, view of the buffer in the parameter's shape): what compressors and hooks see
+        self.segments = [(name, buffer[lo:hi].reshape(p.data.shape))
+                         for name, p, (lo, hi) in zip(self.names, self.params, self.offsets)]
 
     def __repr__(self) -> str:
         return f"<Bucket {self.index}: {len(self.params)} parameters, {self.buffer.size} x {self.dtype}>"
@@ -86,15 +94,20 @@ class Reducer:
         comm: the Communicator; cap_bytes: the bucket size; overlap: launch buckets during backward.
         hook, state: the comm hook and its state (see :mod:`dtrain.distributed.hooks`).
         algorithm: what the sample counts travel on (host arrays: a device-only algorithm means the ring).
+        shared_buckets: the hook is the plain sum over ``algorithm``: an algorithm that offers bucket storage
+            (``bucket_window``: the shm algorithm) sums the buckets where they are instead (``self.window``),
+            until another hook is registered (``window_active``).
     """
 
     def __init__(self, params: list, names: dict, comm: Communicator, cap_bytes: int, overlap: bool, hook, state,
-                 algorithm="ring"):
+                 algorithm="ring", shared_buckets: bool = False):
         self.comm, self.overlap = comm, overlap
         algo = get_algorithm(algorithm)
         self.counts_algorithm = "ring" if algo.device_only else algo
         self.hook, self.hook_state = hook, state
         self.buckets = make_buckets(params, cap_bytes, names)
+        self.window = self._bucket_window(algo) if shared_buckets else None
+        self.window_active = self.window is not None
         self.where = {id(p): b for b in self.buckets for p in b.params}
         self.samples = 0  # this rank's samples since the last synchronisation
         self.armed = False  # the coming backward synchronises
@@ -114,6 +127,20 @@ class Reducer:
         self._raw_before = 0
         self.timings = {"finish_enter": 0.0, "finish_s": 0.0, "pack_in_hooks_s": 0.0, "pack_in_finish_s": 0.0,
                         "wait_s": 0.0, "launch_times": []}
+
+    def _bucket_window(self, algo):
+        """The algorithm's shared storage for the buckets (host buffers of one dtype), rebound into it; None
+        where the algorithm offers none. Collective over the communicator (DDP's construction is)."""
+        make = getattr(algo, "bucket_window", None)
+        dtypes = {b.dtype for b in self.buckets}
+        if make is None or self.comm.size == 1 or len(dtypes) != 1 or \
+                any(get_array_module(b.buffer) is not np for b in self.buckets):
+            return None
+        window = make(self.comm, [b.buffer.size for b in self.buckets], dtypes.pop())
+        if window is not None:
+            for b, buf in zip(self.buckets, window.buffers()):
+                b.rebind(buf)
+        return window
 
     # -- backward ------------------------------------------------------------------------------
 
@@ -149,6 +176,8 @@ class Reducer:
     def launch(self, bucket: Bucket, in_finish: bool) -> None:
         """Pack the bucket's sample-weighted gradients and hand it to the comm hook."""
         t0 = time.perf_counter()
+        if self.window is not None:  # its memory goes with the communicator: never pack into a freed window
+            self.comm._check_open(f"DistributedDataParallel bucket {bucket.index}")
         if bucket.index == 0:
             # The sample counts travel just ahead of the first bucket, not at the first hook: a rank that
             # waits in MPI busy-polls, and that would compete with its own backward for the core.
@@ -165,7 +194,10 @@ class Reducer:
             else:
                 xp.multiply(p.grad.reshape(-1), weight, out=view)
         bucket.step = self.step
-        bucket.handle = self.hook(self.hook_state, bucket)
+        if self.window_active:
+            bucket.handle = self.comm.submit(f"DDP {bucket.key} (shared window)", self._window_job, bucket.index)
+        else:
+            bucket.handle = self.hook(self.hook_state, bucket)
         bucket.launched = True
         self.next_bucket = bucket.index + 1
         self.bytes_uncompressed += ring_allreduce_bytes(bucket.buffer.size, bucket.buffer.itemsize, self.comm.size,
@@ -180,6 +212,11 @@ class Reducer:
         with wcomm.watch("DDP sample counts", bucket=0):
             allreduce(self.counts, op="sum", algorithm=self.counts_algorithm, comm=wcomm)
         return self.counts
+
+    def _window_job(self, wcomm: Communicator, index: int):
+        with wcomm.watch(f"DDP gradient bucket {index} (shared window)", bucket=index):
+            self.window.reduce(wcomm, index)
+        return None
 
     # -- the end of backward -------------------------------------------------------------------
 
@@ -203,9 +240,17 @@ class Reducer:
         self.control_sum[...] = counts[1:]
         if total <= 0:
             raise RuntimeError(f"DistributedDataParallel: no rank had any samples this step (rank {self.comm.rank})")
+        windowed = self.window_active
         for b in self.buckets:
-            self._write_grads(b, self._wait(b.handle), 1.0 / total)
+            summed = self._wait(b.handle)
+            if windowed:
+                self._write_from_window(b, 1.0 / total)
+            else:
+                self._write_grads(b, summed, 1.0 / total)
             b.handle = None
+        if windowed:
+            with self.comm.watch("DDP shared buckets released"):
+                self.window.release()
         self.active, self.armed, self.samples, self.count_handle = False, False, 0, None
         self.step += 1
         self._account()
@@ -225,6 +270,19 @@ class Reducer:
             if p.grad is None:
                 p.grad = xp.empty(p.data.shape, dtype=p.data.dtype)
             xp.multiply(summed[lo:hi].reshape(p.data.shape), scale, out=p.grad, casting="unsafe")
+
+    def _write_from_window(self, bucket: Bucket, scale: float) -> None:
+        """Each parameter's averaged gradient read piece by piece from the ranks that summed it."""
+        for p, (lo, hi) in zip(bucket.params, bucket.offsets):
+            fresh = p.grad is None or not p.grad.flags.c_contiguous
+            target = np.empty(p.data.shape, dtype=p.data.dtype) if fresh else p.grad
+            flat = target.reshape(-1)
+            for s, e, summed in self.window.pieces(bucket.index, lo, hi):
+                np.multiply(summed, scale, out=flat[s - lo:e - lo], casting="unsafe")
+            if p.grad is None:
+                p.grad = target
+            elif fresh:
+                p.grad[...] = target
 
     def _account(self) -> None:
         wc = self.worker_comm

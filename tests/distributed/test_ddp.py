@@ -23,6 +23,20 @@ def test_ddp_equals_one_process(run_mpi, n):
 
 
 @pytest.mark.parametrize("n", [2, 3])
+def test_ddp_over_a_shared_bucket_window_equals_one_process(run_mpi, n):
+    """algorithm="shm": the buckets live in a shared-memory window and are summed where they are (each rank
+    sums its chunk, the write-back reads every chunk from its owner). The same checks as the ring's: several
+    buckets, uneven shards, no_sync, SGD and Adam to 1e-12; captured steps; a rank with an empty shard."""
+    res = run_mpi(SCRIPT, n, "equivalence", "shm", timeout=300)
+    assert f"equivalence OK on {n} ranks" in res.stdout
+    res = run_mpi(SCRIPT, n, "captured", "shm", timeout=120)
+    assert f"captured OK on {n} ranks" in res.stdout
+    if n > 2:
+        res = run_mpi(SCRIPT, n, "empty-shard", "shm")
+        assert f"empty-shard OK on {n} ranks" in res.stdout
+
+
+@pytest.mark.parametrize("n", [2, 3])
 def test_a_captured_step_through_ddp_equals_one_process(run_mpi, n):
     """dt.autograd.capture around ddp(x): six momentum-SGD steps on uneven shards, traced once, equal the
     single-process parameters to 1e-12 (DDP counts samples and arms its reducer on every replay)."""

@@ -16,7 +16,8 @@ name            arrays       needs                 bit-identical?   use when
 ``nccl``        device only  CuPy built with NCCL  as NCCL          GPUs with NCCL (NVLink, InfiniBand)
 ``shm``         host, device every rank on one     yes, every rank  one node, large buffers: no copies through
                 (via host)   node (MPI-3 shared                     MPI's buffers (ranks read each other's
-                             memory windows)                        memory directly)
+                             memory windows)                        memory directly); DDP keeps its buckets
+                                                                    in a window and sums them in place
 ==============  ===========  ====================  ===============  ===========================================
 
 "staged": device arrays go through pinned host buffers unless MPI is CUDA-aware

@@ -1,6 +1,9 @@
 """Run under mpiexec by tests/distributed/test_ddp.py: DistributedDataParallel against one process.
 
-    mpiexec -n N python tests/distributed/ranks/mpi_ddp.py equivalence|mismatch|empty-shard|captured
+    mpiexec -n N python tests/distributed/ranks/mpi_ddp.py equivalence|mismatch|empty-shard|captured [ALGORITHM]
+
+ALGORITHM (default "ring") is what the DDP of equivalence, captured and empty-shard sums over; with "shm" the
+buckets live in the algorithm's shared window (checked), summed where they are.
 
 Every rank computes the single-process reference itself (same seed, full batch) and compares its
 DDP-trained parameters with it. Any failure prints the rank and aborts the whole job, so a failing
@@ -24,6 +27,20 @@ from dtrain.data import shard_slice
 from dtrain.train import param_checksum
 
 TOL = 1e-12
+ALGORITHM = sys.argv[2] if len(sys.argv) > 2 else "ring"
+
+
+def wrap(model, **kwargs):
+    """DistributedDataParallel over ALGORITHM; with "shm" (and more than one rank) its buckets must be views of
+    this rank's segment of the shared window."""
+    ddp = dist.DistributedDataParallel(model, algorithm=ALGORITHM, **kwargs)
+    if ALGORITHM == "shm" and ddp.comm.size > 1:
+        window = ddp.reducer.window
+        check(window is not None and ddp.reducer.window_active, f"rank {ddp.comm.rank}: no shared bucket window")
+        mine = window.views[ddp.comm.rank]
+        check(all(np.shares_memory(b.buffer, mine) for b in ddp.buckets),
+              f"rank {ddp.comm.rank}: a bucket outside the shared window")
+    return ddp
 
 
 def mlp():
@@ -60,7 +77,7 @@ def equivalence(comm):
         for opt_name, steps, accumulate in (("sgd", 1, False), ("sgd", 20, False), ("adam", 20, False),
                                              ("sgd", 5, True)):
             ref, model = build(kind), build(kind)
-            ddp = dist.DistributedDataParallel(model, bucket_cap_mb=0.0005)  # several buckets
+            ddp = wrap(model, bucket_cap_mb=0.0005)  # several buckets
             make = (lambda p: optim.SGD(p, lr=0.1, momentum=0.9)) if opt_name == "sgd" else \
                 (lambda p: optim.Adam(p, lr=0.01))
             ref_opt, opt = make(ref.parameters()), make(model.parameters())
@@ -112,7 +129,7 @@ def captured(comm):
     """A captured step through DDP: its replays still count samples, arm the reducer and average the gradients."""
     r, n = comm.rank, comm.size
     ref, model = build("mlp"), build("mlp")
-    ddp = dist.DistributedDataParallel(model, bucket_cap_mb=0.0005)
+    ddp = wrap(model, bucket_cap_mb=0.0005)
     ref_opt, opt = optim.SGD(ref.parameters(), lr=0.1, momentum=0.9), optim.SGD(model.parameters(), lr=0.1,
                                                                                momentum=0.9)
     step = dt.autograd.capture(lambda x, y: F.cross_entropy(ddp(x), y))
@@ -132,7 +149,7 @@ def empty_shard(comm):
     """A global batch smaller than the world: ranks with no samples still take part (weight 0)."""
     r, n = comm.rank, comm.size
     ref, model = build("mlp"), build("mlp")
-    ddp = dist.DistributedDataParallel(model)
+    ddp = wrap(model)
     ref_opt, opt = optim.SGD(ref.parameters(), lr=0.1), optim.SGD(model.parameters(), lr=0.1)
     for step in range(3):
         x, y = data("mlp", 2, step)

@@ -7,11 +7,13 @@ world size; tests/distributed/test_shm.py runs it under mpiexec.
 * async (the communicator's worker thread has a window of its own) and the all-gather;
 * ranks that pass different sizes or ops get a ValueError naming the other ranks, on every rank, and the
   next all-reduce is right again;
-* DistributedDataParallel with ``algorithm="shm"`` trains to the same parameters as with the ring (to
-  rounding) and bit-identical on every rank;
+* DistributedDataParallel with ``algorithm="shm"`` (buckets summed in its shared window, or by a registered
+  hook once there is one) trains to the same parameters as with the ring (to rounding) and bit-identical on
+  every rank; float16 buckets stay out of the window;
 * the throughput benchmark's shared-memory floor (the same window technique, bench-side) runs, checks its
   own sums and reports positive times;
-* ``destroy_process_group`` frees the windows (collectively) and returns.
+* ``destroy_process_group`` frees the windows (collectively) and returns; a backward through a DDP whose
+  bucket window was freed then fails with the communicator's "was closed" error instead of writing into it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import dtrain.nn.functional as F
 from dtrain import nn, optim
 from dtrain.backend import bfloat16_dtype, finfo_eps
 from dtrain.distributed.algorithms import get
+from dtrain.distributed.hooks import HookState, compression_hook
 
 
 def same_everywhere(world, a, what: str) -> None:
@@ -94,10 +97,15 @@ def mismatches(world) -> None:
     assert np.all(b == n * (n + 1) / 2), b
 
 
-def train(world, algorithm: str) -> np.ndarray:
+def train(world, algorithm: str, hook: bool = False) -> np.ndarray:
     dt.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 4))
     ddp = dist.DistributedDataParallel(model, bucket_cap_mb=0.01, algorithm=algorithm)
+    if algorithm == "shm":  # the buckets are in a shared window, summed there unless a hook is registered
+        assert ddp.reducer.window is not None
+        if hook:
+            ddp.register_comm_hook(HookState(world, "shm"), compression_hook)
+        assert ddp.reducer.window_active is not hook
     rng = np.random.default_rng(7)
     x, y = rng.standard_normal((48, 10)).astype(np.float32), rng.integers(0, 4, 48)
     opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -107,14 +115,22 @@ def train(world, algorithm: str) -> np.ndarray:
         opt.zero_grad()
         F.cross_entropy(ddp(dt.tensor(x[mine])), y[mine]).backward()
         opt.step()
+    sent, uncompressed = ddp.last_step_bytes
+    assert sent > 0 and uncompressed > 0, (algorithm, ddp.last_step_bytes)
     ddp.remove_hooks()
     return np.concatenate([p.data.reshape(-1) for p in model.parameters()])
 
 
 def ddp(world) -> None:
-    shm, ring = train(world, "shm"), train(world, "ring")
+    shm, ring, hooked = train(world, "shm"), train(world, "ring"), train(world, "shm", hook=True)
     same_everywhere(world, shm, "DDP over shm")
     np.testing.assert_allclose(shm, ring, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(hooked, shm, rtol=1e-5, atol=1e-6)
+    # half precision and mixed-dtype buckets are not summed in the window: the buckets stay private
+    half = nn.Linear(4, 3)
+    half.to(dtype=np.float16)
+    assert dist.DistributedDataParallel(half, algorithm="shm").reducer.window is None
+    assert get("shm").bucket_window(world, [5, 7], np.float16) is None
 
 
 def floor(world) -> None:
@@ -133,7 +149,15 @@ def main() -> None:
     mismatches(world)
     ddp(world)
     floor(world)
-    dist.destroy_process_group()
+    model = nn.Linear(3, 2)
+    late = dist.DistributedDataParallel(model, algorithm="shm")
+    dist.destroy_process_group()  # frees the windows, the DDP's bucket window too
+    try:  # a backward through it now must not pack into freed memory
+        F.cross_entropy(late(dt.tensor(np.ones((2, 3), np.float32))), np.array([0, 1])).backward()
+    except RuntimeError as exc:
+        assert str(exc) == f"DistributedDataParallel bucket 0: this Communicator (rank {world.rank}) was closed", exc
+    else:
+        raise AssertionError("a backward through DDP over a freed bucket window did not fail")
     print(f"shm OK rank {world.rank} of {world.size}", flush=True)
 
 
