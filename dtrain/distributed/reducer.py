@@ -160,6 +160,8 @@ class Reducer:
 
     def begin(self, in_backward: bool = True) -> None:
         """Start a synchronisation (at the first ready gradient, or from sync_without_backward)."""
+        if self.window is not None:  # its memory goes with the communicator: never pack into a freed window
+            self.comm._check_open("DistributedDataParallel gradient synchronisation")
         self.active = True
         self.next_bucket = 0
         for b in self.buckets:
@@ -176,8 +178,6 @@ class Reducer:
     def launch(self, bucket: Bucket, in_finish: bool) -> None:
         """Pack the bucket's sample-weighted gradients and hand it to the comm hook."""
         t0 = time.perf_counter()
-        if self.window is not None:  # its memory goes with the communicator: never pack into a freed window
-            self.comm._check_open(f"DistributedDataParallel bucket {bucket.index}")
         if bucket.index == 0:
             # The sample counts travel just ahead of the first bucket, not at the first hook: a rank that
             # waits in MPI busy-polls, and that would compete with its own backward for the core.
