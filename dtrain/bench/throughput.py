@@ -99,8 +99,8 @@ class Variant:
 def variants(small_bucket_mb: float, with_torch: bool) -> list[Variant]:
     out = [Variant("dtrain", "dtrain DDP, overlap on (25 MB buckets)", "dtrain", True, 25.0),
            Variant("dtrain_no_overlap", "dtrain DDP, overlap off", "dtrain", False, 25.0)]
-    out.append(Variant("dtrain_shm", "dtrain DDP, overlap on, shm all-reduce (25 MB buckets)", "dtrain", True, 25.0,
-                       "shm"))
+    out.append(Variant("dtrain_shm", "dtrain DDP, overlap on, shm (buckets in a shared window, 25 MB)", "dtrain",
+                       True, 25.0, "shm"))
     if small_bucket_mb > 0:
         out.append(Variant("dtrain_small_buckets", f"dtrain DDP, overlap on, {small_bucket_mb:g} MB buckets",
                            "dtrain", True, small_bucket_mb))

@@ -259,6 +259,9 @@ def _intro(s: dict, meta: dict, records: list[dict], cores: int) -> list[str]:
         + ", ".join(f"{k} {v}" for k, v in buckets.items()) + " (the whole gradient fits one 25 MB bucket).",
         "- **overlap off**: `overlap=False`; **small buckets**: `overlap=True` with small buckets, so all-reduces can "
         "start during backward (not one of the issue's configurations; shows what overlap does here).",
+        "- **shm**: `algorithm=\"shm\"`: the buckets live in a shared-memory window (the hooks pack into it, each "
+        "rank sums its chunk of every rank's segment in place, the write-back reads each chunk from the rank that "
+        "summed it; no copy into or out of the all-reduce).",
         "- **reference, no DDP**: the same dtrain loop on the bare model; at 2 ranks each rank trains alone on its own "
         "batches (no communication at all), so its scaling efficiency is what sharing the machine costs before any "
         "communication: the ceiling for every data-parallel row.",
