@@ -143,7 +143,7 @@ class KillTrial:
 TRIAL_TIMEOUT = 3.0  # --timeout of the trial jobs (seconds)
 
 
-def kill_trial(folder: Path, seed: int, timeout: float = TRIAL_TIMEOUT) -> KillTrial:
+def kill_trial(folder: Path, seed: int, timeout: float = TRIAL_TIMEOUT, extra: tuple[str, ...] = ()) -> KillTrial:
     """Train a tiny MLP on 3 or 4 ranks, SIGKILL one rank at a random moment of training, and check that
     the job ends non-zero within timeout + 10 s with a report naming the missing rank and the collective.
 
@@ -157,7 +157,7 @@ def kill_trial(folder: Path, seed: int, timeout: float = TRIAL_TIMEOUT) -> KillT
     delay = rng.uniform(0.0, 1.5)
     trial = KillTrial(seed, nprocs, victim, delay)
     args = ["--epochs", "100000", "--hidden", "16", "--batch-size", "64", "--no-monitor", "--check-every", "25",
-            "--timeout", str(timeout), "--seed", str(seed)]
+            "--timeout", str(timeout), "--seed", str(seed), *extra]
     job = launch(folder, nprocs, args, unseen_death=True)
     try:
         # Training has started when rank 0 has printed its first epoch line.

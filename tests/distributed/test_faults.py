@@ -26,6 +26,17 @@ def test_killed_rank_ends_the_job_with_a_report(tmp_path, trial):
     assert result.seconds <= TRIAL_TIMEOUT + 10
 
 
+@pytest.mark.parametrize("trial", range(3))
+def test_killed_rank_with_buckets_in_a_shared_window_ends_the_job_with_a_report(tmp_path, trial):
+    """--allreduce shm: DDP's buckets live in a shared-memory window, summed between barriers of the node; a
+    rank killed anywhere (the window's barriers, the sample counts, the release after the write-back) must
+    still end the job with a report naming it."""
+    result = kill_trial(tmp_path, SEED + 100 + trial, timeout=TRIAL_TIMEOUT, extra=("--allreduce", "shm"))
+    assert result.ok, (f"trial seed {result.seed} (rerun with DTRAIN_FAULT_SEED={SEED}): {result.nprocs} ranks, "
+                       f"rank {result.victim} killed: {result.problem}")
+    assert result.seconds <= TRIAL_TIMEOUT + 10
+
+
 def test_killed_rank_with_the_launchers_cleanup_ends_the_job_quickly(tmp_path):
     """With MPICH's default clean-up (or Open MPI's), the launcher ends the job itself as soon as it sees a
     rank die; dtrain must not stand in its way (e.g. with signal handlers that keep ranks alive)."""
