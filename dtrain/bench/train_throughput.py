@@ -282,6 +282,10 @@ def run_config(cfg: Config, splits, impls: list[str], args) -> dict:
         row[f"{name}_steps"] = n.get(name, 0)
     row["ratio_dtrain_torch"] = row["dtrain_samples_per_s"] / row["torch_samples_per_s"]
     row["ratio_captured_torch"] = row["captured_samples_per_s"] / row["torch_samples_per_s"]
+    for name in ("dtrain", "captured"):  # per repeat: both ran in the same minute of the machine
+        pairs = [t / d for t, d in zip(per_repeat.get("torch", []), per_repeat.get(name, []))]
+        for stat, fn in (("median", statistics.median), ("min", min), ("max", max)):
+            row[f"paired_{name}_torch_{stat}"] = fn(pairs) if pairs else float("nan")
     row["ratio_trainer_raw"] = row["trainer_samples_per_s"] / row["dtrain_samples_per_s"]
     row["ratio_trainer_captured"] = row["trainer-captured_samples_per_s"] / row["trainer_samples_per_s"]
     row["check"] = check
@@ -348,6 +352,10 @@ def _intro(rows: list[dict], args, have_torch: bool, torch_error) -> list[str]:
         + ", ".join(f"{r['model']} {fmt((r['trainer_ms_per_step'] - r['dtrain_ms_per_step']) * 1e3, '+.0f')} µs"
                     for r in rows) + ".",
         "",
+        *(["Per-repeat ratios (each repeat runs the implementations back to back, so a slow spell of the machine "
+           "hits both; median and range over the repeats): "
+           + ", ".join(f"{r['model']} raw {_paired(r, 'dtrain')}, captured {_paired(r, 'captured')}" for r in rows)
+           + ".", ""] if have_torch else []),
         "Equivalence checks before timing:",
         "",
         *[f"- {r['model']}: {r['check']}" for r in rows],
@@ -369,6 +377,11 @@ def _machine(args, torch_note: str) -> list[str]:
         f"- wall time of the whole run: {args.wall_s:.0f} s",
         "",
     ]
+
+
+def _paired(row: dict, name: str) -> str:
+    med, lo, hi = (row[f"paired_{name}_torch_{k}"] for k in ("median", "min", "max"))
+    return f"{fmt(med, '.2f')} ({fmt(lo, '.2f')} to {fmt(hi, '.2f')})"
 
 
 def write_outputs(out_dir: Path, rows: list[dict], prof: dict | None, args, command: str) -> None:

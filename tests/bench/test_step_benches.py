@@ -5,6 +5,9 @@ implementation. Timings are not asserted."""
 from __future__ import annotations
 
 import argparse
+import re
+
+import pytest
 
 from dtrain.bench import autograd_overhead, train_throughput
 
@@ -36,3 +39,20 @@ def test_train_throughput_checks_the_captured_step_bit_for_bit(tmp_path, capsys)
         assert f"[{model}] check passed: captured = raw bit for bit after 3 steps (parameters and buffers)" in out
     md = (tmp_path / "train_throughput.md").read_text()
     assert "dtrain captured samples/s" in md and "Trainer --capture / Trainer" in md
+
+
+def test_train_throughput_reports_per_repeat_ratios_against_torch(tmp_path):
+    pytest.importorskip("torch")
+    args = parse(train_throughput, ["--steps", "2", "--repeats", "3", "--warmup", "1", "--profile-steps", "0",
+                                    "--models", "mlp", "--impls", "dtrain", "captured", "torch", "--out",
+                                    str(tmp_path)])
+    assert train_throughput.run(args) == 0
+    md = (tmp_path / "train_throughput.md").read_text()
+    line = next(ln for ln in md.splitlines() if ln.startswith("Per-repeat ratios"))
+    m = re.search(r"mlp raw (\d+\.\d\d) \((\d+\.\d\d) to (\d+\.\d\d)\), captured (\d+\.\d\d) \((\d+\.\d\d) to "
+                  r"(\d+\.\d\d)\)\.$", line)
+    assert m, line
+    raw_med, raw_lo, raw_hi, cap_med, cap_lo, cap_hi = map(float, m.groups())
+    assert raw_lo <= raw_med <= raw_hi and cap_lo <= cap_med <= cap_hi and raw_lo > 0
+    header = (tmp_path / "train_throughput.csv").read_text().splitlines()[0].split(",")
+    assert {"paired_dtrain_torch_median", "paired_captured_torch_min", "paired_captured_torch_max"} <= set(header)
