@@ -82,7 +82,8 @@ OPTIONS: tuple[Option, ...] = (
            "on float32 master weights (with fp16, dynamic loss scaling by default)", ("fp32", "fp16", "bf16")),
     Option("allreduce", str, "ring", "gradient all-reduce under mpiexec: our ring, hierarchical (within each node, "
            "then a ring over node leaders), MPI_Allreduce, NCCL (with --device cuda), or shm (every rank on one "
-           "node: through one shared-memory window)", ("ring", "hierarchical", "mpi", "nccl", "shm")),
+           "node: DDP's buckets live in a shared-memory window and are summed in place; the fastest on one node "
+           "here)", ("ring", "hierarchical", "mpi", "nccl", "shm")),
     Option("bucket_mb", float, 25.0, "DDP gradient bucket size in MiB", check="positive", metavar="MB"),
     Option("overlap", bool, True, "overlap gradient all-reduce with backward"),
     Option("capture", bool, False, "trace each training step once (per batch shape) and replay its ops without the "
