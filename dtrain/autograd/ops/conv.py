@@ -206,13 +206,10 @@ def _gemm_blocks(win, each, keep: bool = False):
 
 
 def _product_into(out, a, b):
-    """out[...] = a @ b, without a temporary where the dtype allows (half products go through mm); on NumPy in
-    row blocks that OpenBLAS's small-matrix kernels take (gemm.py)."""
+    """out[...] = a @ b, without a temporary where the dtype allows (half products go through mm); in row blocks
+    that OpenBLAS's small-matrix kernels take where they apply (gemm.py)."""
     if out.dtype.itemsize >= 4 and a.dtype == b.dtype == out.dtype:
-        if xp_of(a) is np:
-            matmul_into(out, a, b)
-        else:
-            xp_of(a).matmul(a, b, out=out)
+        matmul_into(out, a, b)
     else:
         out[...] = mm(a, b)
 
@@ -231,8 +228,8 @@ def _conv_nhwc(win, wmat_t, keep: bool = False):
 
 
 def _sum_of_products(gy, cols):
-    """gy.T @ cols: on NumPy (one dtype) in row blocks for OpenBLAS's small kernels (gemm.py), else via mm."""
-    if xp_of(gy) is np and gy.dtype == cols.dtype and gy.dtype.itemsize >= 4:
+    """gy.T @ cols: in row blocks for OpenBLAS's small kernels where they apply (gemm.py); half types via mm."""
+    if gy.dtype == cols.dtype and gy.dtype.itemsize >= 4:
         return matmul_tn(gy, cols)
     return mm(gy.T, cols)
 

@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from ...backend import get_array_module
+
 SMALL_MNK = 1_000_000  # OpenBLAS's limit for the small kernels: M * N * K <= 100**3
 MIN_ROWS = 32  # fewer rows per block: the small kernel is no faster than one packed call
 MIN_SUM_ROWS = 64  # blocks of a sum over rows also add their (N, K) partial products
@@ -90,22 +92,23 @@ def block_rows(a, k: int, n: int, least: int = MIN_ROWS) -> int:
 
 
 def matmul_into(out, a, b) -> None:
-    """out[...] = a @ b (2-D, one dtype), in row blocks where that is faster (see the module docstring)."""
+    """out[...] = a @ b (2-D, one dtype; NumPy or CuPy), in row blocks where that is faster (see the module
+    docstring)."""
     rows = block_rows(a, b.shape[0], b.shape[1])
     if not rows:
-        np.matmul(a, b, out=out)
+        get_array_module(a).matmul(a, b, out=out)
         return
     for i in range(0, a.shape[0], rows):
         np.matmul(a[i:i + rows], b, out=out[i:i + rows])
 
 
 def matmul_tn(a, b):
-    """a.T @ b for a (M, N) and b (M, K) of one dtype: the (N, K) sum over M, in row blocks where that is
-    faster. Each block is computed as b.T @ a (K, N), measured faster than a.T @ b, and the sum returned
+    """a.T @ b for a (M, N) and b (M, K) of one dtype (NumPy or CuPy): the (N, K) sum over M, in row blocks where
+    that is faster. Each block is computed as b.T @ a (K, N), measured faster than a.T @ b, and the sum returned
     transposed (a view)."""
     rows = block_rows(a, b.shape[1], a.shape[1], MIN_SUM_ROWS)
     if not rows:
-        return np.matmul(a.T, b)
+        return a.T @ b
     acc = np.matmul(b[:rows].T, a[:rows])
     part = np.empty_like(acc)
     for i in range(rows, a.shape[0], rows):

@@ -203,39 +203,36 @@ class BucketWindow:
     bitwise identical on every rank. The window is kept in ``comm.cache`` and freed by ``comm.close()``."""
 
     def __init__(self, comm, sizes: list[int], dtype):
-        self.dtype, self.sizes = np.dtype(dtype), list(sizes)
-        self.starts = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
-        total = sum(self.sizes)
-        self.seg = SharedSegments(_node(comm), max(total * self.dtype.itemsize, 1))
+        self.dtype = np.dtype(dtype)
+        self.seg = SharedSegments(_node(comm), max(sum(sizes) * self.dtype.itemsize, 1))
         comm.cache[("shm.buckets", next(_windows))] = self.seg  # the same key on every rank: freed in order
-        self.views = self.seg.data(self.dtype, total)
+        views = self.seg.data(self.dtype, sum(sizes))
+        starts = offsets_of(list(sizes))
+        self.per_bucket = [[v[a:b] for v in views] for a, b in starts]  # [bucket][rank]: its flat values
         self.rank, self.size = comm.rank, comm.size
 
     def buffers(self) -> list:
         """This rank's flat storage of each bucket (views of its segment)."""
-        return [self.views[self.rank][a:a + n] for a, n in zip(self.starts, self.sizes)]
+        return [ranks[self.rank] for ranks in self.per_bucket]
 
     def reduce(self, comm, index: int) -> None:
         """Sum chunk ``rank`` of bucket ``index`` over the ranks into this rank's segment (collective)."""
-        a, n = self.starts[index], self.sizes[index]
+        views = self.per_bucket[index]
         self.seg.fence()
-        lo, hi = chunk_bounds(n, self.size)[self.rank]
-        own = self.views[self.rank][a + lo:a + hi]
-        for q, theirs in enumerate(self.views):
-            if q != self.rank:
-                np.add(own, theirs[a + lo:a + hi], out=own)
+        lo, hi = chunk_bounds(views[0].size, self.size)[self.rank]
+        _reduce_chunk(comm, views[self.rank][lo:hi], views, lo, hi, 0, "sum")  # in place, own values first
         self.seg.fence()
         # what the others read of this segment: their chunks (to sum) and then this rank's sum, as the ring
-        comm.record_send(2 * (self.size - 1) * (n // self.size) * self.dtype.itemsize, False)
+        comm.record_send(2 * (self.size - 1) * (views[0].size // self.size) * self.dtype.itemsize, False)
 
     def pieces(self, index: int, lo: int, hi: int):
         """(start, stop, summed values) covering values [lo, hi) of bucket ``index``, each read from the rank
         that summed it."""
-        a = self.starts[index]
-        for q, (c0, c1) in enumerate(chunk_bounds(self.sizes[index], self.size)):
+        views = self.per_bucket[index]
+        for q, (c0, c1) in enumerate(chunk_bounds(views[0].size, self.size)):
             s, e = max(lo, c0), min(hi, c1)
             if s < e:
-                yield s, e, self.views[q][a + s:a + e]
+                yield s, e, views[q][s:e]
 
     def release(self) -> None:
         """Every rank has read what it needs: segments may be packed again (a barrier of the node)."""

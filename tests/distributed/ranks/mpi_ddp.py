@@ -37,7 +37,7 @@ def wrap(model, **kwargs):
     if ALGORITHM == "shm" and ddp.comm.size > 1:
         window = ddp.reducer.window
         check(window is not None and ddp.reducer.window_active, f"rank {ddp.comm.rank}: no shared bucket window")
-        mine = window.views[ddp.comm.rank]
+        mine = window.seg.segments[ddp.comm.rank]  # this rank's segment of the shared window
         check(all(np.shares_memory(b.buffer, mine) for b in ddp.buckets),
               f"rank {ddp.comm.rank}: a bucket outside the shared window")
     return ddp
