@@ -14,6 +14,11 @@
    order, after the last gradient is delivered: DDP waits for its buckets there, so ``backward()``
    returns with averaged gradients.
 
+6. A leaf may offer a buffer for its gradient (``Tensor.set_grad_buffer``). When the node about to run is the
+   only one to deliver that leaf's gradient, ``.grad`` is still None, and the op can write that input's
+   gradient in place (``Function.writes_grad_into``), the op gets the buffer (``grad_out``) and ``.grad``
+   becomes the buffer itself: DistributedDataParallel's shared-memory buckets receive gradients this way.
+
 Gradients flowing between nodes are treated as read-only; fan-out sums are accumulated out of place
 on first touch and in place afterwards (the engine owns those buffers). An array stored into
 ``leaf.grad`` is never shared with another leaf's ``.grad``.
@@ -104,7 +109,7 @@ def _run(tensor, grad, retain_graph: bool) -> None:
         _finish_leaf(tensor, grad, handed)
         return
 
-    node_deps, leaf_deps = _count_dependencies(root)
+    node_deps, leaf_deps, buffers = _count_dependencies(root)
     grads: dict[int, list] = {id(root): [grad, False]}
     leaf_grads: dict[int, list] = {}
     ready = [(-root.seq, root)]
@@ -113,8 +118,12 @@ def _run(tensor, grad, retain_graph: bool) -> None:
         entry = grads.pop(id(node), None)
         g = entry[0] if entry is not None else None
         edges, metas = node.next, node.in_meta
-        # no gradient reached this node: pass "nothing" on so counts still drain
-        in_grads = (None,) * len(edges) if g is None else _node_backward(node, g, len(edges))
+        if g is None:  # no gradient reached this node: pass "nothing" on so counts still drain
+            in_grads = (None,) * len(edges)
+        elif buffers and node.writes_grad_into is not None:
+            in_grads = _backward_into_buffers(node, g, leaf_deps, leaf_grads)
+        else:
+            in_grads = _node_backward(node, g, len(edges))
         if not retain_graph:
             node.release()
         for edge, gi, meta in zip(edges, in_grads, metas):
@@ -163,10 +172,34 @@ def _node_backward(node: Function, g, n_inputs: int) -> tuple:
     return in_grads
 
 
-def _count_dependencies(root: Function) -> tuple[dict[int, int], dict[int, int]]:
-    """Number of incoming edges of every node and leaf reachable from ``root`` (iterative DFS)."""
+def _backward_into_buffers(node: Function, g, leaf_deps: dict[int, int], leaf_grads: dict[int, list]) -> tuple:
+    """The node's backward, offered the gradient buffers (``Tensor.set_grad_buffer``) of the leaves whose whole
+    gradient it computes (the last edge still to deliver, nothing delivered yet, ``.grad`` None) at the inputs
+    it can write in place (``writes_grad_into``)."""
+    edges = node.next
+    out = [None] * len(edges)
+    offered = False
+    for i in node.writes_grad_into:
+        leaf = edges[i]
+        if leaf is not None and not isinstance(leaf, Function) and leaf._grad_dest is not None \
+                and leaf.grad is None and leaf_deps[id(leaf)] == 1 and id(leaf) not in leaf_grads:
+            out[i] = leaf._grad_dest
+            offered = True
+    if not offered:
+        return _node_backward(node, g, len(edges))
+    node.grad_out = out
+    try:
+        return _node_backward(node, g, len(edges))
+    finally:
+        node.grad_out = None
+
+
+def _count_dependencies(root: Function) -> tuple[dict[int, int], dict[int, int], bool]:
+    """Number of incoming edges of every node and leaf reachable from ``root`` (iterative DFS), and whether
+    any of those leaves offers a gradient buffer."""
     node_deps: dict[int, int] = {}
     leaf_deps: dict[int, int] = {}
+    buffers = False
     stack = [root]
     seen = {id(root)}
     while stack:
@@ -184,7 +217,9 @@ def _count_dependencies(root: Function) -> tuple[dict[int, int], dict[int, int]]
                     stack.append(edge)
             else:
                 leaf_deps[key] = leaf_deps.get(key, 0) + 1
-    return node_deps, leaf_deps
+                if edge._grad_dest is not None:
+                    buffers = True
+    return node_deps, leaf_deps, buffers
 
 
 def _fit(g, meta, node: Function):
@@ -228,12 +263,13 @@ def _finish_leaf(leaf, g, handed: set[int]) -> None:
             if out is not None:
                 g = out
     if leaf.grad is None:
-        key = _array_key(g)
-        flags = g.flags
-        if key in handed or not (flags.c_contiguous or flags.f_contiguous):
-            g = g.copy()
-            key = id(g)
-        handed.add(key)
+        if g is not leaf._grad_dest:  # (an array written into the buffer the leaf offered is the leaf's alone)
+            key = _array_key(g)
+            flags = g.flags
+            if key in handed or not (flags.c_contiguous or flags.f_contiguous):
+                g = g.copy()
+                key = id(g)
+            handed.add(key)
         leaf.grad = g
     else:
         leaf.grad += g

@@ -135,6 +135,10 @@ class Function:
     # Subclasses have an instance __dict__ for what forward keeps (masks, shapes); the slots are
     # the attributes every node has, read by the engine on each backward step.
     __slots__ = ("hooks", "in_meta", "needs_grad", "next", "retain", "saved", "seq")
+    # Inputs whose gradient backward can write into a buffer the engine hands it (``Tensor.set_grad_buffer``):
+    # then ``self.grad_out[i]`` is that buffer, or None, during the call (see engine._backward_into_buffers).
+    writes_grad_into: tuple[int, ...] | None = None
+    grad_out = None
     # May a captured step (capture.py) replay this op from its recorded parameters? Only for ops whose
     # frontend decides from shapes, dtypes and fixed arguments, or re-decides in ``capture_check``.
     capturable = False

@@ -35,7 +35,8 @@ class Tensor:
     Create tensors with :func:`dtrain.tensor`; see docs/architecture.md for the full public API.
     """
 
-    __slots__ = ("__weakref__", "_hooks", "_node", "_post_hooks", "_requires_grad", "_tangent", "data", "grad")
+    __slots__ = ("__weakref__", "_grad_dest", "_hooks", "_node", "_post_hooks", "_requires_grad", "_tangent", "data",
+                 "grad")
     _is_dtrain_tensor = True
     __array_ufunc__ = None  # ndarray <op> Tensor defers to Tensor's reflected operators
     __array_priority__ = 1000
@@ -49,6 +50,7 @@ class Tensor:
         self._hooks: list = []
         self._post_hooks: list = []
         self._tangent = None
+        self._grad_dest = None
         self._requires_grad = False
         if requires_grad:
             self.requires_grad = True
@@ -63,6 +65,7 @@ class Tensor:
         t._hooks = []
         t._post_hooks = []
         t._tangent = None
+        t._grad_dest = None
         return t
 
     # -- gradient bookkeeping -------------------------------------------------------------------
@@ -123,6 +126,25 @@ class Tensor:
             raise RuntimeError("post-accumulate-grad hooks can only be registered on leaf tensors")
         self._post_hooks.append(fn)
         return _HookHandle(self._post_hooks, fn)
+
+    def set_grad_buffer(self, buffer) -> None:
+        """Offer ``buffer`` (an array of this leaf's shape and dtype, C-contiguous; None withdraws it) as the
+        place where backward may write the leaf's gradient.
+
+        An op that can write its input gradient in place (``linear``'s weight) does so when it is the only
+        contributor to this leaf in the pass and ``.grad`` is None; ``.grad`` is then ``buffer`` itself. In every
+        other case backward proceeds as usual. DistributedDataParallel offers its shared-memory buckets this
+        way, so the gradient lands where it is summed without a copy; whoever offers a buffer withdraws it.
+        """
+        if buffer is not None:
+            if self._node is not None:
+                raise RuntimeError("set_grad_buffer: only leaf tensors take a gradient buffer")
+            if buffer.shape != self.data.shape or buffer.dtype != self.data.dtype or \
+                    not buffer.flags.c_contiguous or type(buffer) is not type(self.data):
+                raise ValueError(f"set_grad_buffer: expected a C-contiguous {type(self.data).__name__} of shape "
+                                 f"{tuple(self.data.shape)} and dtype {self.data.dtype}, got "
+                                 f"{type(buffer).__name__} of shape {tuple(buffer.shape)} and dtype {buffer.dtype}")
+        self._grad_dest = buffer
 
     def retain_grad(self) -> None:
         """Make backward also fill ``.grad`` on this non-leaf tensor."""

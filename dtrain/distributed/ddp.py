@@ -101,6 +101,7 @@ class DistributedDataParallel(Module):
         if is_grad_enabled() and self.comm.size > 1:  # a forward under no_grad (evaluation) is no sample
             r.samples += samples
             r.armed = not self._no_sync
+            r.offer_buffers(r.armed and bool(self._hook_handles))
 
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:
@@ -122,6 +123,7 @@ class DistributedDataParallel(Module):
             raise RuntimeError("register_comm_hook: a synchronisation is in progress")
         self.reducer.hook, self.reducer.hook_state = hook, state
         self.reducer.window_active = False  # buckets in a shared window stay there, summed by the hook now
+        self.reducer.offer_buffers(False)
 
     def finish(self) -> None:
         """Wait for every bucket and write the averaged gradients (automatic at the end of backward)."""
@@ -169,6 +171,7 @@ class DistributedDataParallel(Module):
         for h in self._hook_handles:
             h.remove()
         self._hook_handles = []
+        self.reducer.offer_buffers(False)
 
     def extra_repr(self) -> str:
         return (f"world_size={self.comm.size}, buckets={len(self.buckets)}, bucket_cap_mb={self.bucket_cap_mb}, "

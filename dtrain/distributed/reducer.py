@@ -9,8 +9,11 @@ in the same order). When backward ends, :meth:`Reducer.finish` (an engine callba
 hooks' handles and writes the averaged gradients back into ``param.grad``.
 
 With an algorithm that offers bucket storage (the shm algorithm's ``bucket_window``) and the plain sum as the
-hook, the buckets live in a shared-memory window: packed there, summed chunk by chunk where they are, and
-written back from the rank that summed each chunk (no copies in or out of the all-reduce).
+hook, the buckets live in a shared-memory window: summed chunk by chunk where they are, and written back from
+the rank that summed each chunk (no copies in or out of the all-reduce). For a synchronising backward each
+parameter is offered its place in the window as gradient buffer (``Tensor.set_grad_buffer``), so linear
+weights' gradients are written there by backward itself and need no packing; the write-back then gives them
+arrays of their own again.
 
 Uneven shards are averaged exactly: each rank packs n_r·g_r (n_r its samples since the last sync); the
 counts travel in a small all-reduce just ahead of the first bucket, and every rank divides by Σ n_r —
@@ -108,6 +111,9 @@ class Reducer:
         self.buckets = make_buckets(params, cap_bytes, names)
         self.window = self._bucket_window(algo) if shared_buckets else None
         self.window_active = self.window is not None
+        self.offered = False  # the window's places are offered to backward as gradient buffers (offer_buffers)
+        if self.window is not None:
+            self.window.on_close.append(self._leave_window)
         self.where = {id(p): b for b in self.buckets for p in b.params}
         self.samples = 0  # this rank's samples since the last synchronisation
         self.armed = False  # the coming backward synchronises
@@ -180,19 +186,19 @@ class Reducer:
         t0 = time.perf_counter()
         if bucket.index == 0:
             # The sample counts travel just ahead of the first bucket, not at the first hook: a rank that
-            # waits in MPI busy-polls, and that would compete with its own backward for the core.
+            # waits in MPI busy-polls, and that would compete with its own backward for the core. In the
+            # shared window they are in this rank's header, read by the others after the first bucket's fence.
             self.counts[0] = self.samples
             self.counts[1:] = self.control
-            self.count_handle = self.comm.submit("DDP sample counts", self._count_job)
-            self.bytes_uncompressed += ring_allreduce_bytes(self.counts.size, 8, self.comm.size, self.comm.rank)
-        xp = get_array_module(bucket.buffer)
-        weight = float(self.samples)
-        for p, (lo, hi) in zip(bucket.params, bucket.offsets):
-            view = bucket.buffer[lo:hi]
-            if p.grad is None:
-                view[...] = 0
+            if self.window_active:
+                self.window.set_header(self.counts)
             else:
-                xp.multiply(p.grad.reshape(-1), weight, out=view)
+                self.count_handle = self.comm.submit("DDP sample counts", self._count_job)
+            self.bytes_uncompressed += ring_allreduce_bytes(self.counts.size, 8, self.comm.size, self.comm.rank)
+        if self.window_active:
+            self._pack_window(bucket)
+        else:
+            self._pack(bucket)
         bucket.step = self.step
         if self.window_active:
             bucket.handle = self.comm.submit(f"DDP {bucket.key} (shared window)", self._window_job, bucket.index)
@@ -205,18 +211,63 @@ class Reducer:
         self.timings["launch_times"].append(t0)
         self.timings["pack_in_finish_s" if in_finish else "pack_in_hooks_s"] += time.perf_counter() - t0
 
-    def _count_job(self, wcomm: Communicator):
-        # Runs on the worker thread, first of this sync's jobs: mark its byte counters here.
+    def _pack(self, bucket: Bucket) -> None:
+        """The bucket's buffer = this rank's sample count times each gradient (zeros where there is none)."""
+        xp = get_array_module(bucket.buffer)
+        weight = float(self.samples)
+        for p, (lo, hi) in zip(bucket.params, bucket.offsets):
+            view = bucket.buffer[lo:hi]
+            if p.grad is None:
+                view[...] = 0
+            else:
+                xp.multiply(p.grad.reshape(-1), weight, out=view)
+
+    def _pack_window(self, bucket: Bucket) -> None:
+        """In the shared window the gradients go in as they are (a gradient backward wrote there already stays)
+        and the sum multiplies each rank's by its sample count (the header's first value)."""
+        for p, (lo, hi), (_, seg) in zip(bucket.params, bucket.offsets, bucket.segments):
+            if p.grad is None:
+                bucket.buffer[lo:hi] = 0
+            elif p.grad is not seg:
+                bucket.buffer[lo:hi] = p.grad.reshape(-1)
+
+    def offer_buffers(self, on: bool) -> None:
+        """Offer each parameter its place in the shared window as the buffer backward writes its gradient into
+        (``Tensor.set_grad_buffer``: no packing copy for it), or withdraw the offers. Offered only for a
+        synchronising backward on an open communicator, withdrawn by its ``finish``: outside a step no
+        gradient ever lives in the window."""
+        on = on and self.window_active and not self.comm.closed
+        if on == self.offered:
+            return
+        for b in self.buckets:
+            for p, (_, seg) in zip(b.params, b.segments):
+                p.set_grad_buffer(seg if on else None)
+        self.offered = on
+
+    def _leave_window(self) -> None:
+        """Before the window is freed: withdraw the offers, and give any gradient still in it its own copy."""
+        self.offer_buffers(False)
+        for b in self.buckets:
+            for p in b.params:
+                if p.grad is not None and np.may_share_memory(p.grad, b.buffer):
+                    p.grad = p.grad.copy()
+
+    def _mark(self, wcomm: Communicator) -> None:
+        # On the worker thread, in the first of this sync's jobs: its byte counters before the sync.
         self.worker_comm = wcomm
         self._marks = (wcomm.bytes_sent, wcomm.bytes_inter_node)
+
+    def _count_job(self, wcomm: Communicator):
+        self._mark(wcomm)
         with wcomm.watch("DDP sample counts", bucket=0):
             allreduce(self.counts, op="sum", algorithm=self.counts_algorithm, comm=wcomm)
         return self.counts
 
     def _window_job(self, wcomm: Communicator, index: int):
+        if index == 0:
+            self._mark(wcomm)
         with wcomm.watch(f"DDP gradient bucket {index} (shared window)", bucket=index):
-            self.window.reduce(wcomm, index)
-        return None
+            return self.window.reduce(wcomm, index)  # the factor the sums still lack (see BucketWindow.reduce)
 
     # -- the end of backward -------------------------------------------------------------------
 
@@ -235,20 +286,26 @@ class Reducer:
         start = time.perf_counter()
         self.timings["finish_enter"] = start
         self.launch_ready(in_finish=True)
-        counts = self._wait(self.count_handle)
+        windowed = self.window_active
+        factors = {}
+        if windowed:  # the first bucket's fence has made every rank's header visible
+            factors[0] = self._wait(self.buckets[0].handle)
+            counts = self.window.header_sum(self.counts.size)
+        else:
+            counts = self._wait(self.count_handle)
         total = float(counts[0])
         self.control_sum[...] = counts[1:]
         if total <= 0:
             raise RuntimeError(f"DistributedDataParallel: no rank had any samples this step (rank {self.comm.rank})")
-        windowed = self.window_active
         for b in self.buckets:
-            summed = self._wait(b.handle)
+            summed = factors[b.index] if b.index in factors else self._wait(b.handle)
             if windowed:
-                self._write_from_window(b, 1.0 / total)
+                self._write_from_window(b, summed / total)
             else:
                 self._write_grads(b, summed, 1.0 / total)
             b.handle = None
         if windowed:
+            self.offer_buffers(False)
             with self.comm.watch("DDP shared buckets released"):
                 self.window.release()
         self.active, self.armed, self.samples, self.count_handle = False, False, 0, None
@@ -274,14 +331,16 @@ class Reducer:
     def _write_from_window(self, bucket: Bucket, scale: float) -> None:
         """Each parameter's averaged gradient read piece by piece from the ranks that summed it."""
         for p, (lo, hi) in zip(bucket.params, bucket.offsets):
-            fresh = p.grad is None or not p.grad.flags.c_contiguous
-            target = np.empty(p.data.shape, dtype=p.data.dtype) if fresh else p.grad
+            # a gradient backward wrote into the window gets an array of its own (it must not stay there)
+            in_window = p.grad is not None and np.may_share_memory(p.grad, bucket.buffer)
+            own = p.grad is not None and not in_window and p.grad.flags.c_contiguous
+            target = p.grad if own else np.empty(p.data.shape, dtype=p.data.dtype)
             flat = target.reshape(-1)
             for s, e, summed in self.window.pieces(bucket.index, lo, hi):
                 np.multiply(summed, scale, out=flat[s - lo:e - lo], casting="unsafe")
-            if p.grad is None:
+            if p.grad is None or in_window:
                 p.grad = target
-            elif fresh:
+            elif not own:
                 p.grad[...] = target
 
     def _account(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...backend import array_sum
+from ...backend import array_sum, get_array_module
 from ..autocast import cast_inputs
 from ..function import Function, FusedFunction
 from ..tensor import Tensor
@@ -15,11 +15,14 @@ def _swap(a):
     return a.swapaxes(-1, -2)
 
 
-def mm(a, b):
+def mm(a, b, out=None):
     """a @ b in the operands' own dtype. Half operands (float16, bfloat16) are multiplied with float32
     accumulation, as GPU tensor cores do, and the product is rounded to half once: more accurate than
-    NumPy's half-precision loops, and on a CPU much faster (float32 BLAS)."""
+    NumPy's half-precision loops, and on a CPU much faster (float32 BLAS). ``out``: an array of the product's
+    shape to write it into when the operands share its dtype (and are float32 or wider); otherwise ignored."""
     if a.dtype == b.dtype and a.dtype.itemsize >= 4:  # the common case, without result_type's cost
+        if out is not None and out.dtype == a.dtype:
+            return get_array_module(a).matmul(a, b, out=out)
         return a @ b
     expected = np.result_type(a.dtype, b.dtype)
     if expected.itemsize < 4:
@@ -80,6 +83,7 @@ class FusedLinear(FusedFunction):
 
     composition = "matmul(x, permute(w)) + b"
     capturable = True  # linear()'s frontend checks shapes only (autocast casts are ops of their own)
+    writes_grad_into = (1,)  # the weight gradient, straight into a buffer the weight offers (DDP's buckets)
 
     def forward(self, x, w, b=None):
         self.saved = (x, w)
@@ -94,7 +98,7 @@ class FusedLinear(FusedFunction):
         gx = mm(g, w) if needs[0] else None
         if g.ndim != 2:
             g, x = g.reshape(-1, w.shape[0]), x.reshape(-1, w.shape[1])
-        gw = mm(g.T, x) if needs[1] else None
+        gw = (mm(g.T, x) if self.grad_out is None else mm(g.T, x, out=self.grad_out[1])) if needs[1] else None
         if len(needs) == 2:
             return gx, gw
         if not needs[2]:

@@ -12,8 +12,11 @@ world size; tests/distributed/test_shm.py runs it under mpiexec.
   every rank; float16 buckets stay out of the window;
 * the throughput benchmark's shared-memory floor (the same window technique, bench-side) runs, checks its
   own sums and reports positive times;
+* a synchronising backward writes linear weights' gradients straight into the window (``Tensor.set_grad_buffer``)
+  and still leaves every ``.grad`` an array of its own, bitwise the same on every rank; no_sync offers nothing;
 * ``destroy_process_group`` frees the windows (collectively) and returns; a backward through a DDP whose
-  bucket window was freed then fails with the communicator's "was closed" error instead of writing into it.
+  bucket window was freed then fails with the communicator's "was closed" error instead of writing into it,
+  also when its forward ran (and offered the window) before the window was freed.
 """
 
 from __future__ import annotations
@@ -133,6 +136,41 @@ def ddp(world) -> None:
     assert get("shm").bucket_window(world, [5, 7], np.float16) is None
 
 
+def gradient_buffers(world) -> None:
+    """A synchronising backward writes linear weights' gradients straight into the window (seen from a hook
+    that runs after DDP's), and leaves every ``.grad`` an array of its own; under no_sync nothing is offered."""
+    dt.manual_seed(1)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    ddp = dist.DistributedDataParallel(model, algorithm="shm")
+    (bucket,) = ddp.buckets
+    seen = {}
+    for name, p in model.named_parameters():
+        p.register_post_accumulate_grad_hook(
+            lambda t, name=name: seen.__setitem__(name, np.may_share_memory(t.grad, bucket.buffer)))
+    rng = np.random.default_rng(world.rank)
+    x, y = dt.tensor(rng.standard_normal((5, 6)).astype(np.float32)), rng.integers(0, 3, 5)
+    F.cross_entropy(ddp(x), y).backward()
+    assert seen == {"0.weight": True, "0.bias": False, "2.weight": True, "2.bias": False}, seen
+    assert not any(np.may_share_memory(p.grad, bucket.buffer) for p in model.parameters())
+    synced = [p.grad.copy() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = None
+    with ddp.no_sync():
+        F.cross_entropy(ddp(x), y).backward()
+    assert not any(seen.values()), seen
+    local = [p.grad.copy() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = None
+    F.cross_entropy(ddp(x), y).backward()  # the next synchronising step: in the window again, same average
+    assert seen["0.weight"] and seen["2.weight"], seen
+    for a, b in zip(synced, model.parameters()):
+        np.testing.assert_array_equal(a, b.grad)
+    same_everywhere(world, np.concatenate([g.reshape(-1) for g in synced]), "averaged gradients")
+    if world.size > 1:  # the ranks' batches differ: their own gradients do too
+        assert any(not np.array_equal(a, b) for a, b in zip(local, synced))
+    ddp.remove_hooks()
+
+
 def floor(world) -> None:
     from mpi4py import MPI
 
@@ -148,17 +186,21 @@ def main() -> None:
     async_and_allgather(world)
     mismatches(world)
     ddp(world)
+    gradient_buffers(world)
     floor(world)
-    model = nn.Linear(3, 2)
-    late = dist.DistributedDataParallel(model, algorithm="shm")
-    dist.destroy_process_group()  # frees the windows, the DDP's bucket window too
-    try:  # a backward through it now must not pack into freed memory
-        F.cross_entropy(late(dt.tensor(np.ones((2, 3), np.float32))), np.array([0, 1])).backward()
-    except RuntimeError as exc:
-        expected = f"DistributedDataParallel gradient synchronisation: this Communicator (rank {world.rank}) was closed"
-        assert str(exc) == expected, exc
-    else:
-        raise AssertionError("a backward through DDP over a freed bucket window did not fail")
+    late = dist.DistributedDataParallel(nn.Linear(3, 2), algorithm="shm")
+    pending = dist.DistributedDataParallel(nn.Linear(3, 2), algorithm="shm")
+    ones, target = dt.tensor(np.ones((2, 3), np.float32)), np.array([0, 1])
+    before = F.cross_entropy(pending(ones), target)  # its weight is offered the window as gradient buffer
+    dist.destroy_process_group()  # frees the windows, the DDP's bucket window too (withdrawing that offer)
+    expected = f"DistributedDataParallel gradient synchronisation: this Communicator (rank {world.rank}) was closed"
+    for loss in (lambda: F.cross_entropy(late(ones), target), lambda: before):
+        try:  # a backward through it now must neither write nor pack into freed memory
+            loss().backward()
+        except RuntimeError as exc:
+            assert str(exc) == expected, exc
+        else:
+            raise AssertionError("a backward through DDP over a freed bucket window did not fail")
     print(f"shm OK rank {world.rank} of {world.size}", flush=True)
 
 
