@@ -123,6 +123,7 @@ class DistributedDataParallel(Module):
             raise RuntimeError("register_comm_hook: a synchronisation is in progress")
         self.reducer.hook, self.reducer.hook_state = hook, state
         self.reducer.window_active = False  # buckets in a shared window stay there, summed by the hook now
+        self.reducer.plain = False  # the hook sums what it is given: sample-weighted gradients
         self.reducer.offer_buffers(False)
 
     def finish(self) -> None:

@@ -53,10 +53,12 @@ class HookState:
 def compression_hook(state: HookState, bucket):
     """Sum ``bucket`` through ``state.compressor`` over ``state.algorithm`` on the worker thread."""
     spec = state.compressor.spec
-    return state.comm.submit(f"DDP {bucket.key} ({spec})", _reduce_job, state, bucket)
+    return state.comm.submit(f"DDP {bucket.key} ({spec})", reduce_bucket, state, bucket)
 
 
-def _reduce_job(wcomm: Communicator, state: HookState, bucket):
+def reduce_bucket(wcomm: Communicator, state: HookState, bucket):
+    """The job ``compression_hook`` runs on the worker communicator ``wcomm``: the bucket's buffer summed in place
+    (through the compressor); returns the buffer."""
     with wcomm.watch(f"DDP gradient bucket {bucket.index} ({state.compressor.spec})", bucket=bucket.index):
         compressed_reduce(state.compressor, wcomm, bucket.key, bucket.segments, bucket.buffer, bucket.step,
                           state.algorithm)

@@ -10,12 +10,15 @@ hooks' handles and writes the averaged gradients back into ``param.grad``.
 
 With an algorithm that offers bucket storage (the shm algorithm's ``bucket_window``) and the plain sum as the
 hook, the buckets live in a shared-memory window: summed chunk by chunk where they are, and written back from
-the rank that summed each chunk (no copies in or out of the all-reduce). For a synchronising backward each
-parameter is offered its place in the window as gradient buffer (``Tensor.set_grad_buffer``), so linear
-weights' gradients are written there by backward itself and need no packing; the write-back then gives them
-arrays of their own again.
+the rank that summed each chunk (no copies in or out of the all-reduce).
 
-Uneven shards are averaged exactly: each rank packs n_r·g_r (n_r its samples since the last sync); the
+With the plain sum (the built-in hook, no compression) the buckets take raw gradients, and for a synchronising
+backward each parameter is offered its place in its bucket as gradient buffer (``Tensor.set_grad_buffer``):
+linear weights' gradients are written there by backward itself and need no packing; the write-back gives them
+arrays of their own again. The bucket's job then multiplies by the sample count (below), or folds it into the
+final scale when that is exact.
+
+Uneven shards are averaged exactly: each rank contributes n_r·g_r (n_r its samples since the last sync); the
 counts travel in a small all-reduce just ahead of the first bucket, and every rank divides by Σ n_r —
 the gradient of the mean loss over the union of the ranks' samples, as one process would compute it.
 Parameters with no gradient this backward contribute zeros (or what their ``.grad`` already holds), so
@@ -29,6 +32,7 @@ the same buffers — the reference of the compression ratio.
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -39,6 +43,7 @@ from .algorithms import get as get_algorithm
 from .algorithms import ring_allreduce_bytes
 from .collectives import allreduce
 from .comm import Communicator
+from .hooks import reduce_bucket
 
 __all__ = ["CONTROL_SLOTS", "Bucket", "Reducer"]
 
@@ -109,6 +114,7 @@ class Reducer:
         self.counts_algorithm = "ring" if algo.device_only else algo
         self.hook, self.hook_state = hook, state
         self.buckets = make_buckets(params, cap_bytes, names)
+        self.plain = shared_buckets  # the hook is the plain sum: gradients go in raw, weighted by the sums' job
         self.window = self._bucket_window(algo) if shared_buckets else None
         self.window_active = self.window is not None
         self.offered = False  # the window's places are offered to backward as gradient buffers (offer_buffers)
@@ -119,7 +125,8 @@ class Reducer:
         self.armed = False  # the coming backward synchronises
         self.active = False  # a synchronisation is in progress (buckets being launched)
         self.next_bucket = 0
-        self.counts = np.zeros(1 + CONTROL_SLOTS, dtype=np.float64)  # [samples, control values...]
+        self.counts = np.zeros(2 + CONTROL_SLOTS, dtype=np.float64)  # [samples, samples squared, control values...]
+        self.weight = 0.0  # this rank's sample count in the synchronisation being summed
         self.control = np.zeros(CONTROL_SLOTS, dtype=np.float64)  # summed over ranks with the next sync
         self.control_sum = np.zeros(CONTROL_SLOTS, dtype=np.float64)  # ... the result, after finish()
         self.count_handle = None
@@ -188,20 +195,23 @@ class Reducer:
             # The sample counts travel just ahead of the first bucket, not at the first hook: a rank that
             # waits in MPI busy-polls, and that would compete with its own backward for the core. In the
             # shared window they are in this rank's header, read by the others after the first bucket's fence.
-            self.counts[0] = self.samples
-            self.counts[1:] = self.control
+            self.weight = float(self.samples)
+            self.counts[:2] = self.weight, self.weight * self.weight
+            self.counts[2:] = self.control
             if self.window_active:
                 self.window.set_header(self.counts)
             else:
                 self.count_handle = self.comm.submit("DDP sample counts", self._count_job)
             self.bytes_uncompressed += ring_allreduce_bytes(self.counts.size, 8, self.comm.size, self.comm.rank)
-        if self.window_active:
-            self._pack_window(bucket)
+        if self.plain:
+            self._pack_raw(bucket)
         else:
             self._pack(bucket)
         bucket.step = self.step
         if self.window_active:
             bucket.handle = self.comm.submit(f"DDP {bucket.key} (shared window)", self._window_job, bucket.index)
+        elif self.plain:
+            bucket.handle = self.comm.submit(f"DDP {bucket.key}", self._plain_job, bucket)
         else:
             bucket.handle = self.hook(self.hook_state, bucket)
         bucket.launched = True
@@ -222,9 +232,10 @@ class Reducer:
             else:
                 xp.multiply(p.grad.reshape(-1), weight, out=view)
 
-    def _pack_window(self, bucket: Bucket) -> None:
-        """In the shared window the gradients go in as they are (a gradient backward wrote there already stays)
-        and the sum multiplies each rank's by its sample count (the header's first value)."""
+    def _pack_raw(self, bucket: Bucket) -> None:
+        """With the plain sum the gradients go in as they are (one backward wrote there already stays) and the
+        sums' job weights them: ``_plain_job``, or in the shared window the sum itself (the header's first value
+        is this rank's sample count)."""
         for p, (lo, hi), (_, seg) in zip(bucket.params, bucket.offsets, bucket.segments):
             if p.grad is None:
                 bucket.buffer[lo:hi] = 0
@@ -232,11 +243,11 @@ class Reducer:
                 bucket.buffer[lo:hi] = p.grad.reshape(-1)
 
     def offer_buffers(self, on: bool) -> None:
-        """Offer each parameter its place in the shared window as the buffer backward writes its gradient into
-        (``Tensor.set_grad_buffer``: no packing copy for it), or withdraw the offers. Offered only for a
-        synchronising backward on an open communicator, withdrawn by its ``finish``: outside a step no
-        gradient ever lives in the window."""
-        on = on and self.window_active and not self.comm.closed
+        """Offer each parameter its place in its bucket (with the plain sum) as the buffer backward writes its
+        gradient into (``Tensor.set_grad_buffer``: no packing copy for it), or withdraw the offers. Offered only
+        for a synchronising backward on an open communicator, withdrawn by its ``finish``: outside a step no
+        gradient ever lives in a bucket."""
+        on = on and self.plain and not self.comm.closed
         if on == self.offered:
             return
         for b in self.buckets:
@@ -256,6 +267,24 @@ class Reducer:
         # On the worker thread, in the first of this sync's jobs: its byte counters before the sync.
         self.worker_comm = wcomm
         self._marks = (wcomm.bytes_sent, wcomm.bytes_inter_node)
+
+    def _plain_job(self, wcomm: Communicator, bucket: Bucket) -> float:
+        """Weight this rank's raw gradients, sum the bucket over the ranks; the factor the sums still lack."""
+        factor = self._weigh(bucket.buffer)
+        reduce_bucket(wcomm, self.hook_state, bucket)
+        return factor
+
+    def _weigh(self, flat) -> float:
+        """Multiply ``flat`` by this rank's sample count (what the sum of sample-weighted gradients needs), or,
+        when every rank has the same count and it is a power of two, leave it and return that count: the
+        product is then exact and commutes with the sum's rounding, so it joins the final scale (the same bits,
+        one pass fewer). The sample counts (the count job, ahead on this worker) are summed by now."""
+        total, squares, n = float(self.counts[0]), float(self.counts[1]), self.comm.size
+        common = total / n
+        if squares * n == total * total and common > 0 and math.frexp(common)[0] == 0.5:
+            return common  # (sum of squares n*c^2 = total^2/n: every count is c)
+        get_array_module(flat).multiply(flat, self.weight, out=flat)
+        return 1.0
 
     def _count_job(self, wcomm: Communicator):
         self._mark(wcomm)
@@ -294,18 +323,20 @@ class Reducer:
         else:
             counts = self._wait(self.count_handle)
         total = float(counts[0])
-        self.control_sum[...] = counts[1:]
+        self.control_sum[...] = counts[2:]
         if total <= 0:
             raise RuntimeError(f"DistributedDataParallel: no rank had any samples this step (rank {self.comm.rank})")
         for b in self.buckets:
             summed = factors[b.index] if b.index in factors else self._wait(b.handle)
             if windowed:
                 self._write_from_window(b, summed / total)
+            elif self.plain:
+                self._write_grads(b, b.buffer, summed / total)
             else:
                 self._write_grads(b, summed, 1.0 / total)
             b.handle = None
+        self.offer_buffers(False)
         if windowed:
-            self.offer_buffers(False)
             with self.comm.watch("DDP shared buckets released"):
                 self.window.release()
         self.active, self.armed, self.samples, self.count_handle = False, False, 0, None
@@ -323,8 +354,8 @@ class Reducer:
     @staticmethod
     def _write_grads(bucket: Bucket, summed, scale: float) -> None:
         xp = get_array_module(bucket.buffer)
-        for p, (lo, hi) in zip(bucket.params, bucket.offsets):
-            if p.grad is None:
+        for p, (lo, hi), (_, seg) in zip(bucket.params, bucket.offsets, bucket.segments):
+            if p.grad is None or p.grad is seg:  # a gradient backward wrote into the bucket gets its own array
                 p.grad = xp.empty(p.data.shape, dtype=p.data.dtype)
             xp.multiply(summed[lo:hi].reshape(p.data.shape), scale, out=p.grad, casting="unsafe")
 

@@ -12,8 +12,11 @@ world size; tests/distributed/test_shm.py runs it under mpiexec.
   every rank; float16 buckets stay out of the window;
 * the throughput benchmark's shared-memory floor (the same window technique, bench-side) runs, checks its
   own sums and reports positive times;
-* a synchronising backward writes linear weights' gradients straight into the window (``Tensor.set_grad_buffer``)
+* a synchronising backward writes linear weights' gradients straight into the window (``Tensor.set_grad_buffer``;
+  over the ring into the private bucket)
   and still leaves every ``.grad`` an array of its own, bitwise the same on every rank; no_sync offers nothing;
+* raw gradients weighted in the sums' job (or the equal power-of-two count folded into the final scale) give
+  the same bits as a hook summing pre-weighted ones, over shm and the ring, even and uneven batches;
 * ``destroy_process_group`` frees the windows (collectively) and returns; a backward through a DDP whose
   bucket window was freed then fails with the communicator's "was closed" error instead of writing into it,
   also when its forward ran (and offered the window) before the window was freed.
@@ -136,12 +139,14 @@ def ddp(world) -> None:
     assert get("shm").bucket_window(world, [5, 7], np.float16) is None
 
 
-def gradient_buffers(world) -> None:
-    """A synchronising backward writes linear weights' gradients straight into the window (seen from a hook
-    that runs after DDP's), and leaves every ``.grad`` an array of its own; under no_sync nothing is offered."""
+def gradient_buffers(world, algorithm: str) -> None:
+    """A synchronising backward writes linear weights' gradients straight into the bucket (the shared window
+    with shm; seen from a hook that runs after DDP's), and leaves every ``.grad`` an array of its own; under
+    no_sync nothing is offered."""
     dt.manual_seed(1)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
-    ddp = dist.DistributedDataParallel(model, algorithm="shm")
+    ddp = dist.DistributedDataParallel(model, algorithm=algorithm)
+    assert (ddp.reducer.window is not None) is (algorithm == "shm")
     (bucket,) = ddp.buckets
     seen = {}
     for name, p in model.named_parameters():
@@ -171,6 +176,31 @@ def gradient_buffers(world) -> None:
     ddp.remove_hooks()
 
 
+def raw_and_weighted_agree(world) -> None:
+    """The plain sum takes raw gradients and weights them in its job (or, with equal power-of-two sample
+    counts, folds the count into the final scale); a registered hook sums what the pack weighted. Both give
+    the same bits, over shm and the ring, with power-of-two and other batch sizes."""
+    for algorithm in ("shm", "ring"):
+        for batch in (4, 5):
+            got = []
+            for hook in (False, True):
+                dt.manual_seed(2)
+                model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+                ddp = dist.DistributedDataParallel(model, bucket_cap_mb=0.0005, algorithm=algorithm)
+                if hook:
+                    ddp.register_comm_hook(HookState(world, algorithm), compression_hook)
+                opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+                rng = np.random.default_rng(world.rank)
+                for _ in range(3):
+                    x = dt.tensor(rng.standard_normal((batch + world.rank % 2 * (batch == 5), 6)).astype(np.float32))
+                    opt.zero_grad()
+                    F.cross_entropy(ddp(x), rng.integers(0, 3, x.shape[0])).backward()
+                    opt.step()
+                ddp.remove_hooks()
+                got.append(np.concatenate([p.data.reshape(-1) for p in model.parameters()]))
+            assert np.array_equal(got[0], got[1]), (algorithm, batch, np.abs(got[0] - got[1]).max())
+
+
 def floor(world) -> None:
     from mpi4py import MPI
 
@@ -186,7 +216,9 @@ def main() -> None:
     async_and_allgather(world)
     mismatches(world)
     ddp(world)
-    gradient_buffers(world)
+    gradient_buffers(world, "shm")
+    gradient_buffers(world, "ring")
+    raw_and_weighted_agree(world)
     floor(world)
     late = dist.DistributedDataParallel(nn.Linear(3, 2), algorithm="shm")
     pending = dist.DistributedDataParallel(nn.Linear(3, 2), algorithm="shm")
