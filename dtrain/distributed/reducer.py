@@ -117,7 +117,9 @@ class Reducer:
         self.plain = shared_buckets  # the hook is the plain sum: gradients go in raw, weighted by the sums' job
         self.window = self._bucket_window(algo) if shared_buckets else None
         self.window_active = self.window is not None
-        self.offered = False  # the window's places are offered to backward as gradient buffers (offer_buffers)
+        self.offered = False  # the buckets' places are offered to backward as gradient buffers (offer_buffers)
+        # offered on the host only: a device's bandwidth makes the pack cheap, and its matmul's out= is not relied on
+        self.host_buckets = all(type(b.buffer) is np.ndarray for b in self.buckets)
         if self.window is not None:
             self.window.on_close.append(self._leave_window)
         self.where = {id(p): b for b in self.buckets for p in b.params}
@@ -247,7 +249,7 @@ class Reducer:
         gradient into (``Tensor.set_grad_buffer``: no packing copy for it), or withdraw the offers. Offered only
         for a synchronising backward on an open communicator, withdrawn by its ``finish``: outside a step no
         gradient ever lives in a bucket."""
-        on = on and self.plain and not self.comm.closed
+        on = on and self.plain and self.host_buckets and not self.comm.closed
         if on == self.offered:
             return
         for b in self.buckets:
