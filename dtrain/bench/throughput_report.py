@@ -232,7 +232,8 @@ def profile_lines(p: dict) -> list[str]:
         f"- BLAS dominates: the GEMMs of the three Linear layers (forward and backward) are **{gemm * 100:.0f}%** of "
         "rank 0's main-thread time.",
         f"- Memory-bound passes over the 1.86 M parameters come next: the SGD momentum update {optim_ * 100:.0f}% and "
-        f"DDP's bucket packing (grad x sample count into the bucket) and unpacking (bucket / total into `.grad`) "
+        f"DDP's bucket packing (the gradients backward did not write into the bucket) and unpacking (bucket / total "
+        "into `.grad`) "
         f"{ddp_ * 100:.0f}%.",
         f"- Waiting for the all-reduce is **{wait * 100:.0f}%** (the main thread blocked in `Handle.wait` inside "
         "`ddp.finish`, which includes waiting for the other rank to finish its backward).",
@@ -256,12 +257,16 @@ def _intro(s: dict, meta: dict, records: list[dict], cores: int) -> list[str]:
         "- **dtrain DDP**: `dist.DistributedDataParallel(model, bucket_cap_mb=25, overlap=True, algorithm=\"ring\")`, "
         "then `F.cross_entropy(ddp(x), y)` -> `opt.zero_grad()` -> `loss.backward()` (returns with averaged "
         "gradients) -> `opt.step()`. Buckets per variant: "
-        + ", ".join(f"{k} {v}" for k, v in buckets.items()) + " (the whole gradient fits one 25 MB bucket).",
+        + ", ".join(f"{k} {v}" for k, v in buckets.items()) + " (the whole gradient fits one 25 MB bucket). "
+        "In every dtrain variant backward writes the Linear weights' gradients straight into their buckets "
+        "(`Tensor.set_grad_buffer`): the hooks copy only the biases, and the bucket's job weights by the sample "
+        "count.",
         "- **overlap off**: `overlap=False`; **small buckets**: `overlap=True` with small buckets, so all-reduces can "
         "start during backward (not one of the issue's configurations; shows what overlap does here).",
-        "- **shm**: `algorithm=\"shm\"`: the buckets live in a shared-memory window (the hooks pack into it, each "
-        "rank sums its chunk of every rank's segment in place, the write-back reads each chunk from the rank that "
-        "summed it; no copy into or out of the all-reduce).",
+        "- **shm**: `algorithm=\"shm\"`: the buckets live in a shared-memory window (backward writes the weights' "
+        "gradients into it, each rank sums its chunk of every rank's segment in place, the write-back reads each "
+        "chunk from the rank that summed it; no copy into or out of the all-reduce; the sample counts travel in "
+        "the window's headers).",
         "- **reference, no DDP**: the same dtrain loop on the bare model; at 2 ranks each rank trains alone on its own "
         "batches (no communication at all), so its scaling efficiency is what sharing the machine costs before any "
         "communication: the ceiling for every data-parallel row.",
