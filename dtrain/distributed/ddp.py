@@ -49,6 +49,13 @@ class DistributedDataParallel(Module):
             AllreduceAlgorithm object.
         comm: the Communicator (default: the world from dtrain.distributed.init()).
         broadcast_buffers: also broadcast rank 0's buffers (e.g. BatchNorm running stats) at construction.
+        gradient_as_bucket_view: after each synchronisation every ``param.grad`` is its view of its bucket (the
+            average is written in place) instead of an array of its own: one pass over the gradients fewer,
+            as torch's flag of that name. The next synchronising backward writes into the same memory, so a
+            ``.grad`` kept across steps changes; modifying ``.grad`` in place between steps (clipping) is safe.
+            Applies with the built-in sum and no compression on host arrays, and not to the shm window (whose
+            averages are copied out anyway: measured faster than writing into one's own segment right after
+            the other ranks read it); otherwise ignored.
 
     ``ddp.control`` holds CONTROL_SLOTS float64 values (flags, votes) that travel with the sample counts
     of the next synchronisation: after it, ``ddp.control_sum`` is their sum over the ranks, identical on
@@ -58,7 +65,8 @@ class DistributedDataParallel(Module):
     """
 
     def __init__(self, module: Module, bucket_cap_mb: float = 25, compression=None, overlap: bool = True,
-                 algorithm="ring", comm: Communicator | None = None, broadcast_buffers: bool = True):
+                 algorithm="ring", comm: Communicator | None = None, broadcast_buffers: bool = True,
+                 gradient_as_bucket_view: bool = False):
         super().__init__()
         if not isinstance(module, Module):
             raise TypeError(f"DistributedDataParallel wraps an nn.Module, got {type(module).__name__}")
@@ -81,6 +89,8 @@ class DistributedDataParallel(Module):
         state = HookState(self.comm, algorithm, self.compressor)
         self.reducer = Reducer(params, names, self.comm, int(bucket_cap_mb * 2**20), self.overlap, compression_hook,
                                state, algorithm, shared_buckets=isinstance(self.compressor, NoCompression))
+        r = self.reducer
+        r.as_view = bool(gradient_as_bucket_view) and r.plain and r.host_buckets and r.window is None
         self._hook_handles = [p.register_post_accumulate_grad_hook(self.reducer.grad_ready) for p in params]
         self._no_sync = False
 
@@ -124,6 +134,7 @@ class DistributedDataParallel(Module):
         self.reducer.hook, self.reducer.hook_state = hook, state
         self.reducer.window_active = False  # buckets in a shared window stay there, summed by the hook now
         self.reducer.plain = False  # the hook sums what it is given: sample-weighted gradients
+        self.reducer.as_view = False
         self.reducer.offer_buffers(False)
 
     def finish(self) -> None:

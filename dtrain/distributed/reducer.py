@@ -115,6 +115,7 @@ class Reducer:
         self.hook, self.hook_state = hook, state
         self.buckets = make_buckets(params, cap_bytes, names)
         self.plain = shared_buckets  # the hook is the plain sum: gradients go in raw, weighted by the sums' job
+        self.as_view = False  # gradient_as_bucket_view: after a sync each .grad is its view of the bucket
         self.window = self._bucket_window(algo) if shared_buckets else None
         self.window_active = self.window is not None
         self.offered = False  # the buckets' places are offered to backward as gradient buffers (offer_buffers)
@@ -298,7 +299,7 @@ class Reducer:
         if index == 0:
             self._mark(wcomm)
         with wcomm.watch(f"DDP gradient bucket {index} (shared window)", bucket=index):
-            return self.window.reduce(wcomm, index)  # the factor the sums still lack (see BucketWindow.reduce)
+            self.window.reduce(wcomm, index)  # the sample-weighted mean of this rank's chunk, in place
 
     # -- the end of backward -------------------------------------------------------------------
 
@@ -318,9 +319,8 @@ class Reducer:
         self.timings["finish_enter"] = start
         self.launch_ready(in_finish=True)
         windowed = self.window_active
-        factors = {}
         if windowed:  # the first bucket's fence has made every rank's header visible
-            factors[0] = self._wait(self.buckets[0].handle)
+            self._wait(self.buckets[0].handle)
             counts = self.window.header_sum(self.counts.size)
         else:
             counts = self._wait(self.count_handle)
@@ -329,13 +329,13 @@ class Reducer:
         if total <= 0:
             raise RuntimeError(f"DistributedDataParallel: no rank had any samples this step (rank {self.comm.rank})")
         for b in self.buckets:
-            summed = factors[b.index] if b.index in factors else self._wait(b.handle)
+            summed = None if windowed and b.index == 0 else self._wait(b.handle)
             if windowed:
-                self._write_from_window(b, summed / total)
+                self._write_from_window(b)
             elif self.plain:
-                self._write_grads(b, b.buffer, summed / total)
+                self._write_grads(b, b.buffer, summed / total, self.as_view)
             else:
-                self._write_grads(b, summed, 1.0 / total)
+                self._write_grads(b, summed, 1.0 / total, False)
             b.handle = None
         self.offer_buffers(False)
         if windowed:
@@ -354,23 +354,30 @@ class Reducer:
             self.timings["wait_s"] += time.perf_counter() - t0
 
     @staticmethod
-    def _write_grads(bucket: Bucket, summed, scale: float) -> None:
+    def _write_grads(bucket: Bucket, summed, scale: float, as_view: bool) -> None:
+        """``.grad`` = the summed bucket times ``scale``: into an array of each parameter's own, or, with
+        ``as_view``, in place, each ``.grad`` then being its view of the bucket (gradient_as_bucket_view)."""
         xp = get_array_module(bucket.buffer)
+        if as_view:
+            xp.multiply(summed, scale, out=summed, casting="unsafe")
+            for p, (_, seg) in zip(bucket.params, bucket.segments):
+                p.grad = seg
+            return
         for p, (lo, hi), (_, seg) in zip(bucket.params, bucket.offsets, bucket.segments):
             if p.grad is None or p.grad is seg:  # a gradient backward wrote into the bucket gets its own array
                 p.grad = xp.empty(p.data.shape, dtype=p.data.dtype)
             xp.multiply(summed[lo:hi].reshape(p.data.shape), scale, out=p.grad, casting="unsafe")
 
-    def _write_from_window(self, bucket: Bucket, scale: float) -> None:
-        """Each parameter's averaged gradient read piece by piece from the ranks that summed it."""
+    def _write_from_window(self, bucket: Bucket) -> None:
+        """Each parameter's averaged gradient copied piece by piece from the ranks that summed it, into an array of
+        its own (a gradient backward wrote into the window must not stay there)."""
         for p, (lo, hi) in zip(bucket.params, bucket.offsets):
-            # a gradient backward wrote into the window gets an array of its own (it must not stay there)
             in_window = p.grad is not None and np.may_share_memory(p.grad, bucket.buffer)
             own = p.grad is not None and not in_window and p.grad.flags.c_contiguous
             target = p.grad if own else np.empty(p.data.shape, dtype=p.data.dtype)
             flat = target.reshape(-1)
             for s, e, summed in self.window.pieces(bucket.index, lo, hi):
-                np.multiply(summed, scale, out=flat[s - lo:e - lo], casting="unsafe")
+                flat[s - lo:e - lo] = summed
             if p.grad is None or in_window:
                 p.grad = target
             elif not own:

@@ -238,26 +238,24 @@ class BucketWindow:
         """This rank's flat storage of each bucket (views of its segment)."""
         return [ranks[self.rank] for ranks in self.per_bucket]
 
-    def reduce(self, comm, index: int) -> float:
-        """Sum chunk ``rank`` of bucket ``index`` over the ranks, each rank's values times its weight, into this
-        rank's segment (collective). Returns the factor the sums still lack: when every rank has the same
-        weight and it is a power of two, multiplying by it is exact and commutes with the rounding of the sum,
-        so the values are summed as they are and the weight is returned for the caller's final scaling (the
-        same bits, one pass fewer); otherwise 1.0."""
+    def reduce(self, comm, index: int) -> None:
+        """Chunk ``rank`` of bucket ``index`` := the sum over the ranks of each rank's values times its weight,
+        divided by the weights' sum: the sample-weighted mean, in this rank's segment (collective). When every
+        rank has the same weight and it is a power of two, multiplying by it is exact and commutes with the
+        rounding of the sum, so the values are summed as they are and the weight joins the final scale (the
+        same bits, one pass fewer)."""
         views = self.per_bucket[index]
         self.seg.fence()
         lo, hi = chunk_bounds(views[0].size, self.size)[self.rank]
         weights = [float(h[0]) for h in self.headers]
+        total = math.fsum(weights)
         common = weights[0] if all(w == weights[0] for w in weights) else 0.0
         exact = common > 0 and math.isfinite(common) and math.frexp(common)[0] == 0.5
-        if exact:
-            _reduce_chunk(comm, views[self.rank][lo:hi], views, lo, hi, 0, "sum")  # in place, own values first
-        else:
-            _weighted_sum(comm, views, lo, hi, self.rank, weights)
+        scale = ((common if exact else 1.0) / total) if total > 0 else 1.0  # (no samples: finish() raises)
+        _sum_scaled(comm, views, lo, hi, self.rank, None if exact else weights, scale)
         self.seg.fence()
         # what the others read of this segment: their chunks (to sum) and then this rank's sum, as the ring
         comm.record_send(2 * (self.size - 1) * (views[0].size // self.size) * self.dtype.itemsize, False)
-        return common if exact else 1.0
 
     def pieces(self, index: int, lo: int, hi: int):
         """(start, stop, summed values) covering values [lo, hi) of bucket ``index``, each read from the rank
@@ -279,20 +277,28 @@ class BucketWindow:
         self.seg.close()
 
 
-WEIGHTED_BLOCK = 1 << 16  # values per pass of the weighted sum: its three operands stay in cache together
+SUM_BLOCK = 1 << 16  # values per pass of the bucket sum: its operands stay in cache from the sum to the scaling
 
 
-def _weighted_sum(comm, views, lo: int, hi: int, rank: int, weights: list[float]) -> None:
-    """views[rank][lo:hi] = sum over q of weights[q] * views[q][lo:hi], in place: this rank's term first, then
-    the others in rank order, each product rounded to the dtype before it is added (exactly what packing
-    n_q * g_q and summing would give), block by block so the scaled copies never leave the cache."""
+def _sum_scaled(comm, views, lo: int, hi: int, rank: int, weights: list[float] | None, scale: float) -> None:
+    """views[rank][lo:hi] = scale * the sum over q of weights[q] * views[q][lo:hi] (weights None: of the values as
+    they are), in place: this rank's term first, then the others in rank order, each product rounded to the
+    dtype before it is added (exactly what packing n_q * g_q and summing would give), block by block so the
+    scaled copies and the scaling never leave the cache."""
     out = views[rank]
-    scratch = comm.buffer("shm.weighted", min(WEIGHTED_BLOCK, hi - lo), out.dtype)
-    for s in range(lo, hi, WEIGHTED_BLOCK):
-        e = min(s + WEIGHTED_BLOCK, hi)
-        acc, tmp = out[s:e], scratch[:e - s]
-        np.multiply(acc, weights[rank], out=acc)
+    scratch = comm.buffer("shm.weighted", min(SUM_BLOCK, hi - lo), out.dtype) if weights is not None else None
+    for s in range(lo, hi, SUM_BLOCK):
+        e = min(s + SUM_BLOCK, hi)
+        acc = out[s:e]
+        if weights is not None:
+            np.multiply(acc, weights[rank], out=acc)
         for q, theirs in enumerate(views):
-            if q != rank:
+            if q == rank:
+                continue
+            if weights is None:
+                np.add(acc, theirs[s:e], out=acc)
+            else:
+                tmp = scratch[:e - s]
                 np.multiply(theirs[s:e], weights[q], out=tmp)
                 np.add(acc, tmp, out=acc)
+        np.multiply(acc, scale, out=acc)

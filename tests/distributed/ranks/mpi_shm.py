@@ -15,6 +15,8 @@ world size; tests/distributed/test_shm.py runs it under mpiexec.
 * a synchronising backward writes linear weights' gradients straight into the window (``Tensor.set_grad_buffer``;
   over the ring into the private bucket)
   and still leaves every ``.grad`` an array of its own, bitwise the same on every rank; no_sync offers nothing;
+* ``gradient_as_bucket_view``: over the ring every ``.grad`` a view of its bucket after a sync (over shm it is
+  ignored), training bit-identical to without it (with and without zero_grad, no_sync, in-place clipping);
 * raw gradients weighted in the sums' job (or the equal power-of-two count folded into the final scale) give
   the same bits as a hook summing pre-weighted ones, over shm and the ring, even and uneven batches;
 * ``destroy_process_group`` frees the windows (collectively) and returns; a backward through a DDP whose
@@ -201,6 +203,39 @@ def raw_and_weighted_agree(world) -> None:
             assert np.array_equal(got[0], got[1]), (algorithm, batch, np.abs(got[0] - got[1]).max())
 
 
+def bucket_views(world, algorithm: str) -> None:
+    """gradient_as_bucket_view: after each sync every ``.grad`` is its view of its bucket, and training gives the
+    same bits as without it: steps with zero_grad (to None and in place), without it (accumulating into the
+    views), with a no_sync backward first, and with the gradients clipped in place between steps."""
+    got = []
+    for view in (False, True):
+        dt.manual_seed(3)
+        model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+        ddp = dist.DistributedDataParallel(model, bucket_cap_mb=0.0005, algorithm=algorithm,
+                                           gradient_as_bucket_view=view)
+        assert ddp.reducer.as_view is (view and algorithm != "shm")  # (the shm window copies its averages out)
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        rng = np.random.default_rng(world.rank)
+        for step in range(5):
+            x = dt.tensor(rng.standard_normal((4 + world.rank % 2, 6)).astype(np.float32))
+            y = rng.integers(0, 3, x.shape[0])
+            if step != 1:
+                opt.zero_grad(set_to_none=step != 3)
+            if step == 2:
+                with ddp.no_sync():
+                    F.cross_entropy(ddp(x), y).backward()
+            F.cross_entropy(ddp(x), y).backward()
+            views = [any(p.grad is seg for b in ddp.buckets for _, seg in b.segments) for p in model.parameters()]
+            assert all(views) if ddp.reducer.as_view else not any(views), (view, views)
+            for p in model.parameters():
+                p.grad *= 0.5  # in place, between the sync and the step
+            opt.step()
+        got.append(np.concatenate([p.data.reshape(-1) for p in model.parameters()]))
+        ddp.remove_hooks()
+    assert np.array_equal(got[0], got[1]), (algorithm, np.abs(got[0] - got[1]).max())
+    same_everywhere(world, got[1], f"DDP over {algorithm} with gradient_as_bucket_view")
+
+
 def floor(world) -> None:
     from mpi4py import MPI
 
@@ -219,6 +254,8 @@ def main() -> None:
     gradient_buffers(world, "shm")
     gradient_buffers(world, "ring")
     raw_and_weighted_agree(world)
+    bucket_views(world, "shm")
+    bucket_views(world, "ring")
     floor(world)
     late = dist.DistributedDataParallel(nn.Linear(3, 2), algorithm="shm")
     pending = dist.DistributedDataParallel(nn.Linear(3, 2), algorithm="shm")
