@@ -17,7 +17,7 @@
 6. A leaf may offer a buffer for its gradient (``Tensor.set_grad_buffer``). When the node about to run is the
    only one to deliver that leaf's gradient, ``.grad`` is still None, and the op can write that input's
    gradient in place (``Function.writes_grad_into``), the op gets the buffer (``grad_out``) and ``.grad``
-   becomes the buffer itself: DistributedDataParallel's shared-memory buckets receive gradients this way.
+   becomes the buffer itself: DistributedDataParallel's buckets receive linear weights' gradients this way.
 
 Gradients flowing between nodes are treated as read-only; fan-out sums are accumulated out of place
 on first touch and in place afterwards (the engine owns those buffers). An array stored into

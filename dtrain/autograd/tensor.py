@@ -133,8 +133,8 @@ class Tensor:
 
         An op that can write its input gradient in place (``linear``'s weight) does so when it is the only
         contributor to this leaf in the pass and ``.grad`` is None; ``.grad`` is then ``buffer`` itself. In every
-        other case backward proceeds as usual. DistributedDataParallel offers its shared-memory buckets this
-        way, so the gradient lands where it is summed without a copy; whoever offers a buffer withdraws it.
+        other case backward proceeds as usual. DistributedDataParallel offers its buckets this way, so the
+        gradient lands where it is summed without a copy; whoever offers a buffer withdraws it.
         """
         if buffer is not None:
             if self._node is not None:
