@@ -88,9 +88,8 @@ class DistributedDataParallel(Module):
         names = {id(p): name for name, p in module.named_parameters()}
         state = HookState(self.comm, algorithm, self.compressor)
         self.reducer = Reducer(params, names, self.comm, int(bucket_cap_mb * 2**20), self.overlap, compression_hook,
-                               state, algorithm, shared_buckets=isinstance(self.compressor, NoCompression))
-        r = self.reducer
-        r.as_view = bool(gradient_as_bucket_view) and r.plain and r.host_buckets and r.window is None
+                               state, algorithm, shared_buckets=isinstance(self.compressor, NoCompression),
+                               gradient_as_bucket_view=bool(gradient_as_bucket_view))
         self._hook_handles = [p.register_post_accumulate_grad_hook(self.reducer.grad_ready) for p in params]
         self._no_sync = False
 
@@ -131,11 +130,7 @@ class DistributedDataParallel(Module):
                             f"{type(hook).__name__}")
         if self.reducer.active:
             raise RuntimeError("register_comm_hook: a synchronisation is in progress")
-        self.reducer.hook, self.reducer.hook_state = hook, state
-        self.reducer.window_active = False  # buckets in a shared window stay there, summed by the hook now
-        self.reducer.plain = False  # the hook sums what it is given: sample-weighted gradients
-        self.reducer.as_view = False
-        self.reducer.offer_buffers(False)
+        self.reducer.use_hook(hook, state)
 
     def finish(self) -> None:
         """Wait for every bucket and write the averaged gradients (automatic at the end of backward)."""

@@ -32,7 +32,6 @@ the same buffers — the reference of the compression ratio.
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -41,6 +40,7 @@ from ..autograd.engine import queue_callback
 from ..backend import get_array_module
 from .algorithms import get as get_algorithm
 from .algorithms import ring_allreduce_bytes
+from .algorithms.base import common_power_of_two
 from .collectives import allreduce
 from .comm import Communicator
 from .hooks import reduce_bucket
@@ -105,19 +105,20 @@ class Reducer:
         shared_buckets: the hook is the plain sum over ``algorithm``: an algorithm that offers bucket storage
             (``bucket_window``: the shm algorithm) sums the buckets where they are instead (``self.window``),
             until another hook is registered (``window_active``).
+        gradient_as_bucket_view: leave each ``.grad`` a view of its bucket after a sync (``as_view``: private host
+            buckets with the plain sum only).
     """
 
     def __init__(self, params: list, names: dict, comm: Communicator, cap_bytes: int, overlap: bool, hook, state,
-                 algorithm="ring", shared_buckets: bool = False):
+                 algorithm="ring", shared_buckets: bool = False, gradient_as_bucket_view: bool = False):
         self.comm, self.overlap = comm, overlap
         algo = get_algorithm(algorithm)
         self.counts_algorithm = "ring" if algo.device_only else algo
         self.hook, self.hook_state = hook, state
         self.buckets = make_buckets(params, cap_bytes, names)
         self.plain = shared_buckets  # the hook is the plain sum: gradients go in raw, weighted by the sums' job
-        self.as_view = False  # gradient_as_bucket_view: after a sync each .grad is its view of the bucket
+        self.views_wanted = gradient_as_bucket_view
         self.window = self._bucket_window(algo) if shared_buckets else None
-        self.window_active = self.window is not None
         self.offered = False  # the buckets' places are offered to backward as gradient buffers (offer_buffers)
         # offered on the host only: a device's bandwidth makes the pack cheap, and its matmul's out= is not relied on
         self.host_buckets = all(type(b.buffer) is np.ndarray for b in self.buckets)
@@ -143,6 +144,24 @@ class Reducer:
         self._raw_before = 0
         self.timings = {"finish_enter": 0.0, "finish_s": 0.0, "pack_in_hooks_s": 0.0, "pack_in_finish_s": 0.0,
                         "wait_s": 0.0, "launch_times": []}
+
+    @property
+    def window_active(self) -> bool:
+        """The buckets are summed in the shared window (until another hook is registered: ``use_hook``)."""
+        return self.window is not None and self.plain
+
+    @property
+    def as_view(self) -> bool:
+        """gradient_as_bucket_view in effect: after a sync each ``.grad`` is its view of its private host bucket
+        (the shm window copies its averages out instead)."""
+        return self.views_wanted and self.plain and self.host_buckets and self.window is None
+
+    def use_hook(self, hook, state) -> None:
+        """Sum every bucket with ``hook(state, bucket)`` from now on: it sums what it is given, so the buckets take
+        sample-weighted gradients again, and nothing is offered to backward (a shared window stays plain storage)."""
+        self.hook, self.hook_state = hook, state
+        self.plain = False
+        self.offer_buffers(False)
 
     def _bucket_window(self, algo):
         """The algorithm's shared storage for the buckets (host buffers of one dtype), rebound into it; None
@@ -282,10 +301,9 @@ class Reducer:
         when every rank has the same count and it is a power of two, leave it and return that count: the
         product is then exact and commutes with the sum's rounding, so it joins the final scale (the same bits,
         one pass fewer). The sample counts (the count job, ahead on this worker) are summed by now."""
-        total, squares, n = float(self.counts[0]), float(self.counts[1]), self.comm.size
-        common = total / n
-        if squares * n == total * total and common > 0 and math.frexp(common)[0] == 0.5:
-            return common  # (sum of squares n*c^2 = total^2/n: every count is c)
+        common = common_power_of_two(float(self.counts[0]), float(self.counts[1]), self.comm.size)
+        if common:
+            return common
         get_array_module(flat).multiply(flat, self.weight, out=flat)
         return 1.0
 
@@ -329,7 +347,7 @@ class Reducer:
         if total <= 0:
             raise RuntimeError(f"DistributedDataParallel: no rank had any samples this step (rank {self.comm.rank})")
         for b in self.buckets:
-            summed = None if windowed and b.index == 0 else self._wait(b.handle)
+            summed = self._wait(b.handle) if b.index or not windowed else None  # (bucket 0's was waited for above)
             if windowed:
                 self._write_from_window(b)
             elif self.plain:

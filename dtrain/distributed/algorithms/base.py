@@ -17,13 +17,16 @@ each schedule really moves within and between nodes.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ...backend import is_half_dtype
 from ...spec import is_int
 from .. import comm as _comm
 
-__all__ = ["REDUCE_OPS", "AllreduceAlgorithm", "chunk_bounds", "host_sync", "mpi_op", "mpi_type", "wire"]
+__all__ = ["REDUCE_OPS", "AllreduceAlgorithm", "chunk_bounds", "common_power_of_two", "host_sync", "mpi_op", "mpi_type",
+           "wire"]
 
 F32 = np.dtype(np.float32)
 U16 = np.dtype(np.uint16)
@@ -81,6 +84,20 @@ def chunk_bounds(count: int, parts: int) -> list[tuple[int, int]]:
         bounds.append((start, stop))
         start = stop
     return bounds
+
+
+def common_power_of_two(total: float, squares: float, n: int) -> float:
+    """The weight every one of ``n`` ranks has, when they all have the same one and it is a power of two; else 0.
+
+    ``total`` and ``squares`` are the sums of the ranks' weights (sample counts) and of their squares: the
+    weights are all equal exactly when n * squares == total ** 2. A power-of-two weight multiplies exactly and
+    commutes with the rounding of a sum, so a weighted sum may add the raw values and fold the weight into its
+    final scale: the same bits, one pass fewer. Only for totals below 2**26, where the test is exact in float64.
+    """
+    common = total / n if n else 0.0
+    if 0 < total < 2**26 and squares * n == total * total and math.frexp(common)[0] == 0.5:
+        return common
+    return 0.0
 
 
 def offsets_of(counts: list[int]) -> list[tuple[int, int]]:

@@ -39,7 +39,7 @@ import numpy as np
 
 from ...backend import is_half_dtype
 from .. import comm as _comm
-from .base import F32, REDUCE_OPS, AllreduceAlgorithm, chunk_bounds, offsets_of
+from .base import F32, REDUCE_OPS, AllreduceAlgorithm, chunk_bounds, common_power_of_two, offsets_of
 
 __all__ = ["BucketWindow", "SharedMemoryAllreduce"]
 
@@ -249,10 +249,9 @@ class BucketWindow:
         lo, hi = chunk_bounds(views[0].size, self.size)[self.rank]
         weights = [float(h[0]) for h in self.headers]
         total = math.fsum(weights)
-        common = weights[0] if all(w == weights[0] for w in weights) else 0.0
-        exact = common > 0 and math.isfinite(common) and math.frexp(common)[0] == 0.5
-        scale = ((common if exact else 1.0) / total) if total > 0 else 1.0  # (no samples: finish() raises)
-        _sum_scaled(comm, views, lo, hi, self.rank, None if exact else weights, scale)
+        common = common_power_of_two(total, math.fsum(w * w for w in weights), self.size)
+        scale = ((common or 1.0) / total) if total > 0 else 1.0  # (no samples: finish() raises)
+        _sum_scaled(comm, views, lo, hi, self.rank, None if common else weights, scale)
         self.seg.fence()
         # what the others read of this segment: their chunks (to sum) and then this rank's sum, as the ring
         comm.record_send(2 * (self.size - 1) * (views[0].size // self.size) * self.dtype.itemsize, False)
