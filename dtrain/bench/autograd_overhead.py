@@ -11,6 +11,10 @@ What is measured
     * ``dtrain-captured``: the same step through ``dt.autograd.capture`` (traced on the first call, then
       each op's forward and backward replayed without the eager engine's per-op bookkeeping).
     * ``numpy``: the same math with a hand-written backward (the reference dtrain has to match).
+    * ``dtrain-bodies`` and ``dtrain-apply``: the dtrain step taken apart (``autograd_layers``): the ops'
+      forward and backward methods called directly on arrays, then the ops through ``Function.apply`` and
+      the engine without the functional frontends; the report splits dtrain's overhead over NumPy into
+      the ops' array code, apply + engine, and the frontends.
     * ``torch``: PyTorch CPU eager, ``torch.set_num_threads(1)`` (skipped if torch does not import).
 
     Before timing, the loss and all parameter gradients of the three are checked to agree
@@ -53,13 +57,14 @@ import dtrain as dt
 import dtrain.nn.functional as F
 
 from .. import env
+from .autograd_layers import DirectOps, OpBodiesMLP
 from .machine import blas_info, fmt_load, load_avg
 from .peers import import_torch
 from .report import OUT_HELP, command_line, command_section, default_out, write_csv
 
 HELP = "autograd overhead: MLP forward+backward, dtrain vs hand-written NumPy vs PyTorch (1 thread)"
 
-IMPLS = ("dtrain", "dtrain-captured", "numpy", "torch")
+IMPLS = ("dtrain", "dtrain-captured", "dtrain-apply", "dtrain-bodies", "numpy", "torch")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +221,14 @@ class TorchMLP(DtrainMLP):
         return float(loss.item()), [p.grad.numpy().copy() for p in self.flat]
 
 
-FACTORIES = {"dtrain": DtrainMLP, "dtrain-captured": CapturedMLP, "numpy": NumpyMLP, "torch": TorchMLP}
+class ApplyMLP(DtrainMLP):
+    """The dtrain step with the ops called through ``Function.apply`` (no functional frontends)."""
+
+    F = DirectOps
+
+
+FACTORIES = {"dtrain": DtrainMLP, "dtrain-captured": CapturedMLP, "dtrain-apply": ApplyMLP,
+             "dtrain-bodies": OpBodiesMLP, "numpy": NumpyMLP, "torch": TorchMLP}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,6 +325,12 @@ def ratio_lines(rows: list[dict]) -> list[str]:
     if "dtrain-captured" in med and "numpy" in med:
         lines.append(f"- speed(dtrain-captured) / speed(numpy) = **{med['numpy'] / med['dtrain-captured']:.3f}** "
                      "(the same step through `dt.autograd.capture`: traced once, then replayed)")
+    if all(k in med for k in ("dtrain", "dtrain-apply", "dtrain-bodies", "numpy")):
+        us = {k: med[k] * 1e6 for k in ("dtrain", "dtrain-apply", "dtrain-bodies", "numpy")}
+        lines.append(f"- dtrain's step taken apart (µs/iter): the ops' array code {us['dtrain-bodies']:.1f} "
+                     f"(hand-written NumPy {us['numpy']:.1f}: {us['dtrain-bodies'] - us['numpy']:+.1f}); "
+                     f"Function.apply, graph record and engine {us['dtrain-apply'] - us['dtrain-bodies']:+.1f}; "
+                     f"functional frontends (argument checks) {us['dtrain'] - us['dtrain-apply']:+.1f}")
     if "dtrain" in med and "torch" in med:
         lines.append(f"- speed(dtrain) / speed(torch) = t_torch / t_dtrain = **{med['torch'] / med['dtrain']:.3f}**")
     return lines
