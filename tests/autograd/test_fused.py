@@ -415,3 +415,33 @@ def test_relu_against_zeros_equals_maximum_with_zero_bit_for_bit(dtype):
         assert y.shape == ref.shape and y.strides == ref.strides
         np.testing.assert_array_equal(y, ref)  # NaN where ref has NaN
         np.testing.assert_array_equal(np.signbit(y), np.signbit(ref))
+
+
+def test_batch_norm_shares_one_channel_matrix_per_shape_and_dtype_and_gives_the_same_results():
+    # FusedBatchNorm takes its ChannelMatrix (geometry and ones) from a bounded cache for NumPy inputs: the same
+    # object for the same shape and accumulation dtype, another for another shape, the ones read-only, and
+    # a forward/backward with the shared one equal to one with a fresh ChannelMatrix, bit for bit.
+    norm._channel_matrices.clear()
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 3, 4, 5)).astype(np.float32)
+    a, b = norm.ChannelMatrix.of(x, np.dtype(np.float32)), norm.ChannelMatrix.of(x.copy(), np.dtype(np.float32))
+    assert a is b and not a.ones.flags.writeable
+    assert norm.ChannelMatrix.of(x[:5], np.dtype(np.float32)) is not a
+    assert norm.ChannelMatrix.of(x, np.dtype(np.float64)) is not a
+    fresh = norm.ChannelMatrix(x, np.dtype(np.float32))
+    xm = a.matrix(x)
+    np.testing.assert_array_equal(a.sum(xm), fresh.sum(fresh.matrix(x)))
+    for _ in range(norm.CHANNEL_MATRICES_KEPT + 3):  # bounded: the cache is emptied when full
+        norm.ChannelMatrix.of(rng.standard_normal((2 + _, 3)), np.dtype(np.float64))
+    assert len(norm._channel_matrices) <= norm.CHANNEL_MATRICES_KEPT
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    runs = []
+    for _ in range(2):  # the second run finds the cached ChannelMatrix
+        t = dt.tensor(x, requires_grad=True)
+        w, bias = dt.tensor(np.full(3, 1.5, np.float32), requires_grad=True), dt.tensor(np.zeros(3, np.float32),
+                                                                                     requires_grad=True)
+        y = F.batch_norm(t, None, None, w, bias, training=True)
+        y.backward(g)
+        runs.append((y.data, t.grad, w.grad, bias.grad))
+    for first, second in zip(*runs):
+        np.testing.assert_array_equal(first, second)

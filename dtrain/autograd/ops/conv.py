@@ -24,6 +24,8 @@ from .linalg import mm
 
 
 def _pair(v, name: str) -> tuple[int, int]:
+    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int:
+        return v  # what nn.Conv2d passes: no conversion
     if isinstance(v, (int, np.integer)):
         v = (int(v), int(v))
     v = tuple(int(a) for a in v)
