@@ -1,0 +1,121 @@
+"""SGD updates small NumPy parameters together on flat arrays (``sgd.PACK_MAX``): the same bits as one parameter
+at a time (``PACK_MAX = 0``), whatever the hyperparameters, and the same state in torch's format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dtrain as dt
+from dtrain import optim
+from dtrain.optim import sgd
+
+CONFIGS = [
+    dict(lr=0.1),
+    dict(lr=0.05, momentum=0.9),
+    dict(lr=0.05, momentum=0.9, dampening=0.3),
+    dict(lr=0.05, momentum=0.8, nesterov=True),
+    dict(lr=0.02, momentum=0.9, weight_decay=1e-2, l1=1e-3),
+    dict(lr=0.02, momentum=0.5, maximize=True, weight_decay=1e-3),
+]
+SHAPES = [(3, 4), (4,), (2, 3, 2, 2), (7,), (40, 3), (5,)]  # (40, 3) is over the PACK_MAX the tests set
+
+
+def make_params(dtypes=(np.float32,)):
+    rng = np.random.default_rng(0)
+    return [dt.tensor(rng.standard_normal(s).astype(dtypes[i % len(dtypes)]), requires_grad=True)
+            for i, s in enumerate(SHAPES)]
+
+
+def grads_for(step: int, params, skip=()):
+    rng = np.random.default_rng(100 + step)
+    return [None if i in skip else rng.standard_normal(p.shape).astype(p.dtype) for i, p in enumerate(params)]
+
+
+def train(monkeypatch, pack_max: int, config: dict, steps: int = 5, dtypes=(np.float32,), skip_at=None):
+    monkeypatch.setattr(sgd, "PACK_MAX", pack_max)
+    params = make_params(dtypes)
+    opt = optim.SGD(params, **config)
+    for step in range(steps):
+        skip = skip_at.get(step, ()) if skip_at else ()
+        for p, g in zip(params, grads_for(step, params, skip)):
+            p.grad = g
+        opt.step()
+    if pack_max:  # the packed path ran (and did not fall back to one parameter at a time)
+        assert any(len(plan.pack) > 1 for plan in opt._plans.values())
+    return params, opt
+
+
+def assert_same(a, b):
+    (pa, oa), (pb, ob) = a, b
+    for x, y in zip(pa, pb):
+        np.testing.assert_array_equal(x.data, y.data)
+        assert x.data.dtype == y.data.dtype
+    sa, sb = oa.state_dict()["state"], ob.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].keys() == sb[k].keys()
+        for key in sa[k]:
+            np.testing.assert_array_equal(sa[k][key], sb[k][key])
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_packed_update_is_bitwise_the_per_parameter_update(monkeypatch, config):
+    assert_same(train(monkeypatch, 100, config), train(monkeypatch, 0, config))
+
+
+def test_packed_update_with_skipped_gradients_mixed_dtypes_and_a_large_parameter(monkeypatch):
+    # a parameter without a gradient in a step is left alone (its buffer too); float64 parameters go in their
+    # own update (the pack takes the first small one's dtype); the (40, 3) one is over PACK_MAX
+    config = dict(lr=0.05, momentum=0.9)
+    skips = {1: (0, 3), 2: (1,), 4: (0, 1, 2, 3, 5)}
+    for dtypes in ((np.float32,), (np.float32, np.float64)):
+        packed = train(monkeypatch, 100, config, steps=6, dtypes=dtypes, skip_at=skips)
+        assert_same(packed, train(monkeypatch, 0, config, steps=6, dtypes=dtypes, skip_at=skips))
+
+
+def test_momentum_buffers_are_views_of_one_flat_buffer_and_a_loaded_state_continues_alike(monkeypatch):
+    config = dict(lr=0.05, momentum=0.9, nesterov=True)
+    params, opt = train(monkeypatch, 100, config, steps=3)
+    small = [p for p in params if p.data.size <= 100]
+    bases = {id(opt.state[p]["momentum_buffer"].base) for p in small}
+    assert len(bases) == 1 and None not in {opt.state[p]["momentum_buffer"].base is not None for p in small}
+    saved = opt.state_dict()
+    assert all(v["momentum_buffer"].base is None for v in saved["state"].values())  # copies, not views
+    # a fresh optimizer loaded from the state goes on with the same bits as the uninterrupted one
+    params2 = [dt.tensor(p.data.copy(), requires_grad=True) for p in params]
+    opt2 = optim.SGD(params2, **config)
+    opt2.load_state_dict(saved)
+    for step in range(3, 6):
+        for ps in (params, params2):
+            for p, g in zip(ps, grads_for(step, ps)):
+                p.grad = g
+        opt.step()
+        opt2.step()
+    assert_same((params, opt), (params2, opt2))
+    # and both are what one parameter at a time gives
+    assert_same((params, opt), train(monkeypatch, 0, config, steps=6))
+
+
+def test_a_replaced_parameter_array_and_a_misshapen_gradient(monkeypatch):
+    config = dict(lr=0.05, momentum=0.9)
+    runs = []
+    for pack_max in (100, 0):
+        params, opt = train(monkeypatch, pack_max, config, steps=2)
+        params[0].data = params[0].data * 2  # a new array: the pack is planned again
+        for step in (2, 3):
+            for p, g in zip(params, grads_for(step, params)):
+                p.grad = g
+            opt.step()
+        runs.append((params, opt))
+    assert_same(*runs)
+    errors = []
+    for pack_max in (100, 0):
+        params, opt = train(monkeypatch, pack_max, config, steps=2)
+        for p, g in zip(params, grads_for(2, params)):
+            p.grad = g
+        params[0].grad = np.ones((4, 3), np.float32)  # (4, 3) for a (3, 4) parameter
+        with pytest.raises(ValueError) as info:
+            opt.step()
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
