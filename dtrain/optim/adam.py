@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..backend import get_array_module
 from .optimizer import Optimizer, check_bool, check_number
+from .packing import PackedUpdates, PackPlan
 
 __all__ = ["Adam", "AdamW"]
 
 
-class Adam(Optimizer):
+class Adam(PackedUpdates, Optimizer):
     """Adam, with torch's exact update rule (bias-corrected moments, optional AMSGrad).
 
     Per step ``t`` (1, 2, ...), with ``g`` the gradient after regularisation (L2 weight decay is
@@ -32,7 +35,8 @@ class Adam(Optimizer):
         maximize: maximize the objective instead of minimizing it.
 
     State per parameter: ``step`` (int), ``exp_avg``, ``exp_avg_sq`` and, with amsgrad,
-    ``max_exp_avg_sq``.
+    ``max_exp_avg_sq``. Small NumPy parameters at the same step are updated together on flat arrays
+    (:mod:`dtrain.optim.packing`): the same bits as one parameter at a time.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -55,8 +59,7 @@ class Adam(Optimizer):
 
     def _update(self, param, grad, group: dict[str, Any]) -> None:
         xp = get_array_module(param.data)
-        lr, eps = group["lr"], group["eps"]
-        beta1, beta2 = group["betas"]
+        lr = group["lr"]
         state = self.state[param]
         if not state:
             state["step"] = 0
@@ -71,29 +74,61 @@ class Adam(Optimizer):
         if self._decoupled_weight_decay and group["weight_decay"] != 0:
             param.data *= 1 - lr * group["weight_decay"]
 
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        tmp = self._scratch(param.data, 1)
-        # m += (1 - beta1) * (g - m): torch's lerp form, so results track torch to the last bits.
-        xp.subtract(g, exp_avg, out=tmp)
-        tmp *= 1 - beta1
-        exp_avg += tmp
-        exp_avg_sq *= beta2
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1 - beta2
-        exp_avg_sq += tmp
+        ams = state["max_exp_avg_sq"] if group["amsgrad"] else None
+        param.data -= _direction(xp, g, state["exp_avg"], state["exp_avg_sq"], ams, self._scratch(param.data, 1),
+                                 group, step)
 
-        second = exp_avg_sq
-        if group["amsgrad"]:
-            second = state["max_exp_avg_sq"]
-            xp.maximum(second, exp_avg_sq, out=second)
-        bias_correction1 = 1 - beta1**step
-        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-        xp.sqrt(second, out=tmp)
-        tmp /= bias_correction2_sqrt
-        tmp += eps
-        xp.divide(exp_avg, tmp, out=tmp)
-        tmp *= lr / bias_correction1
-        param.data -= tmp
+    def _update_pack(self, plan: PackPlan, group: dict[str, Any]) -> bool:
+        """``_update`` of every parameter of ``plan.pack`` at once, on flat arrays (the same bits); False when they
+        are not all at the same step."""
+        states = [self.state[p] for p in plan.pack]
+        steps = {st.get("step") for st in states}
+        g = plan.gradient()
+        if len(steps) != 1 or g is None:
+            return False
+        keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
+        flats = [plan.state_array(states, key) for key in keys]
+        if any(flat is None for flat, _ in flats) or flats[0][1] != (steps != {None}):
+            return False
+        (exp_avg, _), (exp_avg_sq, _) = flats[:2]
+        step = (steps.pop() or 0) + 1
+        for st in states:
+            st["step"] = step
+        lr = group["lr"]
+        g = self._regularized_flat(g, plan, group)
+        values = None
+        if self._decoupled_weight_decay and group["weight_decay"] != 0:
+            values = plan.data()
+            values *= 1 - lr * group["weight_decay"]
+        tmp = _direction(np, g, exp_avg, exp_avg_sq, flats[2][0] if group["amsgrad"] else None, plan.step, group, step)
+        plan.subtract(tmp, values)
+        return True
+
+
+def _direction(xp, g, exp_avg, exp_avg_sq, max_exp_avg_sq, tmp, group: dict[str, Any], step: int):
+    """Update the moments in place with the gradient ``g`` and return ``tmp`` := the step to subtract,
+    lr / (1 - beta1**step) * m / (sqrt(v_hat) / sqrt(1 - beta2**step) + eps) (``max_exp_avg_sq`` None: no
+    AMSGrad). The same calls for one parameter and for a flat pack of them."""
+    lr, eps = group["lr"], group["eps"]
+    beta1, beta2 = group["betas"]
+    # m += (1 - beta1) * (g - m): torch's lerp form, so results track torch to the last bits.
+    xp.subtract(g, exp_avg, out=tmp)
+    tmp *= 1 - beta1
+    exp_avg += tmp
+    exp_avg_sq *= beta2
+    xp.multiply(g, g, out=tmp)
+    tmp *= 1 - beta2
+    exp_avg_sq += tmp
+    second = exp_avg_sq
+    if max_exp_avg_sq is not None:
+        second = max_exp_avg_sq
+        xp.maximum(second, exp_avg_sq, out=second)
+    xp.sqrt(second, out=tmp)
+    tmp /= (1 - beta2**step) ** 0.5
+    tmp += eps
+    xp.divide(exp_avg, tmp, out=tmp)
+    tmp *= lr / (1 - beta1**step)
+    return tmp
 
 
 class AdamW(Adam):

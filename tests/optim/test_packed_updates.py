@@ -1,5 +1,6 @@
-"""SGD updates small NumPy parameters together on flat arrays (``sgd.PACK_MAX``): the same bits as one parameter
-at a time (``PACK_MAX = 0``), whatever the hyperparameters, and the same state in torch's format."""
+"""SGD and Adam/AdamW update small NumPy parameters together on flat arrays (``packing.PACK_MAX``): the same bits
+as one parameter at a time (``PACK_MAX = 0``), whatever the hyperparameters, and the same state in torch's
+format."""
 
 from __future__ import annotations
 
@@ -8,15 +9,20 @@ import pytest
 
 import dtrain as dt
 from dtrain import optim
-from dtrain.optim import sgd
+from dtrain.optim import packing
 
 CONFIGS = [
-    dict(lr=0.1),
-    dict(lr=0.05, momentum=0.9),
-    dict(lr=0.05, momentum=0.9, dampening=0.3),
-    dict(lr=0.05, momentum=0.8, nesterov=True),
-    dict(lr=0.02, momentum=0.9, weight_decay=1e-2, l1=1e-3),
-    dict(lr=0.02, momentum=0.5, maximize=True, weight_decay=1e-3),
+    (optim.SGD, dict(lr=0.1)),
+    (optim.SGD, dict(lr=0.05, momentum=0.9)),
+    (optim.SGD, dict(lr=0.05, momentum=0.9, dampening=0.3)),
+    (optim.SGD, dict(lr=0.05, momentum=0.8, nesterov=True)),
+    (optim.SGD, dict(lr=0.02, momentum=0.9, weight_decay=1e-2, l1=1e-3)),
+    (optim.SGD, dict(lr=0.02, momentum=0.5, maximize=True, weight_decay=1e-3)),
+    (optim.Adam, dict(lr=0.01)),
+    (optim.Adam, dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=1e-2, amsgrad=True)),
+    (optim.Adam, dict(lr=0.01, l1=1e-3, maximize=True)),
+    (optim.AdamW, dict(lr=0.01)),
+    (optim.AdamW, dict(lr=0.01, weight_decay=0.1, amsgrad=True, l1=1e-3)),
 ]
 SHAPES = [(3, 4), (4,), (2, 3, 2, 2), (7,), (40, 3), (5,)]  # (40, 3) is over the PACK_MAX the tests set
 
@@ -32,10 +38,11 @@ def grads_for(step: int, params, skip=()):
     return [None if i in skip else rng.standard_normal(p.shape).astype(p.dtype) for i, p in enumerate(params)]
 
 
-def train(monkeypatch, pack_max: int, config: dict, steps: int = 5, dtypes=(np.float32,), skip_at=None):
-    monkeypatch.setattr(sgd, "PACK_MAX", pack_max)
+def train(monkeypatch, pack_max: int, config: dict, steps: int = 5, dtypes=(np.float32,), skip_at=None,
+          kind=optim.SGD):
+    monkeypatch.setattr(packing, "PACK_MAX", pack_max)
     params = make_params(dtypes)
-    opt = optim.SGD(params, **config)
+    opt = kind(params, **config)
     for step in range(steps):
         skip = skip_at.get(step, ()) if skip_at else ()
         for p, g in zip(params, grads_for(step, params, skip)):
@@ -59,19 +66,25 @@ def assert_same(a, b):
             np.testing.assert_array_equal(sa[k][key], sb[k][key])
 
 
-@pytest.mark.parametrize("config", CONFIGS)
-def test_packed_update_is_bitwise_the_per_parameter_update(monkeypatch, config):
-    assert_same(train(monkeypatch, 100, config), train(monkeypatch, 0, config))
+@pytest.mark.parametrize("kind, config", CONFIGS)
+def test_packed_update_is_bitwise_the_per_parameter_update(monkeypatch, kind, config):
+    params, opt = packed = train(monkeypatch, 100, config, kind=kind)
+    assert_same(packed, train(monkeypatch, 0, config, kind=kind))
+    small = [p for p in params if p.data.size <= 100]
+    for key, value in opt.state[small[0]].items():  # the packed update ran: each state array is a view of one
+        if isinstance(value, np.ndarray):
+            assert value.base is not None and all(opt.state[p][key].base is value.base for p in small), key
 
 
-def test_packed_update_with_skipped_gradients_mixed_dtypes_and_a_large_parameter(monkeypatch):
-    # a parameter without a gradient in a step is left alone (its buffer too); float64 parameters go in their
-    # own update (the pack takes the first small one's dtype); the (40, 3) one is over PACK_MAX
-    config = dict(lr=0.05, momentum=0.9)
+@pytest.mark.parametrize("kind, config", [CONFIGS[1], CONFIGS[7], CONFIGS[10]])
+def test_packed_update_with_skipped_gradients_mixed_dtypes_and_a_large_parameter(monkeypatch, kind, config):
+    # a parameter without a gradient in a step is left alone (its state too: Adam's packed parameters are then
+    # at different steps, which the packed update leaves to one parameter at a time); float64 parameters go
+    # in their own update (the pack takes the first small one's dtype); the (40, 3) one is over PACK_MAX
     skips = {1: (0, 3), 2: (1,), 4: (0, 1, 2, 3, 5)}
     for dtypes in ((np.float32,), (np.float32, np.float64)):
-        packed = train(monkeypatch, 100, config, steps=6, dtypes=dtypes, skip_at=skips)
-        assert_same(packed, train(monkeypatch, 0, config, steps=6, dtypes=dtypes, skip_at=skips))
+        packed = train(monkeypatch, 100, config, steps=6, dtypes=dtypes, skip_at=skips, kind=kind)
+        assert_same(packed, train(monkeypatch, 0, config, steps=6, dtypes=dtypes, skip_at=skips, kind=kind))
 
 
 def test_momentum_buffers_are_views_of_one_flat_buffer_and_a_loaded_state_continues_alike(monkeypatch):
