@@ -83,15 +83,18 @@ class Adam(PackedUpdates, Optimizer):
         are not all at the same step."""
         states = [self.state[p] for p in plan.pack]
         steps = {st.get("step") for st in states}
+        fresh = steps == {None}  # the first step: every state empty, as _update starts one
         g = plan.gradient()
-        if len(steps) != 1 or g is None:
+        if len(steps) != 1 or g is None or (fresh and any(states)):
             return False
-        keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
-        flats = [plan.state_array(states, key) for key in keys]
-        if any(flat is None for flat, _ in flats) or flats[0][1] != (steps != {None}):
+        # the moments: made (zeros) on the first step only, so that a state missing one still fails as in _update;
+        # AMSGrad's maximum whenever it is missing (amsgrad may be switched on later)
+        exp_avg, _ = plan.state_array(states, "exp_avg", create=fresh)
+        exp_avg_sq, _ = plan.state_array(states, "exp_avg_sq", create=fresh)
+        ams = plan.state_array(states, "max_exp_avg_sq")[0] if group["amsgrad"] else None
+        if exp_avg is None or exp_avg_sq is None or (group["amsgrad"] and ams is None):
             return False
-        (exp_avg, _), (exp_avg_sq, _) = flats[:2]
-        step = (steps.pop() or 0) + 1
+        step = (0 if fresh else steps.pop()) + 1
         for st in states:
             st["step"] = step
         lr = group["lr"]
@@ -100,7 +103,7 @@ class Adam(PackedUpdates, Optimizer):
         if self._decoupled_weight_decay and group["weight_decay"] != 0:
             values = plan.data()
             values *= 1 - lr * group["weight_decay"]
-        tmp = _direction(np, g, exp_avg, exp_avg_sq, flats[2][0] if group["amsgrad"] else None, plan.step, group, step)
+        tmp = _direction(np, g, exp_avg, exp_avg_sq, ams, plan.step, group, step)
         plan.subtract(tmp, values)
         return True
 

@@ -63,16 +63,18 @@ class PackPlan:
         """The packed parameters' values as one flat array (a copy)."""
         return np.concatenate([a.reshape(-1) for a in self.arrays])
 
-    def state_array(self, states: list, key: str) -> tuple:
+    def state_array(self, states: list, key: str, create: bool = True) -> tuple:
         """(the flat array behind every packed parameter's ``states[i][key]``, whether they had one before): the
         one kept when each parameter still holds its view, else made from their arrays (or zeros when none has
-        one), the views then put in the states. (None, None) when some have one and some not, or one of another
-        type, shape or dtype."""
+        one and ``create``), the views then put in the states. (None, None), nothing changed, when some have one
+        and some not, none has one and not ``create``, or one is of another type, shape or dtype."""
         kept = self.state.get(key)
         if kept is not None and all(st.get(key) is v for st, v in zip(states, kept[1])):
             return kept[0], True
         arrays = [st.get(key) for st in states]
         if all(a is None for a in arrays):
+            if not create:
+                return None, None
             flat, had = np.zeros(self.size, dtype=self.dtype), False
         elif all(type(a) is np.ndarray and a.dtype == self.dtype and a.shape == p.data.shape
                  for a, p in zip(arrays, self.pack)):

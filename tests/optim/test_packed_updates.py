@@ -132,3 +132,27 @@ def test_a_replaced_parameter_array_and_a_misshapen_gradient(monkeypatch):
             opt.step()
         errors.append(str(info.value))
     assert errors[0] == errors[1]
+
+
+def test_adam_amsgrad_switched_on_later_and_a_state_missing_a_moment(monkeypatch):
+    runs = []
+    for pack_max in (100, 0):
+        params, opt = train(monkeypatch, pack_max, dict(lr=0.01), steps=2, kind=optim.Adam)
+        opt.param_groups[0]["amsgrad"] = True  # the maximum starts at zeros then, in both paths
+        for step in (2, 3):
+            for p, g in zip(params, grads_for(step, params)):
+                p.grad = g
+            opt.step()
+        runs.append((params, opt))
+    assert_same(*runs)
+    errors = []
+    for pack_max in (100, 0):
+        params, opt = train(monkeypatch, pack_max, dict(lr=0.01), steps=1, kind=optim.Adam)
+        for p in params:
+            del opt.state[p]["exp_avg_sq"]
+        for p, g in zip(params, grads_for(1, params)):
+            p.grad = g
+        with pytest.raises(KeyError) as info:
+            opt.step()
+        errors.append(str(info.value))
+    assert errors[0] == errors[1] == "'exp_avg_sq'"
