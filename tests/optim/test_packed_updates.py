@@ -110,49 +110,54 @@ def test_momentum_buffers_are_views_of_one_flat_buffer_and_a_loaded_state_contin
     assert_same((params, opt), train(monkeypatch, 0, config, steps=6))
 
 
-def test_a_replaced_parameter_array_and_a_misshapen_gradient(monkeypatch):
-    config = dict(lr=0.05, momentum=0.9)
+def continue_both(monkeypatch, kind, config, steps: int, change, more=(2, 3)):
+    """(packed run, one-parameter run): ``steps`` steps, then ``change(params, opt)``, then the steps ``more``."""
     runs = []
     for pack_max in (100, 0):
-        params, opt = train(monkeypatch, pack_max, config, steps=2)
-        params[0].data = params[0].data * 2  # a new array: the pack is planned again
-        for step in (2, 3):
+        params, opt = train(monkeypatch, pack_max, config, steps=steps, kind=kind)
+        change(params, opt)
+        for step in more:
             for p, g in zip(params, grads_for(step, params)):
                 p.grad = g
             opt.step()
         runs.append((params, opt))
-    assert_same(*runs)
+    return runs
+
+
+def errors_of_both(monkeypatch, kind, config, steps: int, spoil, exc) -> list[str]:
+    """The messages of ``exc`` that the next step raises in both paths after ``spoil(params, opt)``."""
     errors = []
     for pack_max in (100, 0):
-        params, opt = train(monkeypatch, pack_max, config, steps=2)
-        for p, g in zip(params, grads_for(2, params)):
+        params, opt = train(monkeypatch, pack_max, config, steps=steps, kind=kind)
+        for p, g in zip(params, grads_for(steps, params)):
             p.grad = g
-        params[0].grad = np.ones((4, 3), np.float32)  # (4, 3) for a (3, 4) parameter
-        with pytest.raises(ValueError) as info:
+        spoil(params, opt)
+        with pytest.raises(exc) as info:
             opt.step()
         errors.append(str(info.value))
+    return errors
+
+
+def test_a_replaced_parameter_array_and_a_misshapen_gradient(monkeypatch):
+    config = dict(lr=0.05, momentum=0.9)
+
+    def replace(params, opt):
+        params[0].data = params[0].data * 2  # a new array: the pack is planned again
+    assert_same(*continue_both(monkeypatch, optim.SGD, config, 2, replace))
+
+    def misshapen(params, opt):
+        params[0].grad = np.ones((4, 3), np.float32)  # (4, 3) for a (3, 4) parameter
+    errors = errors_of_both(monkeypatch, optim.SGD, config, 2, misshapen, ValueError)
     assert errors[0] == errors[1]
 
 
 def test_adam_amsgrad_switched_on_later_and_a_state_missing_a_moment(monkeypatch):
-    runs = []
-    for pack_max in (100, 0):
-        params, opt = train(monkeypatch, pack_max, dict(lr=0.01), steps=2, kind=optim.Adam)
+    def amsgrad_on(params, opt):
         opt.param_groups[0]["amsgrad"] = True  # the maximum starts at zeros then, in both paths
-        for step in (2, 3):
-            for p, g in zip(params, grads_for(step, params)):
-                p.grad = g
-            opt.step()
-        runs.append((params, opt))
-    assert_same(*runs)
-    errors = []
-    for pack_max in (100, 0):
-        params, opt = train(monkeypatch, pack_max, dict(lr=0.01), steps=1, kind=optim.Adam)
+    assert_same(*continue_both(monkeypatch, optim.Adam, dict(lr=0.01), 2, amsgrad_on))
+
+    def drop_a_moment(params, opt):
         for p in params:
             del opt.state[p]["exp_avg_sq"]
-        for p, g in zip(params, grads_for(1, params)):
-            p.grad = g
-        with pytest.raises(KeyError) as info:
-            opt.step()
-        errors.append(str(info.value))
+    errors = errors_of_both(monkeypatch, optim.Adam, dict(lr=0.01), 1, drop_a_moment, KeyError)
     assert errors[0] == errors[1] == "'exp_avg_sq'"
