@@ -33,9 +33,9 @@ What is measured
     is imported (no threadpoolctl).
 
 How to run
-    /work/venv/bin/python benchmarks/autograd_overhead.py                 # writes bench-results/DATE-TIME/
-    /work/venv/bin/python benchmarks/autograd_overhead.py --iters 10 --rounds 3 --out /tmp/res
-    /work/venv/bin/python benchmarks/autograd_overhead.py --impls dtrain --no-tiny --no-check  # profiling
+    python benchmarks/autograd_overhead.py                 # writes bench-results/DATE-TIME/
+    python benchmarks/autograd_overhead.py --iters 10 --rounds 3 --out /tmp/res
+    python benchmarks/autograd_overhead.py --impls dtrain --no-tiny --no-check  # profiling
 
 Outputs ``autograd_overhead.md`` (tables, machine info, exact command) and ``autograd_overhead.csv``
 in ``--out``. No assertion is made on timings; only the correctness check can fail.
