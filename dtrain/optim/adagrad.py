@@ -6,11 +6,12 @@ from typing import Any
 
 from ..backend import get_array_module
 from .optimizer import Optimizer, check_number
+from .packing import PackedUpdates, PackPlan
 
 __all__ = ["Adagrad"]
 
 
-class Adagrad(Optimizer):
+class Adagrad(PackedUpdates, Optimizer):
     """Adagrad, with torch's exact update rule.
 
     Per step ``t`` (1, 2, ...), with ``g`` the gradient after regularisation
@@ -31,7 +32,9 @@ class Adagrad(Optimizer):
         maximize: maximize the objective instead of minimizing it.
 
     State per parameter: ``step`` (int) and ``sum``. Unlike torch, the state is created at the
-    first step rather than in the constructor (same values; state_dict has no entry before it).
+    first step rather than in the constructor (same values; state_dict has no entry before it). Small NumPy
+    parameters at the same step are updated together on flat arrays (:mod:`dtrain.optim.packing`): the same bits
+    as one parameter at a time.
     """
 
     def __init__(self, params, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
@@ -57,15 +60,23 @@ class Adagrad(Optimizer):
             state["step"] = 0
             state["sum"] = xp.full_like(param.data, group["initial_accumulator_value"])
         state["step"] += 1
-        clr = group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])
-
         g = self._regularized_grad(param, grad, group)
-        accumulator = state["sum"]
-        tmp = self._scratch(param.data, 1)
-        xp.multiply(g, g, out=tmp)
-        accumulator += tmp
-        xp.sqrt(accumulator, out=tmp)
-        tmp += group["eps"]
-        xp.divide(g, tmp, out=tmp)
-        tmp *= clr
-        param.data -= tmp
+        param.data -= _direction(xp, g, state, self._scratch(param.data, 1), group, state["step"])
+
+    def _update_pack(self, plan: PackPlan, group: dict[str, Any]) -> bool:
+        """``_update`` of every parameter of ``plan.pack`` at once, on flat arrays (the same bits)."""
+        return self._update_counted(plan, group, {"sum": group["initial_accumulator_value"]}, {}, _direction)
+
+
+def _direction(xp, g, arrays, tmp, group: dict[str, Any], step: int):
+    """Add g * g to ``arrays["sum"]`` (a parameter's state, or the packed flat array) and return ``tmp`` :=
+    clr * g / (sqrt(sum) + eps). The same calls for one parameter and for a pack."""
+    clr = group["lr"] / (1 + (step - 1) * group["lr_decay"])
+    accumulator = arrays["sum"]
+    xp.multiply(g, g, out=tmp)
+    accumulator += tmp
+    xp.sqrt(accumulator, out=tmp)
+    tmp += group["eps"]
+    xp.divide(g, tmp, out=tmp)
+    tmp *= clr
+    return tmp

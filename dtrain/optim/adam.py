@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from ..backend import get_array_module
 from .optimizer import Optimizer, check_bool, check_number
 from .packing import PackedUpdates, PackPlan
@@ -74,46 +72,22 @@ class Adam(PackedUpdates, Optimizer):
         if self._decoupled_weight_decay and group["weight_decay"] != 0:
             param.data *= 1 - lr * group["weight_decay"]
 
-        ams = state["max_exp_avg_sq"] if group["amsgrad"] else None
-        param.data -= _direction(xp, g, state["exp_avg"], state["exp_avg_sq"], ams, self._scratch(param.data, 1),
-                                 group, step)
+        param.data -= _direction(xp, g, state, self._scratch(param.data, 1), group, step)
 
     def _update_pack(self, plan: PackPlan, group: dict[str, Any]) -> bool:
-        """``_update`` of every parameter of ``plan.pack`` at once, on flat arrays (the same bits); False when they
-        are not all at the same step."""
-        states = [self.state[p] for p in plan.pack]
-        steps = {st.get("step") for st in states}
-        fresh = steps == {None}  # the first step: every state empty, as _update starts one
-        g = plan.gradient()
-        if len(steps) != 1 or g is None or (fresh and any(states)):
-            return False
-        # the moments: made (zeros) on the first step only, so that a state missing one still fails as in _update;
-        # AMSGrad's maximum whenever it is missing (amsgrad may be switched on later)
-        exp_avg, _ = plan.state_array(states, "exp_avg", create=fresh)
-        exp_avg_sq, _ = plan.state_array(states, "exp_avg_sq", create=fresh)
-        ams = plan.state_array(states, "max_exp_avg_sq")[0] if group["amsgrad"] else None
-        if exp_avg is None or exp_avg_sq is None or (group["amsgrad"] and ams is None):
-            return False
-        step = (0 if fresh else steps.pop()) + 1
-        for st in states:
-            st["step"] = step
-        lr = group["lr"]
-        g = self._regularized_flat(g, plan, group)
-        values = None
-        if self._decoupled_weight_decay and group["weight_decay"] != 0:
-            values = plan.data()
-            values *= 1 - lr * group["weight_decay"]
-        tmp = _direction(np, g, exp_avg, exp_avg_sq, ams, plan.step, group, step)
-        plan.subtract(tmp, values)
-        return True
+        """``_update`` of every parameter of ``plan.pack`` at once, on flat arrays (the same bits)."""
+        ams = {"max_exp_avg_sq": 0.0} if group["amsgrad"] else {}
+        return self._update_counted(plan, group, {"exp_avg": 0.0, "exp_avg_sq": 0.0}, ams, _direction)
 
 
-def _direction(xp, g, exp_avg, exp_avg_sq, max_exp_avg_sq, tmp, group: dict[str, Any], step: int):
-    """Update the moments in place with the gradient ``g`` and return ``tmp`` := the step to subtract,
-    lr / (1 - beta1**step) * m / (sqrt(v_hat) / sqrt(1 - beta2**step) + eps) (``max_exp_avg_sq`` None: no
-    AMSGrad). The same calls for one parameter and for a flat pack of them."""
+def _direction(xp, g, arrays, tmp, group: dict[str, Any], step: int):
+    """Update the moments in ``arrays`` (a parameter's state, or the packed flat arrays: ``exp_avg``, ``exp_avg_sq``
+    and with AMSGrad ``max_exp_avg_sq``) in place with the gradient ``g``, and return ``tmp`` := the step to
+    subtract, lr / (1 - beta1**step) * m / (sqrt(v_hat) / sqrt(1 - beta2**step) + eps). The same calls for one
+    parameter and for a flat pack of them."""
     lr, eps = group["lr"], group["eps"]
     beta1, beta2 = group["betas"]
+    exp_avg, exp_avg_sq = arrays["exp_avg"], arrays["exp_avg_sq"]
     # m += (1 - beta1) * (g - m): torch's lerp form, so results track torch to the last bits.
     xp.subtract(g, exp_avg, out=tmp)
     tmp *= 1 - beta1
@@ -123,8 +97,8 @@ def _direction(xp, g, exp_avg, exp_avg_sq, max_exp_avg_sq, tmp, group: dict[str,
     tmp *= 1 - beta2
     exp_avg_sq += tmp
     second = exp_avg_sq
-    if max_exp_avg_sq is not None:
-        second = max_exp_avg_sq
+    if group["amsgrad"]:
+        second = arrays["max_exp_avg_sq"]
         xp.maximum(second, exp_avg_sq, out=second)
     xp.sqrt(second, out=tmp)
     tmp /= (1 - beta2**step) ** 0.5

@@ -63,11 +63,12 @@ class PackPlan:
         """The packed parameters' values as one flat array (a copy)."""
         return np.concatenate([a.reshape(-1) for a in self.arrays])
 
-    def state_array(self, states: list, key: str, create: bool = True) -> tuple:
+    def state_array(self, states: list, key: str, create: bool = True, fill: float = 0.0) -> tuple:
         """(the flat array behind every packed parameter's ``states[i][key]``, whether they had one before): the
-        one kept when each parameter still holds its view, else made from their arrays (or zeros when none has
-        one and ``create``), the views then put in the states. (None, None), nothing changed, when some have one
-        and some not, none has one and not ``create``, or one is of another type, shape or dtype."""
+        one kept when each parameter still holds its view, else made from their arrays (or, when none has one
+        and ``create``, filled with ``fill``), the views then put in the states. (None, None), nothing changed,
+        when some have one and some not, none has one and not ``create``, or one is of another type, shape or
+        dtype."""
         kept = self.state.get(key)
         if kept is not None and all(st.get(key) is v for st, v in zip(states, kept[1])):
             return kept[0], True
@@ -75,7 +76,7 @@ class PackPlan:
         if all(a is None for a in arrays):
             if not create:
                 return None, None
-            flat, had = np.zeros(self.size, dtype=self.dtype), False
+            flat, had = np.full(self.size, fill, dtype=self.dtype), False
         elif all(type(a) is np.ndarray and a.dtype == self.dtype and a.shape == p.data.shape
                  for a, p in zip(arrays, self.pack)):
             flat, had = np.concatenate([a.reshape(-1) for a in arrays]), True
@@ -140,6 +141,37 @@ class PackedUpdates:
 
     def _update_pack(self, plan: PackPlan, group: dict[str, Any]) -> bool:
         raise NotImplementedError
+
+    def _update_counted(self, plan: PackPlan, group: dict[str, Any], first: dict[str, float],
+                        later: dict[str, float], direction) -> bool:
+        """``_update_pack`` for a rule with a per-parameter ``step`` count and state arrays, done as its ``_update``
+        does it for one parameter: ``first`` maps the arrays a parameter's first step makes to their starting
+        value, ``later`` those made whenever missing (an option switched on mid-run); then the step count,
+        the regularised gradient, decoupled weight decay, and ``direction(np, g, arrays, tmp, group, step)``,
+        which updates the arrays in place and returns ``tmp`` := what to subtract. False, nothing changed that
+        matters, when the parameters are at different steps or their states do not fit."""
+        states = [self.state[p] for p in plan.pack]
+        steps = {st.get("step") for st in states}
+        fresh = steps == {None}  # the first step: every state empty, as the one-parameter rule starts one
+        g = plan.gradient()
+        if len(steps) != 1 or g is None or (fresh and any(states)):
+            return False
+        # ``first`` arrays are made on the first step only, so that a state missing one fails as in _update
+        arrays = {key: plan.state_array(states, key, create=fresh, fill=v)[0] for key, v in first.items()}
+        arrays.update({key: plan.state_array(states, key, fill=v)[0] for key, v in later.items()})
+        if any(a is None for a in arrays.values()):
+            return False
+        step = (0 if fresh else steps.pop()) + 1
+        for st in states:
+            st["step"] = step
+        lr = group["lr"]
+        g = self._regularized_flat(g, plan, group)
+        values = None
+        if self._decoupled_weight_decay and group["weight_decay"] != 0:
+            values = plan.data()
+            values *= 1 - lr * group["weight_decay"]
+        plan.subtract(direction(np, g, arrays, plan.step, group, step), values)
+        return True
 
     def _regularized_flat(self, g, plan: PackPlan, group: dict[str, Any]):
         """``_regularized_grad`` on the flat gradient ``g`` (modified in place) of the plan's parameters."""

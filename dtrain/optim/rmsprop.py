@@ -6,11 +6,12 @@ from typing import Any
 
 from ..backend import get_array_module
 from .optimizer import Optimizer, check_bool, check_number
+from .packing import PackedUpdates, PackPlan
 
 __all__ = ["RMSprop"]
 
 
-class RMSprop(Optimizer):
+class RMSprop(PackedUpdates, Optimizer):
     """RMSprop, with torch's exact update rule.
 
     Per step, with ``g`` the gradient after regularisation (see :mod:`dtrain.optim.optimizer`)::
@@ -35,7 +36,8 @@ class RMSprop(Optimizer):
         maximize: maximize the objective instead of minimizing it.
 
     State per parameter: ``step`` (int), ``square_avg``, ``momentum_buffer`` (momentum > 0) and
-    ``grad_avg`` (centered).
+    ``grad_avg`` (centered). Small NumPy parameters at the same step are updated together on flat arrays
+    (:mod:`dtrain.optim.packing`): the same bits as one parameter at a time.
     """
 
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
@@ -60,7 +62,7 @@ class RMSprop(Optimizer):
 
     def _update(self, param, grad, group: dict[str, Any]) -> None:
         xp = get_array_module(param.data)
-        alpha, momentum = group["alpha"], group["momentum"]
+        momentum = group["momentum"]
         state = self.state[param]
         if not state:
             state["step"] = 0
@@ -73,31 +75,43 @@ class RMSprop(Optimizer):
         state["step"] += 1
 
         g = self._regularized_grad(param, grad, group)
-        square_avg = state["square_avg"]
-        tmp = self._scratch(param.data, 1)
-        square_avg *= alpha
-        xp.multiply(g, g, out=tmp)
+        param.data -= _direction(xp, g, state, self._scratch(param.data, 1), group, state["step"])
+
+    def _update_pack(self, plan: PackPlan, group: dict[str, Any]) -> bool:
+        """``_update`` of every parameter of ``plan.pack`` at once, on flat arrays (the same bits)."""
+        later = {**({"momentum_buffer": 0.0} if group["momentum"] > 0 else {}),
+                 **({"grad_avg": 0.0} if group["centered"] else {})}
+        return self._update_counted(plan, group, {"square_avg": 0.0}, later, _direction)
+
+
+def _direction(xp, g, arrays, tmp, group: dict[str, Any], step: int):
+    """Update ``arrays`` (a parameter's state, or the packed flat arrays) in place with the gradient ``g`` and return
+    ``tmp`` := lr * g / denom, or lr * buf with momentum. The same calls for one parameter and for a pack."""
+    alpha, momentum = group["alpha"], group["momentum"]
+    square_avg = arrays["square_avg"]
+    square_avg *= alpha
+    xp.multiply(g, g, out=tmp)
+    tmp *= 1 - alpha
+    square_avg += tmp
+    if group["centered"]:
+        grad_avg = arrays["grad_avg"]
+        xp.subtract(g, grad_avg, out=tmp)  # torch's lerp form of a = alpha * a + (1 - alpha) * g
         tmp *= 1 - alpha
-        square_avg += tmp
-        if group["centered"]:
-            grad_avg = state["grad_avg"]
-            xp.subtract(g, grad_avg, out=tmp)  # torch's lerp form of a = alpha * a + (1 - alpha) * g
-            tmp *= 1 - alpha
-            grad_avg += tmp
-            xp.multiply(grad_avg, grad_avg, out=tmp)
-            xp.subtract(square_avg, tmp, out=tmp)
-            # v - a*a >= 0 in exact arithmetic; rounding can leave -1e-20, whose sqrt is NaN.
-            xp.maximum(tmp, 0, out=tmp)
-            xp.sqrt(tmp, out=tmp)
-        else:
-            xp.sqrt(square_avg, out=tmp)
-        tmp += group["eps"]
-        xp.divide(g, tmp, out=tmp)
-        if momentum > 0:
-            buf = state["momentum_buffer"]
-            buf *= momentum
-            buf += tmp
-            xp.multiply(buf, group["lr"], out=tmp)
-        else:
-            tmp *= group["lr"]
-        param.data -= tmp
+        grad_avg += tmp
+        xp.multiply(grad_avg, grad_avg, out=tmp)
+        xp.subtract(square_avg, tmp, out=tmp)
+        # v - a*a >= 0 in exact arithmetic; rounding can leave -1e-20, whose sqrt is NaN.
+        xp.maximum(tmp, 0, out=tmp)
+        xp.sqrt(tmp, out=tmp)
+    else:
+        xp.sqrt(square_avg, out=tmp)
+    tmp += group["eps"]
+    xp.divide(g, tmp, out=tmp)
+    if momentum > 0:
+        buf = arrays["momentum_buffer"]
+        buf *= momentum
+        buf += tmp
+        xp.multiply(buf, group["lr"], out=tmp)
+    else:
+        tmp *= group["lr"]
+    return tmp

@@ -1,6 +1,6 @@
-"""SGD and Adam/AdamW update small NumPy parameters together on flat arrays (``packing.PACK_MAX``): the same bits
-as one parameter at a time (``PACK_MAX = 0``), whatever the hyperparameters, and the same state in torch's
-format."""
+"""Every optimizer (SGD, Adam/AdamW, RMSprop, Adagrad) updates small NumPy parameters together on flat arrays
+(``packing.PACK_MAX``): the same bits as one parameter at a time (``PACK_MAX = 0``), whatever the
+hyperparameters, and the same state in torch's format."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ CONFIGS = [
     (optim.Adam, dict(lr=0.01, l1=1e-3, maximize=True)),
     (optim.AdamW, dict(lr=0.01)),
     (optim.AdamW, dict(lr=0.01, weight_decay=0.1, amsgrad=True, l1=1e-3)),
+    (optim.RMSprop, dict(lr=0.01)),
+    (optim.RMSprop, dict(lr=0.01, alpha=0.9, momentum=0.5, centered=True, weight_decay=1e-2)),
+    (optim.RMSprop, dict(lr=0.01, momentum=0.9, l1=1e-3, maximize=True)),
+    (optim.Adagrad, dict(lr=0.05)),
+    (optim.Adagrad, dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1, weight_decay=1e-2, l1=1e-3)),
 ]
 SHAPES = [(3, 4), (4,), (2, 3, 2, 2), (7,), (40, 3), (5,)]  # (40, 3) is over the PACK_MAX the tests set
 
@@ -76,7 +81,7 @@ def test_packed_update_is_bitwise_the_per_parameter_update(monkeypatch, kind, co
             assert value.base is not None and all(opt.state[p][key].base is value.base for p in small), key
 
 
-@pytest.mark.parametrize("kind, config", [CONFIGS[1], CONFIGS[7], CONFIGS[10]])
+@pytest.mark.parametrize("kind, config", [CONFIGS[1], CONFIGS[7], CONFIGS[10], CONFIGS[12], CONFIGS[15]])
 def test_packed_update_with_skipped_gradients_mixed_dtypes_and_a_large_parameter(monkeypatch, kind, config):
     # a parameter without a gradient in a step is left alone (its state too: Adam's packed parameters are then
     # at different steps, which the packed update leaves to one parameter at a time); float64 parameters go
@@ -155,6 +160,10 @@ def test_adam_amsgrad_switched_on_later_and_a_state_missing_a_moment(monkeypatch
     def amsgrad_on(params, opt):
         opt.param_groups[0]["amsgrad"] = True  # the maximum starts at zeros then, in both paths
     assert_same(*continue_both(monkeypatch, optim.Adam, dict(lr=0.01), 2, amsgrad_on))
+
+    def momentum_and_centering_on(params, opt):  # RMSprop's buffers start at zeros then, in both paths
+        opt.param_groups[0].update(momentum=0.9, centered=True)
+    assert_same(*continue_both(monkeypatch, optim.RMSprop, dict(lr=0.01), 2, momentum_and_centering_on))
 
     def drop_a_moment(params, opt):
         for p in params:
