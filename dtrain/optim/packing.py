@@ -3,7 +3,7 @@
 A parameter's update is half a dozen to a dozen NumPy calls. For a bias, a norm's weight or a small kernel those
 calls are the whole cost (the digits ResNet's 20 parameters: SGD with momentum 78 us a step one at a time).
 Parameters of at most ``PACK_MAX`` values, NumPy arrays of one dtype with NumPy gradients, are updated together:
-their gradients are concatenated, their state arrays (momentum buffers, Adam's moments) are views of one flat
+their gradients are concatenated, their state arrays (momentum buffers, moments, averages, sums) are views of one flat
 array per state key (each parameter's state keeps torch's format: its own array, here a view), the rule runs
 once on the flat arrays, and each parameter subtracts its view of the flat step. The operations and their order
 are those of the one-parameter rule on every value, so the results are the same bits.
@@ -49,15 +49,14 @@ class PackPlan:
         return [flat[a:b].reshape(p.data.shape) for p, a, b in zip(self.pack, self.bounds[:-1], self.bounds[1:])]
 
     def fits(self) -> bool:
-        """The parameters still hold the planned arrays, and every gradient is a NumPy array of that shape."""
-        return not any(p.data is not a or type(p.grad) is not np.ndarray or p.grad.shape != a.shape
-                       for p, a in zip(self.pack, self.arrays))
+        """The parameters still hold the planned arrays, and every gradient is a NumPy array of that shape and
+        dtype (a gradient of another dtype is computed in its own by the one-parameter rule)."""
+        return not any(p.data is not a or type(g := p.grad) is not np.ndarray or g.shape != a.shape
+                       or g.dtype != a.dtype for p, a in zip(self.pack, self.arrays))
 
     def gradient(self):
-        """The packed gradients as one flat array of the parameters' dtype (a new array), or None when one has
-        another dtype."""
-        g = np.concatenate([p.grad.reshape(-1) for p in self.pack])
-        return g if g.dtype == self.dtype else None
+        """The packed gradients as one flat array (a new one, which the rule may overwrite)."""
+        return np.concatenate([p.grad.reshape(-1) for p in self.pack])
 
     def data(self):
         """The packed parameters' values as one flat array (a copy)."""
@@ -153,9 +152,9 @@ class PackedUpdates:
         states = [self.state[p] for p in plan.pack]
         steps = {st.get("step") for st in states}
         fresh = steps == {None}  # the first step: every state empty, as the one-parameter rule starts one
-        g = plan.gradient()
-        if len(steps) != 1 or g is None or (fresh and any(states)):
+        if len(steps) != 1 or (fresh and any(states)):
             return False
+        g = plan.gradient()
         # ``first`` arrays are made on the first step only, so that a state missing one fails as in _update
         arrays = {key: plan.state_array(states, key, create=fresh, fill=v)[0] for key, v in first.items()}
         arrays.update({key: plan.state_array(states, key, fill=v)[0] for key, v in later.items()})

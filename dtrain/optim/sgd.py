@@ -90,8 +90,6 @@ class SGD(PackedUpdates, Optimizer):
     def _update_pack(self, plan: PackPlan, group: dict[str, Any]) -> bool:
         """``_update`` of every parameter of ``plan.pack`` at once, on flat arrays (the same bits)."""
         g = plan.gradient()
-        if g is None:
-            return False
         lr, momentum = group["lr"], group["momentum"]
         g = self._regularized_flat(g, plan, group)
         if momentum != 0:

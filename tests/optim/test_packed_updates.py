@@ -170,3 +170,20 @@ def test_adam_amsgrad_switched_on_later_and_a_state_missing_a_moment(monkeypatch
             del opt.state[p]["exp_avg_sq"]
     errors = errors_of_both(monkeypatch, optim.Adam, dict(lr=0.01), 1, drop_a_moment, KeyError)
     assert errors[0] == errors[1] == "'exp_avg_sq'"
+
+
+@pytest.mark.parametrize("kind, config", [CONFIGS[0], CONFIGS[1], CONFIGS[6]])
+def test_a_gradient_of_another_dtype_is_left_to_the_one_parameter_rule(monkeypatch, kind, config):
+    # a float16 or float64 gradient for a float32 parameter, after the pack was planned: the one-parameter rule
+    # computes with it as it is (a float16 gradient times lr in float16), which concatenating it with the others
+    # into float32 would not
+    runs = []
+    for pack_max in (100, 0):
+        params, opt = train(monkeypatch, pack_max, config, steps=2, kind=kind)
+        for step in (2, 3):
+            for p, g in zip(params, grads_for(step, params)):
+                p.grad = g
+            params[1].grad = params[1].grad.astype(np.float16 if step == 2 else np.float64) / 3
+            opt.step()
+        runs.append((params, opt))
+    assert_same(*runs)
