@@ -3,7 +3,7 @@
 An optimizer owns ``param_groups`` (a list of dicts: ``"params"`` plus that group's hyperparameters)
 and ``state`` (per-parameter arrays such as momentum buffers, keyed by the Tensor object). Subclasses
 only write the update rule for one parameter, ``_update(param, grad, group)`` (and may update a group's
-parameters together in ``_update_group``, as SGD does for small ones); this module gives them
+parameters together in ``_update_group``, as :mod:`dtrain.optim.packing` does for small ones); this module gives them
 argument validation, the shared regularised-gradient step and ``state_dict``/``load_state_dict``.
 
 Regularisation, available on every optimizer:
@@ -262,7 +262,7 @@ class Optimizer:
 
     def _update_group(self, group: dict[str, Any], params: list) -> None:
         """Update ``params`` (the group's parameters that have a gradient, in order): ``_update`` on each. An
-        optimizer may update several at once instead (SGD packs small ones), with the same results."""
+        optimizer may update several at once instead (``packing.PackedUpdates``: small ones), with the same results."""
         for p in params:
             self._update(p, p.grad, group)
 

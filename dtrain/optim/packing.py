@@ -139,7 +139,8 @@ class PackedUpdates:
             self._update(p, p.grad, group)
 
     def _update_pack(self, plan: PackPlan, group: dict[str, Any]) -> bool:
-        raise NotImplementedError
+        """``_update`` of every parameter of ``plan.pack`` at once on flat arrays; each optimizer defines it."""
+        raise NotImplementedError(f"{type(self).__name__} mixes in PackedUpdates but defines no _update_pack")
 
     def _update_counted(self, plan: PackPlan, group: dict[str, Any], first: dict[str, float],
                         later: dict[str, float], direction) -> bool:

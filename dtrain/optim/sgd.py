@@ -61,50 +61,48 @@ class SGD(PackedUpdates, Optimizer):
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
     def _update(self, param, grad, group: dict[str, Any]) -> None:
-        xp = get_array_module(param.data)
-        lr, momentum = group["lr"], group["momentum"]
         g = self._regularized_grad(param, grad, group)
-        tmp = self._scratch(param.data, 1)
-        if momentum != 0:
+        buf = fresh = None
+        if group["momentum"] != 0:
             state = self.state[param]
             buf = state.get("momentum_buffer")
-            if buf is None:
-                # torch starts the buffer at the gradient itself (no dampening on the first step).
-                buf = state["momentum_buffer"] = xp.array(g, dtype=param.data.dtype, copy=True)
-            else:
-                buf *= momentum
-                if group["dampening"] == 0:
-                    buf += g
-                else:
-                    xp.multiply(g, 1 - group["dampening"], out=tmp)
-                    buf += tmp
-            if group["nesterov"]:
-                xp.multiply(buf, momentum, out=tmp)
-                tmp += g
-                g = tmp
-            else:
-                g = buf
-        xp.multiply(g, lr, out=tmp)
-        param.data -= tmp
+            fresh = buf is None
+            if fresh:
+                buf = state["momentum_buffer"] = get_array_module(param.data).empty_like(param.data)
+        param.data -= _direction(get_array_module(param.data), g, buf, fresh, self._scratch(param.data, 1), group)
 
     def _update_pack(self, plan: PackPlan, group: dict[str, Any]) -> bool:
         """``_update`` of every parameter of ``plan.pack`` at once, on flat arrays (the same bits)."""
-        g = plan.gradient()
-        lr, momentum = group["lr"], group["momentum"]
-        g = self._regularized_flat(g, plan, group)
-        if momentum != 0:
+        g = self._regularized_flat(plan.gradient(), plan, group)
+        buf = had = None
+        if group["momentum"] != 0:
             buf, had = plan.state_array([self.state[p] for p in plan.pack], "momentum_buffer")
             if buf is None:
                 return False
-            if not had:  # torch starts the buffer at the gradient itself (no dampening on the first step)
-                buf[...] = g
-            else:
-                buf *= momentum
-                if group["dampening"] == 0:
-                    buf += g
-                else:
-                    buf += g * (1 - group["dampening"])
-            g = buf * momentum + g if group["nesterov"] else buf
-        np.multiply(g, lr, out=plan.step)
-        plan.subtract(plan.step)
+        plan.subtract(_direction(np, g, buf, not had, plan.step, group))
         return True
+
+
+def _direction(xp, g, buf, fresh: bool, tmp, group: dict[str, Any]):
+    """``tmp`` := lr times the update direction from the gradient ``g``, the momentum buffer ``buf`` (None without
+    momentum; ``fresh``: made this step, filled with the gradient as torch starts it, no dampening) updated in
+    place. The same calls for one parameter and for a flat pack of them."""
+    momentum = group["momentum"]
+    if buf is not None:
+        if fresh:
+            buf[...] = g
+        else:
+            buf *= momentum
+            if group["dampening"] == 0:
+                buf += g
+            else:
+                xp.multiply(g, 1 - group["dampening"], out=tmp)
+                buf += tmp
+        if group["nesterov"]:
+            xp.multiply(buf, momentum, out=tmp)
+            tmp += g
+            g = tmp
+        else:
+            g = buf
+    xp.multiply(g, group["lr"], out=tmp)
+    return tmp

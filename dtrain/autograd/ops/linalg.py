@@ -98,7 +98,7 @@ class FusedLinear(FusedFunction):
         gx = mm(g, w) if needs[0] else None
         if g.ndim != 2:
             g, x = g.reshape(-1, w.shape[0]), x.reshape(-1, w.shape[1])
-        gw = (mm(g.T, x) if self.grad_out is None else mm(g.T, x, out=self.grad_out[1])) if needs[1] else None
+        gw = mm(g.T, x, out=None if self.grad_out is None else self.grad_out[1]) if needs[1] else None
         if len(needs) == 2:
             return gx, gw
         if not needs[2]:
