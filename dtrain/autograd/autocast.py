@@ -22,12 +22,18 @@ from ..backend import is_float_dtype, is_half_dtype, resolve_dtype
 
 __all__ = ["autocast", "autocast_dtype", "cast_inputs"]
 
-_state = threading.local()
+class _AutocastState(threading.local):
+    # A class default instead of getattr(local, "dtype", None): a missing attribute costs a caught
+    # AttributeError, 0.4 us on every linear, matmul and conv2d call (1.4% of the tiny MLP's eager step).
+    dtype = None
+
+
+_state = _AutocastState()
 
 
 def autocast_dtype():
     """The dtype matmul/linear/conv2d compute in on this thread (None: autocast is off)."""
-    return getattr(_state, "dtype", None)
+    return _state.dtype
 
 
 @contextlib.contextmanager
