@@ -289,25 +289,36 @@ class Optimizer:
         bucket or inspected after the step); otherwise a scratch array (slot 0) the rule may
         overwrite. With decoupled weight decay (AdamW) the wd term is left to the rule.
         """
-        wd = 0.0 if self._decoupled_weight_decay else group["weight_decay"]
-        l1, maximize = group["l1"], group["maximize"]
-        if wd == 0.0 and l1 == 0.0 and not maximize:
+        if not self._regularizes(group):
             return grad
-        xp = get_array_module(param.data)
-        out = self._scratch(param.data, 0)
-        if maximize:
+        return self._regularize(get_array_module(param.data), grad, self._scratch(param.data, 0), group,
+                                lambda: param.data, lambda: self._scratch(param.data, 1))
+
+    def _regularizes(self, group: dict[str, Any]) -> bool:
+        """Whether ``_regularize`` changes the gradient for this group."""
+        return group["maximize"] or group["l1"] != 0.0 or \
+            (not self._decoupled_weight_decay and group["weight_decay"] != 0.0)
+
+    def _regularize(self, xp, grad, out, group: dict[str, Any], values, scratch):
+        """``out`` := (-grad if maximize else grad) + wd * p + l1 * sign(p), each term rounded before it is added
+        (``out`` may be ``grad`` itself), with p = ``values()`` and ``scratch()`` a temporary shaped like it (asked
+        for only when a term needs them). One parameter (``_regularized_grad``) and a flat pack of them
+        (``packing``) go through these same calls."""
+        wd = 0.0 if self._decoupled_weight_decay else group["weight_decay"]
+        l1 = group["l1"]
+        if group["maximize"]:
             xp.negative(grad, out=out)
-        else:
+        elif out is not grad:
             xp.copyto(out, grad)
-        if wd != 0.0:
-            tmp = self._scratch(param.data, 1)
-            xp.multiply(param.data, wd, out=tmp)
-            out += tmp
-        if l1 != 0.0:
-            tmp = self._scratch(param.data, 1)
-            xp.sign(param.data, out=tmp)
-            tmp *= l1
-            out += tmp
+        if wd != 0.0 or l1 != 0.0:
+            data, tmp = values(), scratch()
+            if wd != 0.0:
+                xp.multiply(data, wd, out=tmp)
+                out += tmp
+            if l1 != 0.0:
+                xp.sign(data, out=tmp)
+                tmp *= l1
+                out += tmp
         return out
 
     # -- checkpointing ----------------------------------------------------------------------------

@@ -174,17 +174,8 @@ class PackedUpdates:
         return True
 
     def _regularized_flat(self, g, plan: PackPlan, group: dict[str, Any]):
-        """``_regularized_grad`` on the flat gradient ``g`` (modified in place) of the plan's parameters."""
-        wd = 0.0 if self._decoupled_weight_decay else group["weight_decay"]
-        l1 = group["l1"]
-        if group["maximize"]:
-            np.negative(g, out=g)
-        if wd != 0.0 or l1 != 0.0:
-            data = plan.data()
-            if wd != 0.0:
-                g += data * wd
-            if l1 != 0.0:
-                tmp = np.sign(data)
-                tmp *= l1
-                g += tmp
-        return g
+        """``_regularized_grad`` on the flat gradient ``g`` (modified in place) of the plan's parameters (the flat
+        step, overwritten by the rule afterwards, is its scratch)."""
+        if not self._regularizes(group):
+            return g
+        return self._regularize(np, g, g, group, plan.data, lambda: plan.step)
