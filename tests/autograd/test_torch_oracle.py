@@ -711,17 +711,23 @@ def test_conv_and_tiled_max_pool_match_torch_on_random_configurations_with_ties_
     assert np.isnan(np.asarray(yd.data)).sum() == 2
 
 
+@pytest.mark.parametrize("rows", [True, False], ids=["kernel-rows", "im2col"])
 @pytest.mark.parametrize("keep_cols", [0, 4 << 20], ids=["rebuilt", "kept"])
 @pytest.mark.parametrize("block_bytes", [64, 40_000, 1 << 19])
-def test_conv_in_blocks_of_rows_and_of_images_matches_torch(monkeypatch, block_bytes, keep_cols):
-    # The channels-last convolution builds its columns block by block: one output row of one image
-    # (64 bytes), two or more whole images (40 kB), or the whole batch (512 KiB), in forward, weight gradient and
-    # the stride-1 input gradient. The weight gradient multiplies the forward's column matrix when it was kept
-    # (KEEP_COLS_BYTES), else rebuilds it block by block. Every variant gives torch's values and gradients (float64).
-    from dtrain.autograd.ops import conv
+def test_conv_in_blocks_of_rows_and_of_images_matches_torch(monkeypatch, block_bytes, keep_cols, rows):
+    # The channels-last convolution builds its columns (im2col) or row panels (stride 1, conv_rows.py) block
+    # by block: one output row of one image (64 bytes), two or more whole images (40 kB), or the whole batch
+    # (512 KiB), in forward, weight gradient and the stride-1 input gradient. The weight gradient multiplies
+    # the forward's columns or panels when they were kept (KEEP_COLS_BYTES), else rebuilds them block by block.
+    # Every variant, and im2col where kernel rows would be used, gives torch's values and gradients (float64).
+    from dtrain.autograd.ops import conv, conv_rows
 
     monkeypatch.setattr(conv, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(conv_rows, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(conv_rows, "MIN_OUT_ROWS", 1)  # these images are small
     monkeypatch.setattr(conv, "KEEP_COLS_BYTES", keep_cols)
+    if not rows:
+        monkeypatch.setattr(conv_rows, "applies", lambda *args: False)
     rng = np.random.default_rng(7)
     for n, c, o, h, k, s, p, d in [(5, 3, 4, 9, 3, 1, 1, 1), (4, 2, 3, 11, 3, 2, 1, 1), (3, 4, 2, 10, 2, 1, 2, 2),
                                    (6, 3, 5, 7, 1, 1, 0, 1)]:
@@ -736,6 +742,64 @@ def test_conv_in_blocks_of_rows_and_of_images_matches_torch(monkeypatch, block_b
         np.testing.assert_allclose(np.asarray(yd.data), yt.detach().numpy(), rtol=1e-9, atol=1e-12)
         for a, t in zip(ds, ts):
             np.testing.assert_allclose(np.asarray(a.grad.data), t.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("block_bytes", [1, 3000, None], ids=["row-blocks", "image-blocks", "default"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_conv_by_kernel_rows_matches_torch_on_rectangular_kernels_dilations_and_layouts(monkeypatch, dtype,
+                                                                                         block_bytes):
+    # Stride-1 convolutions with a kernel of more than one row run as one GEMM per kernel row over row
+    # panels (conv_rows.py), and so do their input gradients. Rectangular kernels (one column too), dilations
+    # and paddings, odd sizes, batch 0 and 1, NCHW and channels-last inputs, panels kept from forward or
+    # rebuilt, in blocks of one row, of a few images, or whole: torch's values and gradients.
+    from dtrain.autograd.ops import conv, conv_rows
+
+    if block_bytes is not None:
+        monkeypatch.setattr(conv_rows, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(conv_rows, "MIN_OUT_ROWS", 1)  # these images are small
+    rng = np.random.default_rng(12)
+    tol = dict(rtol=1e-9, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-4)
+    configs = [  # n, c, o, (h, w), (kh, kw), padding, dilation
+        (3, 5, 4, (9, 7), (3, 3), (1, 1), (1, 1)), (2, 3, 6, (8, 9), (3, 1), (1, 0), (1, 1)),
+        (4, 2, 3, (7, 10), (2, 3), (0, 1), (2, 1)), (1, 4, 2, (6, 6), (3, 2), (2, 2), (1, 2)),
+        (0, 3, 2, (5, 5), (3, 3), (1, 1), (1, 1)), (5, 6, 5, (4, 4), (3, 3), (1, 1), (1, 1)),
+        (2, 8, 3, (5, 8), (4, 2), (0, 0), (1, 1)),
+    ]
+    for i, (n, c, o, hw, k, p, d) in enumerate(configs):
+        x, wt, b = rng.normal(size=(n, c) + hw), rng.normal(size=(o, c) + k), rng.normal(size=o)
+        x, wt, b = x.astype(dtype), wt.astype(dtype), b.astype(dtype)
+        assert conv_rows.applies(x, wt, (1, 1), 1)
+        ts = [torch.tensor(a.astype(np.float64), requires_grad=True) for a in (x, wt, b)]
+        yt = torch.nn.functional.conv2d(*ts, padding=p, dilation=d)
+        g = rng.normal(size=tuple(yt.shape))
+        yt.backward(torch.tensor(g))
+        if i % 2:  # channels-last memory, as a convolution's output has
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        monkeypatch.setattr(conv, "KEEP_COLS_BYTES", 0 if i % 3 == 2 else 4 << 20)
+        ds = [dt.tensor(a, requires_grad=True) for a in (x, wt, b)]
+        yd = F.conv2d(*ds, padding=p, dilation=d)
+        yd.backward(dt.tensor(g.astype(dtype)))
+        np.testing.assert_allclose(np.asarray(yd.data), yt.detach().numpy(), **tol, err_msg=f"config {i}")
+        for a, t in zip(ds, ts):
+            assert a.grad.dtype == dtype
+            np.testing.assert_allclose(np.asarray(a.grad.data), t.grad.numpy(), **tol, err_msg=f"config {i}")
+        with dt.no_grad():  # no panels kept: the forward alone
+            np.testing.assert_allclose(np.asarray(F.conv2d(ds[0], ds[1], ds[2], padding=p, dilation=d).data),
+                                       yt.detach().numpy(), **tol)
+
+
+def test_conv_by_kernel_rows_applies_to_numpy_float_stride_1_kernels_of_several_rows():
+    from dtrain.autograd.ops import conv_rows
+
+    x, w = np.zeros((2, 3, 6, 6), np.float32), np.zeros((4, 3, 3, 3), np.float32)
+    rows = conv_rows.MIN_OUT_ROWS
+    assert conv_rows.applies(x, w, (1, 1), rows)
+    assert not conv_rows.applies(x, w, (1, 1), rows - 1)  # small outputs: im2col
+    assert not conv_rows.applies(x, w, (2, 1), rows)  # strided: im2col and the input gradient by phases
+    assert not conv_rows.applies(x, w, (1, 2), rows)
+    assert not conv_rows.applies(x, w[:, :, :1], (1, 1), rows)  # one kernel row: a single GEMM already
+    assert not conv_rows.applies(x.astype(np.float16), w.astype(np.float16), (1, 1), rows)
+    assert not conv_rows.applies(x, w.astype(np.float64), (1, 1), rows)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -3,7 +3,9 @@
 Windows are strided views of the (padded) input. Convolution (groups == 1) works channels-last: the input
 becomes a padded NHWC array whose windows (N, OH, OW, KH, KW, C) are copied into column blocks (im2col, runs
 of C contiguous values) of about BLOCK_BYTES, each multiplied by the weight while still in cache; the result
-is the (N, C, OH, OW) view of NHWC memory. An input with very few channels is copied offset by offset from
+is the (N, C, OH, OW) view of NHWC memory. Stride-1 convolutions (and stride-1 input gradients) with a kernel
+of several rows on NumPy float arrays run one GEMM per kernel row over row panels instead (conv_rows.py: each
+pixel copied KW times, not KH*KW). An input with very few channels is copied offset by offset from
 NCHW instead (runs of OW values). The weight gradient multiplies the forward's column matrix when it was
 small enough to keep, else rebuilds it block by block; the stride-1 input gradient is a correlation of the
 padded output gradient with the flipped kernel; larger strides sum each kernel offset's block of a batched
@@ -18,6 +20,7 @@ import numpy as np
 from ..autocast import cast_inputs
 from ..function import FusedFunction, is_grad_enabled
 from ..tensor import Tensor
+from . import conv_rows
 from ._util import tsum, xp_of
 from .gemm import matmul_into, matmul_tn
 from .linalg import mm
@@ -264,8 +267,12 @@ def _input_grad_by_correlation(gyh, w, x_hw, p, d):
     # output row u lands on buffer row u + ext - p; rows outside the buffer only reached the padding
     (r0, r1), (c0, c1) = ((max(ext[a] - p[a], 0), min(ext[a] - p[a] + (oh, ow)[a], buf.shape[1 + a])) for a in (0, 1))
     buf[:, r0:r1, c0:c1, :] = gyh[:, r0 - ext[0] + p[0]:r1 - ext[0] + p[0], c0 - ext[1] + p[1]:c1 - ext[1] + p[1], :]
-    wflip = w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(kh * kw * o, w.shape[1])
-    gx, _ = _conv_nhwc(_windows_nhwc(buf, (kh, kw), (1, 1), d, x_hw), xp.ascontiguousarray(wflip))
+    flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # the kernel of the correlation: (C, O, KH, KW)
+    if conv_rows.applies(buf, flipped, (1, 1), x_hw[0]):
+        gx, _ = conv_rows.rows_conv(buf, conv_rows.weight_rows(flipped), d, x_hw, 0)
+    else:
+        wflip = flipped.transpose(0, 2, 3, 1).reshape(w.shape[1], kh * kw * o).T
+        gx, _ = _conv_nhwc(_windows_nhwc(buf, (kh, kw), (1, 1), d, x_hw), xp.ascontiguousarray(wflip))
     return gx.transpose(0, 3, 1, 2)
 
 
@@ -310,15 +317,22 @@ class FusedConv2d(FusedFunction):
         kh, kw = w.shape[2:]
         self.out_hw = tuple(_out_size(x.shape[2 + a], (kh, kw)[a], stride[a], padding[a], dilation[a]) for a in (0, 1))
         if groups == 1:  # channels-last, blocked; the padded input is kept, and small column matrices
-            wmat_t = xp_of(w).ascontiguousarray(self._wmat_nhwc(w).T)
             cols_bytes = x.shape[0] * self.out_hw[0] * self.out_hw[1] * kh * kw * x.shape[1] * x.itemsize
             keep = is_grad_enabled() and cols_bytes <= KEEP_COLS_BYTES
+            self.panels, self.rows = None, False
             if x.shape[1] * x.itemsize < SHORT_RUN_BYTES and stride[1] == 1 and cols_bytes <= KEEP_COLS_BYTES:
                 xpad = _pad2d(x, padding)
+                wmat_t = xp_of(w).ascontiguousarray(self._wmat_nhwc(w).T)
                 y, cols = _conv_offset_major(xpad, wmat_t, (kh, kw), dilation, self.out_hw, stride[0])
                 xpad = xpad.transpose(0, 2, 3, 1)  # an NHWC view: what backward's and jvp's windows read
+            elif conv_rows.applies(x, w, stride, self.out_hw[0]):  # one GEMM per kernel row (conv_rows.py)
+                xpad = _nhwc_padded(x, padding)
+                y, self.panels = conv_rows.rows_conv(xpad, conv_rows.weight_rows(w), dilation, self.out_hw,
+                                                     KEEP_COLS_BYTES if is_grad_enabled() else 0, b)
+                cols, keep, self.rows, b = None, False, True, None  # (the bias is added in the final copy)
             else:
                 xpad = _nhwc_padded(x, padding)
+                wmat_t = xp_of(w).ascontiguousarray(self._wmat_nhwc(w).T)
                 y, cols = _conv_nhwc(self._win(xpad, (kh, kw)), wmat_t, keep)
             self.cols = cols if keep else None
             self.saved = (xpad, w)
@@ -371,8 +385,11 @@ class FusedConv2d(FusedFunction):
         gyh = xp.ascontiguousarray(g.transpose(0, 2, 3, 1))  # free when g is channels-last
         gw = gx = gb = None
         if groups == 1:
-            if nw:
+            if nw and self.rows:
+                gwm = conv_rows.rows_weight_grad(saved, gyh, (kh, kw), dilation, self.out_hw, self.panels)
+            elif nw:
                 gwm = _weight_grad_nhwc(self._win(saved, (kh, kw)), gyh, self.cols)
+            if nw:
                 gw = xp.ascontiguousarray(gwm.reshape(o, kh, kw, c).transpose(0, 3, 1, 2)).astype(w.dtype, copy=False)
             if nx and stride == (1, 1):
                 gx = _input_grad_by_correlation(gyh, w, (h, wd), padding, dilation)
