@@ -17,14 +17,28 @@ HERE = Path(__file__).parent
 SCRIPT = str(HERE / "ranks" / "mpi_zero.py")
 
 
+@pytest.mark.parametrize("algorithm", ["ring", "shm"])
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
-def test_zero_equals_one_process(run_mpi, n):
+def test_zero_equals_one_process(run_mpi, n, algorithm):
     """float64 MLP, 20 steps of Adam, momentum SGD, AdamW (amsgrad, weight decay) and RMSprop on an even
     split of a batch of 12; Adam on an uneven split of 10 weighted by sample counts; two param groups with
     a StepLR schedule: parameters equal the single-process optimizer's (max abs diff <= 1e-12), are
-    bit-identical on every rank, and the gathered state_dict equals the unsharded one (<= 1e-12)."""
-    res = run_mpi(SCRIPT, n, "equivalence", timeout=300)
+    bit-identical on every rank, and the gathered state_dict equals the unsharded one (<= 1e-12). With the
+    ring collectives and with the shared window (algorithm='shm')."""
+    res = run_mpi(SCRIPT, n, "equivalence", "--algorithm", algorithm, timeout=300)
     assert f"equivalence OK on {n} ranks" in res.stdout
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_zero_in_a_shared_window_equals_ddp_over_shm(run_mpi, n):
+    """algorithm='shm': float32 MLP, momentum SGD with weight decay, uneven shards weighted by sample counts,
+    against DDP over the shm window and the unsharded SGD: the same bits at 1 and 2 ranks (within float32
+    rounding at 3, where the chunks are summed in another order), the same bits on every rank; ``.grad``
+    keeps the local gradient; the parameters live in the window and a replaced array is moved back in;
+    zero_grad(set_to_none=False) accumulates; closing the communicator gives the parameters their own
+    memory with the same values, and a step after it raises."""
+    res = run_mpi(SCRIPT, n, "window", timeout=300)
+    assert f"window OK on {n} ranks" in res.stdout
 
 
 @pytest.mark.parametrize("n", [1, 2, 4])
@@ -34,19 +48,21 @@ def test_optimizer_state_per_rank_is_one_nth(run_mpi, n):
     assert f"memory OK on {n} ranks" in res.stdout
 
 
-def test_ranks_with_an_empty_shard_take_part(run_mpi):
+@pytest.mark.parametrize("algorithm", ["ring", "shm"])
+def test_ranks_with_an_empty_shard_take_part(run_mpi, algorithm):
     """2 parameters over 4 ranks: ranks 2 and 3 own nothing, yet step, gather and match the plain optimizer."""
-    res = run_mpi(SCRIPT, 4, "empty-shard", timeout=120)
+    res = run_mpi(SCRIPT, 4, "empty-shard", "--algorithm", algorithm, timeout=120)
     assert "empty-shard OK on 4 ranks" in res.stdout
 
 
-@pytest.mark.parametrize("saved, resumed", [(2, 3), (4, 1), (1, 2)])
-def test_checkpoint_resumes_at_another_world_size(run_mpi, tmp_path, saved, resumed):
+@pytest.mark.parametrize("saved, resumed, algorithm", [(2, 3, "ring"), (4, 1, "ring"), (1, 2, "ring"), (3, 2, "shm")])
+def test_checkpoint_resumes_at_another_world_size(run_mpi, tmp_path, saved, resumed, algorithm):
     """10 Adam steps at one world size, the gathered state_dict saved; loaded at another world size (after the
-    model weights), 10 more steps: the result equals 20 single-process steps (<= 1e-12)."""
-    res = run_mpi(SCRIPT, saved, "save", tmp_path, timeout=120)
+    model weights: into the shared window with 'shm'), 10 more steps: the result equals 20 single-process steps
+    (<= 1e-12)."""
+    res = run_mpi(SCRIPT, saved, "save", tmp_path, "--algorithm", algorithm, timeout=120)
     assert f"save OK on {saved} ranks" in res.stdout
-    res = run_mpi(SCRIPT, resumed, "resume", tmp_path, timeout=120)
+    res = run_mpi(SCRIPT, resumed, "resume", tmp_path, "--algorithm", algorithm, timeout=120)
     assert f"resume OK on {resumed} ranks (saved at {saved})" in res.stdout
 
 
@@ -81,6 +97,17 @@ def test_errors_name_the_rank_and_the_bad_value():
     frozen[0].weight.requires_grad = False
     with pytest.raises(ValueError, match=r"params\[0\] does not require grad"):
         dist.ZeroRedundancyOptimizer(frozen.parameters(), optim.SGD, lr=0.1)
+    with pytest.raises(ValueError, match=r"rank 0\): algorithm must be 'ring' \(collectives over MPI\) or 'shm' .*"
+                                         r"got 'nccl'"):
+        dist.ZeroRedundancyOptimizer(model.parameters(), optim.SGD, algorithm="nccl", lr=0.1)
+    half = _model()
+    ps = list(half.parameters())
+    for p in ps:
+        p.data = p.data.astype(np.float16)
+    with pytest.raises(ValueError, match=r"algorithm='shm' shares NumPy float32/float64 parameters between the ranks "
+                                         r"of one node, but their dtype is float16; use algorithm='ring'"):
+        dist.ZeroRedundancyOptimizer([{"params": ps[:2]}, {"params": ps[2:]}], optim.SGD, algorithm="shm", lr=0.1)
+    assert all(p.data.flags.owndata for p in ps), "a refused optimizer moved parameters"
     zero = dist.ZeroRedundancyOptimizer(model.parameters(), optim.SGD, lr=0.1)
     with pytest.raises(ValueError, match=r"num_samples must be a non-negative number, got -3"):
         zero.step(num_samples=-3)

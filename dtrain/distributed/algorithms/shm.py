@@ -41,7 +41,7 @@ from ...backend import is_half_dtype
 from .. import comm as _comm
 from .base import F32, REDUCE_OPS, AllreduceAlgorithm, chunk_bounds, common_power_of_two, offsets_of
 
-__all__ = ["BucketWindow", "SharedMemoryAllreduce"]
+__all__ = ["BucketWindow", "SharedMemoryAllreduce", "SharedSegments", "sum_scaled", "weights_and_scale"]
 
 HEADER = 64  # bytes in front of each rank's data: (count, dtype, op) as int64
 _STEP = 1 << 20  # the window grows in multiples of this many bytes per rank
@@ -247,11 +247,8 @@ class BucketWindow:
         views = self.per_bucket[index]
         self.seg.fence()
         lo, hi = chunk_bounds(views[0].size, self.size)[self.rank]
-        weights = [float(h[0]) for h in self.headers]
-        total = math.fsum(weights)
-        common = common_power_of_two(total, math.fsum(w * w for w in weights), self.size)
-        scale = ((common or 1.0) / total) if total > 0 else 1.0  # (no samples: finish() raises)
-        _sum_scaled(comm, views, lo, hi, self.rank, None if common else weights, scale)
+        weights, scale = weights_and_scale(self.headers)  # (no samples: finish() raises)
+        sum_scaled(comm, views, lo, hi, self.rank, weights, scale)
         self.seg.fence()
         # what the others read of this segment: their chunks (to sum) and then this rank's sum, as the ring
         comm.record_send(2 * (self.size - 1) * (views[0].size // self.size) * self.dtype.itemsize, False)
@@ -279,25 +276,43 @@ class BucketWindow:
 SUM_BLOCK = 1 << 16  # values per pass of the bucket sum: its operands stay in cache from the sum to the scaling
 
 
-def _sum_scaled(comm, views, lo: int, hi: int, rank: int, weights: list[float] | None, scale: float) -> None:
-    """views[rank][lo:hi] = scale * the sum over q of weights[q] * views[q][lo:hi] (weights None: of the values as
-    they are), in place: this rank's term first, then the others in rank order, each product rounded to the
-    dtype before it is added (exactly what packing n_q * g_q and summing would give), block by block so the
-    scaled copies and the scaling never leave the cache."""
-    out = views[rank]
-    scratch = comm.buffer("shm.weighted", min(SUM_BLOCK, hi - lo), out.dtype) if weights is not None else None
+def weights_and_scale(headers) -> tuple[list[float] | None, float]:
+    """The ranks' weights (the first value of each header: sample counts) for ``sum_scaled``, None when they are
+    one power of two (then exact to fold into the scale), and the final scale: the weighted mean's
+    common / total. A total of 0 (no samples anywhere) gives scale 1; the caller reports it."""
+    weights = [float(h[0]) for h in headers]
+    total = math.fsum(weights)
+    common = common_power_of_two(total, math.fsum(w * w for w in weights), len(weights))
+    scale = ((common or 1.0) / total) if total > 0 else 1.0
+    return (None if common else weights), scale
+
+
+def sum_scaled(comm, views, lo: int, hi: int, rank: int, weights: list[float] | None, scale: float,
+               out=None) -> None:
+    """views[rank][lo:hi] (or ``out``, an array of hi - lo values) = scale * the sum over q of weights[q] *
+    views[q][lo:hi] (weights None: of the values as they are): this rank's term first, then the others in rank
+    order, each product rounded to the dtype before it is added (exactly what packing n_q * g_q and summing
+    would give), block by block so the scaled copies and the scaling never leave the cache."""
+    mine = views[rank]
+    dest, shift = (mine, 0) if out is None else (out, lo)
+    scratch = comm.buffer("shm.weighted", min(SUM_BLOCK, hi - lo), mine.dtype) if weights is not None else None
     for s in range(lo, hi, SUM_BLOCK):
         e = min(s + SUM_BLOCK, hi)
-        acc = out[s:e]
+        acc = dest[s - shift:e - shift]
+        first = mine[s:e]
         if weights is not None:
-            np.multiply(acc, weights[rank], out=acc)
+            np.multiply(first, weights[rank], out=acc)
+            first = acc
         for q, theirs in enumerate(views):
             if q == rank:
                 continue
             if weights is None:
-                np.add(acc, theirs[s:e], out=acc)
+                np.add(first, theirs[s:e], out=acc)
             else:
                 tmp = scratch[:e - s]
                 np.multiply(theirs[s:e], weights[q], out=tmp)
                 np.add(acc, tmp, out=acc)
+            first = acc
+        if weights is None and len(views) == 1 and out is not None:  # a world of one: this rank's values as they are
+            acc[...] = first
         np.multiply(acc, scale, out=acc)

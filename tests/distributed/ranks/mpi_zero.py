@@ -3,6 +3,10 @@
     mpiexec -n N python tests/distributed/ranks/mpi_zero.py equivalence|memory|empty-shard
     mpiexec -n N python tests/distributed/ranks/mpi_zero.py save DIR      (10 steps, then the gathered checkpoint)
     mpiexec -n M python tests/distributed/ranks/mpi_zero.py resume DIR    (load it at another world size, 10 more steps)
+    mpiexec -n N python tests/distributed/ranks/mpi_zero.py window        (algorithm='shm' against DDP over shm)
+
+``--algorithm shm`` after the case runs it with ``ZeroRedundancyOptimizer(..., algorithm="shm")`` (the
+parameters and gradients in a shared window, zero_shm.py) instead of the ring collectives.
 
 Every rank computes the single-process reference itself (same seed, full batch, the unsharded
 optimizer) and compares with it. Any failure prints the rank and aborts the whole job.
@@ -26,6 +30,11 @@ from dtrain.train import param_checksum
 
 TOL = 1e-12
 SAVE_AT, STEPS = 10, 20
+ALGORITHM = "ring"  # set by --algorithm
+
+
+def zero_opt(params, cls, **kwargs):
+    return dist.ZeroRedundancyOptimizer(params, cls, algorithm=ALGORITHM, **kwargs)
 
 
 def build():
@@ -87,7 +96,7 @@ def train_pair(comm, name, batch, weighted, groups=False, sched=False, steps=STE
         return [{"params": ps[:2], "lr": kwargs["lr"] * 0.5}, {"params": ps[2:]}]
 
     ref_opt = cls(params(ref), **kwargs)
-    zero = dist.ZeroRedundancyOptimizer(params(model), cls, **kwargs)
+    zero = zero_opt(params(model), cls, **kwargs)
     scheds = [optim.lr_scheduler.StepLR(o, step_size=5, gamma=0.5) for o in (ref_opt, zero)] if sched else []
     for step in range(steps):
         x, y = data(batch, step)
@@ -132,7 +141,7 @@ def memory(comm):
     r, n = comm.rank, comm.size
     model = build()
     total = sum(p.data.size for p in model.parameters())
-    zero = dist.ZeroRedundancyOptimizer(model.parameters(), optim.Adam, lr=0.01)
+    zero = zero_opt(model.parameters(), optim.Adam, lr=0.01)
     x, y = data(12, 0)
     F.cross_entropy(model(dt.tensor(x[shard_slice(12, r, n)])), y[shard_slice(12, r, n)]).backward()
     zero.step()
@@ -148,7 +157,7 @@ def memory(comm):
 def empty_shard(comm):
     """Two parameters over more ranks: some ranks own an empty shard and still take part."""
     p, q = nn.Parameter(np.array([1.0, 2.0])), nn.Parameter(np.array([1.0, 2.0]))
-    zero, ref = dist.ZeroRedundancyOptimizer([p], optim.Adam, lr=0.1), optim.Adam([q], lr=0.1)
+    zero, ref = zero_opt([p], optim.Adam, lr=0.1), optim.Adam([q], lr=0.1)
     for step in range(3):
         p.grad = np.array([0.5, -1.0 + step])
         q.grad = p.grad.copy()
@@ -180,7 +189,7 @@ def resume(comm, directory):
     check(blob["world"] != n, f"resume: the checkpoint was written at {blob['world']} ranks, the same world")
     ref, _, ref_opt, _ = train_pair(comm, "adam", 12, False, steps=0)
     model = build()
-    zero = dist.ZeroRedundancyOptimizer(model.parameters(), optim.Adam, lr=0.5)  # lr comes from the checkpoint
+    zero = zero_opt(model.parameters(), optim.Adam, lr=0.5)  # lr comes from the checkpoint
     model.load_state_dict(blob["model"])  # after construction: step() must take the loaded values
     zero.load_state_dict(blob["optimizer"])
     check(zero.param_groups[0]["lr"] == 0.01, f"resume: lr {zero.param_groups[0]['lr']} not loaded")
@@ -203,14 +212,80 @@ def resume(comm, directory):
         print(f"resume OK on {n} ranks (saved at {blob['world']}): max diff {diff:.2e}", flush=True)
 
 
+def window(comm):
+    """algorithm='shm': float32 MLP, momentum SGD with weight decay, uneven shards weighted by sample counts, against
+    DDP over the shm window with the unsharded optimizer: the same bits after every step at 1 and 2 ranks (within
+    float32 rounding at more), and the same bits on every rank. Also: ``.grad`` keeps the local gradient; the
+    parameters live in the window; a parameter whose array is replaced is moved back in;
+    zero_grad(set_to_none=False) accumulates; closing the communicator gives the parameters their own memory,
+    with the same values, and a step after it raises."""
+    r, n = comm.rank, comm.size
+    dt.set_default_dtype(np.float32)
+    sub = dist.Communicator(comm.comm.Dup(), owns_comm=True, label="zero-window")
+    ddp_model, model = build(), build()
+    ddp = dist.DistributedDataParallel(ddp_model, comm=comm, algorithm="shm")
+    ref_opt = optim.SGD(ddp_model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    zero = dist.ZeroRedundancyOptimizer(model.parameters(), optim.SGD, comm=sub, algorithm="shm", lr=0.1,
+                                        momentum=0.9, weight_decay=0.01)
+    check(all(not p.data.flags.owndata for p in model.parameters()), f"rank {r}: parameters not in the window")
+    batch = 7 * n + 3  # uneven shards
+    for step in range(12):
+        x, y = data(batch, step)
+        part = shard_slice(batch, r, n)
+        xs, ys = dt.tensor(x[part].astype(np.float32)), y[part]
+        ref_opt.zero_grad()
+        F.cross_entropy(ddp(xs), ys).backward()
+        ref_opt.step()
+        keep = step % 4 == 3  # accumulate over two backwards into the same .grad
+        zero.zero_grad(set_to_none=not keep)
+        loss = F.cross_entropy(model(xs), ys)
+        if keep:
+            (loss * 0.0).backward(retain_graph=True)
+        loss.backward()
+        local = [p.grad.copy() for p in model.parameters()]
+        if step == 5:  # a parameter's array replaced, not loaded in place
+            first = next(iter(model.parameters()))
+            first.data = first.data.copy()
+        zero.step(num_samples=len(ys))
+        for p, g in zip(model.parameters(), local):
+            check(np.array_equal(p.grad, g), f"step {step}: .grad is not the local gradient after step on rank {r}")
+        for (name, p), q in zip(model.named_parameters(), ddp_model.parameters()):
+            # At 2 ranks a + b = b + a: the same bits. With more, a value is summed on the rank that owns its
+            # chunk, that rank's term first, and ZeRO's chunks are not DDP's buckets': float32 rounding apart.
+            diff = float(np.abs(p.data - q.data).max())
+            check(diff == 0 if n <= 2 else diff <= 1e-5, f"step {step}: {name} differs from DDP over shm by "
+                                                         f"{diff:.3e} on rank {r} of {n}")
+        sums = comm.comm.allgather(param_checksum(model))
+        check(len(set(sums)) == 1, f"step {step}: parameters differ across ranks: {sums}")
+    check(not next(iter(model.parameters())).data.flags.owndata, f"rank {r}: the replaced array was not moved back")
+    before = [p.data.copy() for p in model.parameters()]
+    sub.close()
+    for p, b in zip(model.parameters(), before):
+        check(p.data.flags.owndata and np.array_equal(p.data, b), f"rank {r}: parameters lost when the window closed")
+    try:
+        zero.step()
+    except RuntimeError as exc:
+        check("closed" in str(exc), f"rank {r}: unexpected error after close: {exc}")
+    else:
+        check(False, f"rank {r}: step after the communicator closed did not raise")
+    if r == 0:
+        print(f"window OK on {n} ranks", flush=True)
+
+
 def main() -> None:
+    global ALGORITHM
     world = dist.init()
     dt.set_default_dtype(np.float64)
-    case = sys.argv[1]
+    args = sys.argv[1:]
+    if "--algorithm" in args:
+        i = args.index("--algorithm")
+        ALGORITHM = args[i + 1]
+        del args[i:i + 2]
+    case = args[0]
     if case in ("save", "resume"):
-        {"save": save, "resume": resume}[case](world, sys.argv[2])
+        {"save": save, "resume": resume}[case](world, args[1])
     else:
-        {"equivalence": equivalence, "memory": memory, "empty-shard": empty_shard}[case](world)
+        {"equivalence": equivalence, "memory": memory, "empty-shard": empty_shard, "window": window}[case](world)
     world.barrier()
 
 
