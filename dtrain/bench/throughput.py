@@ -94,6 +94,7 @@ class Variant:
     overlap: bool = True
     bucket_mb: float = 25.0
     algorithm: str = "ring"
+    zero: bool = False  # ZeroRedundancyOptimizer on the bare model instead of DDP + SGD
 
 
 def variants(small_bucket_mb: float, with_torch: bool) -> list[Variant]:
@@ -101,6 +102,8 @@ def variants(small_bucket_mb: float, with_torch: bool) -> list[Variant]:
            Variant("dtrain_no_overlap", "dtrain DDP, overlap off", "dtrain", False, 25.0)]
     out.append(Variant("dtrain_shm", "dtrain DDP, overlap on, shm (buckets in a shared window, 25 MB)", "dtrain",
                        True, 25.0, "shm"))
+    out.append(Variant("dtrain_zero_shm", "dtrain ZeRO-1, shm (gradients and parameters in a shared window; no DDP)",
+                       "dtrain", algorithm="shm", zero=True))
     if small_bucket_mb > 0:
         out.append(Variant("dtrain_small_buckets", f"dtrain DDP, overlap on, {small_bucket_mb:g} MB buckets",
                            "dtrain", True, small_bucket_mb))
@@ -138,12 +141,16 @@ class DtrainStepper(CycledStep):
 
         self.model = make_mlp()
         self.model.load_state_dict(state)
-        if var.lib == "local":  # the bare model: no hooks, no communication
+        if var.lib == "local" or var.zero:  # the bare model: no hooks (ZeRO averages in its step)
             self.ddp = self.model
         else:
             self.ddp = dist.DistributedDataParallel(self.model, bucket_cap_mb=var.bucket_mb, overlap=var.overlap,
                                                     algorithm=var.algorithm)
-        self.opt = optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+        if var.zero:
+            self.opt = dist.ZeroRedundancyOptimizer(self.model.parameters(), optim.SGD, algorithm=var.algorithm,
+                                                    lr=LR, momentum=MOMENTUM)
+        else:
+            self.opt = optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
         self.batches = [(dt.tensor(x), y) for x, y in batches]
         self.net, self.loss_fn = self.ddp, F.cross_entropy
 

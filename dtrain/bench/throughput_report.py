@@ -246,7 +246,7 @@ def profile_lines(p: dict) -> list[str]:
 
 def _intro(s: dict, meta: dict, records: list[dict], cores: int) -> list[str]:
     have_torch = meta["torch"] is not None
-    buckets = {k: r["buckets"] for (n, k), r in s["by"].items() if r["lib"] == "dtrain"}
+    buckets = {k: r["buckets"] for (n, k), r in s["by"].items() if r["lib"] == "dtrain" and r["buckets"]}
     first = next(r for r in records if r["kind"] == "throughput")
     return [
         "# Data-parallel training throughput: dtrain DDP vs PyTorch DDP (CPU, 1 BLAS thread per rank)", "",
@@ -268,6 +268,12 @@ def _intro(s: dict, meta: dict, records: list[dict], cores: int) -> list[str]:
         "gradients into it, each rank sums its chunk of every rank's segment in place, the write-back reads each "
         "chunk from the rank that summed it; no copy into or out of the all-reduce; the sample counts travel in "
         "the window's headers).",
+        "- **ZeRO-1, shm**: no DDP: `dist.ZeroRedundancyOptimizer(model.parameters(), optim.SGD, algorithm=\"shm\", "
+        "...)` on the bare model; `opt.step()` averages and updates. The parameters and gradients live in a "
+        "shared-memory window (backward writes the weights' gradients into it); each rank sums its chunk of the "
+        "gradient, updates that chunk of the parameters (its shard of the momentum), and reads the other chunks' "
+        "updated parameters from the ranks that updated them: the same bits as DDP + SGD at 2 ranks, and half "
+        "the optimizer's work per rank.",
         "- **reference, no DDP**: the same dtrain loop on the bare model; at 2 ranks each rank trains alone on its own "
         "batches (no communication at all), so its scaling efficiency is what sharing the machine costs before any "
         "communication: the ceiling for every data-parallel row.",
@@ -323,6 +329,13 @@ def _goals(s: dict, records: list[dict]) -> list[str]:
         md[-1:-1] = [f"- the same two with `algorithm=\"shm\"` (one node): **{shm_eff * 100:.1f}%**, "
                      f"{verdict(shm_eff, GOAL_EFFICIENCY)}; **{fmt(shm_ratio, '.2f')}x** PyTorch DDP, "
                      f"{verdict(shm_ratio, GOAL_VS_TORCH)}."]
+    zero_eff = next((row["efficiency"] for row in s["rows"] if row["variant"] == "dtrain_zero_shm"), None)
+    if zero_eff is not None:
+        zero_ratio = s["vs_torch"].get((2, "dtrain_zero_shm"))
+        md[-1:-1] = [f"- the same two with ZeRO-1 over the shared window instead of DDP (one node; "
+                     f"`ZeroRedundancyOptimizer(..., algorithm=\"shm\")`): **{zero_eff * 100:.1f}%**, "
+                     f"{verdict(zero_eff, GOAL_EFFICIENCY)}; **{fmt(zero_ratio, '.2f')}x** PyTorch DDP, "
+                     f"{verdict(zero_ratio, GOAL_VS_TORCH)}."]
     md += _pooled_baseline(s)
     if eff is not None and ceiling is not None:
         md += [f"For scale: two ranks that do not communicate at all reach {ceiling * 100:.1f}% here (the reference "
@@ -366,7 +379,10 @@ def _split_section(records: list[dict], s: dict) -> list[str]:
             "engine callback once the last gradient is delivered): it launches buckets not yet launched, waits "
             "for the all-reduces and writes the averaged gradients back; its time (`ddp.last_finish_s`) is the "
             "communication cost the step does not hide. A rank enters it at the end of its backward minus that "
-            "time, which gives the arrival skew between ranks.", "",
+            "time, which gives the arrival skew between ranks."
+            + (" The ZeRO-1 column has no `ddp.finish`: its whole synchronisation (the chunk's sum, the update of "
+               "the rank's shard, the copy of the other shards) is in its `opt.step()`."
+               if any(k[1] == "dtrain_zero_shm" for k in splits) else ""), "",
             *split_lines, "", *split_notes(records), ""]
 
 
