@@ -6,7 +6,8 @@ What is measured
     ``nbytes`` of the wrapped optimizer's state, ``ZeroRedundancyOptimizer.state_bytes()``; the largest
     over ranks) after one step, against the same count for an unsharded Adam under DDP. Also the
     median time of one training step (forward, backward, optimizer step; batch 64 per rank, 3 warm-up
-    + 10 timed steps, slowest rank) of ZeRO vs DDP in the same run. Timings beyond the machine's core
+    + 10 timed steps, slowest rank) of ZeRO vs DDP in the same run, over the ring collectives and with
+    ``algorithm="shm"`` (a shared-memory window) for both. Timings beyond the machine's core
     count are oversubscribed and only indicative; the memory numbers are exact.
 
 How to run
@@ -83,11 +84,16 @@ def worker(out_path: str) -> None:
                                                           for p in g["params"]),
                                                       op=MPI.MAX)
     del zero, model
-
     model = build()
-    ddp = dist.DistributedDataParallel(model)
-    adam = optim.Adam(model.parameters(), lr=1e-3)
-    result["ddp_step_s"] = timed(model, ddp, adam, adam.step)
+    zero = dist.ZeroRedundancyOptimizer(model.parameters(), optim.Adam, algorithm="shm", lr=1e-3)
+    result["zero_shm_step_s"] = timed(model, model, zero, zero.step)
+    del zero, model
+
+    for key, algorithm in (("ddp", "ring"), ("ddp_shm", "shm")):
+        model = build()
+        ddp = dist.DistributedDataParallel(model, algorithm=algorithm)
+        adam = optim.Adam(model.parameters(), lr=1e-3)
+        result[f"{key}_step_s"] = timed(model, ddp, adam, adam.step)
     ddp_bytes = sum(int(v.nbytes) for s in adam.state.values() for v in s.values() if hasattr(v, "nbytes"))
     result["ddp_state_bytes"] = world.comm.allreduce(ddp_bytes, op=MPI.MAX)
     if world.rank == 0:
@@ -107,22 +113,28 @@ def write_report(out: Path, rows: list[dict], command: str) -> Path:
         "(a 1/N copy) and a full flat gradient buffer, which ZeRO stage 1 does not shard.",
         "",
         "| N | params | ZeRO state bytes / rank | ratio to N=1 | ideal 1/N | DDP+Adam state bytes / rank | "
-        "ZeRO shard copy bytes | ZeRO step ms | DDP step ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "ZeRO shard copy bytes | ZeRO step ms | DDP step ms | ZeRO shm step ms | DDP shm step ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         n = r["world_size"]
         lines.append(f"| {n} | {r['params']:,} | {r['zero_state_bytes']:,} | "
                      f"{r['zero_state_bytes'] / base['zero_state_bytes']:.4f} | {1 / n:.4f} | "
                      f"{r['ddp_state_bytes']:,} | {r['zero_shard_bytes']:,} | {r['zero_step_s'] * 1e3:.1f} | "
-                     f"{r['ddp_step_s'] * 1e3:.1f} |")
+                     f"{r['ddp_step_s'] * 1e3:.1f} | {r['zero_shm_step_s'] * 1e3:.1f} | "
+                     f"{r['ddp_shm_step_s'] * 1e3:.1f} |")
     lines += [
         "",
-        "Step times: ZeRO's step is expected to cost more than DDP's. It makes copies DDP does not (the gradients "
-        "into a flat buffer, the parameter slice into the shard, the gathered vector back into the parameters), and "
-        "its reduce-scatter and all-gather run after backward, where DDP overlaps its bucketed all-reduce with "
-        "backward. On this 2-core machine step times vary by tens of percent between runs (and N=4 is "
-        "oversubscribed), so read them as indicative. Stage 1 is about memory: 1/N of the optimizer state.",
+        "Step times: over the ring collectives ZeRO's step is expected to cost more than DDP's. It makes copies "
+        "DDP does not (the gradients into a flat buffer, the parameter slice into the shard, the gathered vector "
+        "back into the parameters), and its reduce-scatter and all-gather run after backward, where DDP overlaps "
+        "its bucketed all-reduce with backward. With `algorithm=\"shm\"` (one node) those copies are gone: the "
+        "parameters and gradients live in a shared window, each rank sums and updates its chunk where it is and "
+        "reads the others' from their owners, so each rank runs 1/N of the optimizer's pass and no all-reduce "
+        "write-back (the DDP shm column: the buckets in a shared window, every rank updating every parameter). "
+        "On this 2-core machine step times vary by tens of percent between runs (and N=4 is oversubscribed), so "
+        "read them as indicative. The memory columns are for the ring; shm holds the same optimizer state, and "
+        "its parameters and gradients live in the window instead of the shard copy and the flat buffer.",
         "",
         f"Machine: {env.cpu_model()}, {env.usable_cores()} usable cores, Python {platform.python_version()}, NumPy "
         f"{np.__version__}, one BLAS thread per rank. World sizes above the core count are oversubscribed: "
