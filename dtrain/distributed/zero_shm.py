@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from .algorithms.shm import HEADER, SharedSegments, _node, sum_scaled, weights_a
 __all__ = ["ZeroWindow"]
 
 _windows = itertools.count()  # windows made in this process: every rank makes them in the same order
+_kept: list = []  # windows left allocated at close because arrays still viewed them (see ZeroWindow.close)
 
 
 class ZeroWindow:
@@ -57,6 +59,8 @@ class ZeroWindow:
         n = group.total
         self.seg = SharedSegments(_node(comm), max(2 * n * dtype.itemsize, 1))
         comm.cache[("shm.zero", next(_windows))] = self  # the same key on every rank: freed in order
+        self._refs = [sys.getrefcount(s) for s in self.seg.segments]  # before any view of them exists
+        self.freed = False
         views = self.seg.data(dtype, 2 * n)
         self.grads, self.values = [v[:n] for v in views], [v[n:] for v in views]
         self.headers = [s[:HEADER].view(np.float64) for s in self.seg.segments]
@@ -119,7 +123,12 @@ class ZeroWindow:
 
     def close(self) -> None:
         """Give the parameters, their gradients and the shard arrays of their own, then free the window
-        (collective; ``Communicator.close`` calls it)."""
+        (collective; ``Communicator.close`` calls it).
+
+        Arrays taken from the parameters before (``model.state_dict()`` returns the live arrays, as torch's
+        does) would still point into the window, and reading freed shared memory kills the process. So the
+        window is freed only when no array views it any more on any rank: every view's base is its segment's
+        array, whose reference count says so. Otherwise it stays allocated, valid, until the process ends."""
         for p, home in zip(self.group.params, self.homes):
             p.set_grad_buffer(None)
             if p.data is home:
@@ -129,4 +138,10 @@ class ZeroWindow:
         shard = self.group.shard
         shard.data = shard.data.copy()
         self.homes, self.grad_homes = [], []
+        self.grads = self.values = self.headers = home = None  # (``home``: the loop's last view)
+        views = sum(now - before for now, before in zip([sys.getrefcount(s) for s in self.seg.segments], self._refs))
+        if self.seg.node.allreduce(views):
+            _kept.append(self.seg)
+            return
         self.seg.close()
+        self.freed = True

@@ -36,7 +36,8 @@ def test_zero_in_a_shared_window_equals_ddp_over_shm(run_mpi, n):
     rounding at 3, where the chunks are summed in another order), the same bits on every rank; ``.grad``
     keeps the local gradient; the parameters live in the window and a replaced array is moved back in;
     zero_grad(set_to_none=False) accumulates; closing the communicator gives the parameters their own
-    memory with the same values, and a step after it raises."""
+    memory with the same values, and a step after it raises; a state_dict kept from before the close stays
+    readable (the window is not freed under it), and a window nothing views any more is freed."""
     res = run_mpi(SCRIPT, n, "window", timeout=300)
     assert f"window OK on {n} ranks" in res.stdout
 

@@ -218,7 +218,8 @@ def window(comm):
     float32 rounding at more), and the same bits on every rank. Also: ``.grad`` keeps the local gradient; the
     parameters live in the window; a parameter whose array is replaced is moved back in;
     zero_grad(set_to_none=False) accumulates; closing the communicator gives the parameters their own memory,
-    with the same values, and a step after it raises."""
+    with the same values, and a step after it raises; the window outlives arrays taken from the parameters
+    before the close (a state_dict), and is freed when none is left."""
     r, n = comm.rank, comm.size
     dt.set_default_dtype(np.float32)
     sub = dist.Communicator(comm.comm.Dup(), owns_comm=True, label="zero-window")
@@ -259,9 +260,20 @@ def window(comm):
         check(len(set(sums)) == 1, f"step {step}: parameters differ across ranks: {sums}")
     check(not next(iter(model.parameters())).data.flags.owndata, f"rank {r}: the replaced array was not moved back")
     before = [p.data.copy() for p in model.parameters()]
+    live = model.state_dict()  # the live arrays, views of the window: it must outlive them (else a crash)
     sub.close()
-    for p, b in zip(model.parameters(), before):
+    for p, b, a in zip(model.parameters(), before, live.values()):
         check(p.data.flags.owndata and np.array_equal(p.data, b), f"rank {r}: parameters lost when the window closed")
+        check(np.array_equal(a, b), f"rank {r}: an array taken before the close changed")
+    check(not zero._windows[0].freed, f"rank {r}: the window was freed while arrays still viewed it")
+    del live
+    other = dist.Communicator(comm.comm.Dup(), owns_comm=True, label="zero-window-2")
+    small = build()
+    opt = dist.ZeroRedundancyOptimizer(small.parameters(), optim.Adam, comm=other, algorithm="shm", lr=0.01)
+    F.cross_entropy(small(dt.tensor(x[part].astype(np.float32))), y[part]).backward()
+    opt.step()
+    other.close()
+    check(opt._windows[0].freed, f"rank {r}: the window was not freed although no array viewed it")
     try:
         zero.step()
     except RuntimeError as exc:
