@@ -57,7 +57,8 @@ class ZeroWindow:
         dtype = np.dtype(ps[0].data.dtype)
         self.comm, self.group, self.rank = comm, group, comm.rank
         n = group.total
-        self.seg = SharedSegments(_node(comm), max(2 * n * dtype.itemsize, 1))
+        node = _node(comm, "ZeroRedundancyOptimizer with algorithm='shm'", "algorithm='ring'")
+        self.seg = SharedSegments(node, max(2 * n * dtype.itemsize, 1))
         comm.cache[("shm.zero", next(_windows))] = self  # the same key on every rank: freed in order
         self._refs = [sys.getrefcount(s) for s in self.seg.segments]  # before any view of them exists
         self.freed = False

@@ -79,17 +79,17 @@ class SharedSegments:
         self.node.Free()
 
 
-def _node(comm):
+def _node(comm, what: str = "all-reduce algorithm 'shm'", instead: str = "'ring' or 'hierarchical'"):
     """A communicator over the ranks that share this rank's memory; ValueError on every rank unless that is
-    every rank."""
+    every rank (naming ``what`` needs it, and what to use ``instead``)."""
     MPI = _comm._MPI
     node = comm.comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
     size = node.Get_size()
     if size != comm.size:
         node.Free()
-        raise ValueError(f"all-reduce algorithm 'shm' (rank {comm.rank}): every rank must be on one node, but this "
-                         f"rank shares memory with {size} of the {comm.size} ranks (hosts: "
-                         f"{', '.join(sorted(set(comm.hosts)))}); use 'ring' or 'hierarchical' across nodes")
+        raise ValueError(f"{what} (rank {comm.rank}): every rank must be on one node, but this rank shares memory "
+                         f"with {size} of the {comm.size} ranks (hosts: {', '.join(sorted(set(comm.hosts)))}); use "
+                         f"{instead} across nodes")
     return node
 
 

@@ -4,6 +4,7 @@
     mpiexec -n N python tests/distributed/ranks/mpi_zero.py save DIR      (10 steps, then the gathered checkpoint)
     mpiexec -n M python tests/distributed/ranks/mpi_zero.py resume DIR    (load it at another world size, 10 more steps)
     mpiexec -n N python tests/distributed/ranks/mpi_zero.py window        (algorithm='shm' against DDP over shm)
+    (virtual cluster) mpi_zero.py across-nodes                          (algorithm='shm' refused across nodes)
 
 ``--algorithm shm`` after the case runs it with ``ZeroRedundancyOptimizer(..., algorithm="shm")`` (the
 parameters and gradients in a shared window, zero_shm.py) instead of the ring collectives.
@@ -284,6 +285,28 @@ def window(comm):
         print(f"window OK on {n} ranks", flush=True)
 
 
+def across_nodes(comm):
+    """Ranks on more than one node (the virtual cluster): algorithm='shm' is refused on every rank, naming what
+    to use instead, and the model is left as it was; the ring works."""
+    model = build()
+    try:
+        dist.ZeroRedundancyOptimizer(model.parameters(), optim.SGD, algorithm="shm", lr=0.1)
+    except ValueError as exc:
+        check("ZeroRedundancyOptimizer with algorithm='shm' (rank" in str(exc)
+              and "every rank must be on one node" in str(exc) and "use algorithm='ring' across nodes" in str(exc),
+              f"rank {comm.rank}: unexpected message: {exc}")
+    else:
+        check(False, f"rank {comm.rank}: algorithm='shm' across nodes was not refused")
+    check(all(p.data.flags.owndata for p in model.parameters()), f"rank {comm.rank}: the refusal moved parameters")
+    zero = dist.ZeroRedundancyOptimizer(model.parameters(), optim.SGD, lr=0.1)
+    x, y = data(12, 0)
+    part = shard_slice(12, comm.rank, comm.size)
+    F.cross_entropy(model(dt.tensor(x[part])), y[part]).backward()
+    zero.step()
+    if comm.rank == 0:
+        print(f"across-nodes OK on {comm.size} ranks", flush=True)
+
+
 def main() -> None:
     global ALGORITHM
     world = dist.init()
@@ -297,7 +320,9 @@ def main() -> None:
     if case in ("save", "resume"):
         {"save": save, "resume": resume}[case](world, args[1])
     else:
-        {"equivalence": equivalence, "memory": memory, "empty-shard": empty_shard, "window": window}[case](world)
+        cases = {"equivalence": equivalence, "memory": memory, "empty-shard": empty_shard, "window": window,
+                 "across-nodes": across_nodes}
+        cases[case](world)
     world.barrier()
 
 
