@@ -4,6 +4,7 @@ traceback and aborts the whole job (MPI_Abort), so no rank is left waiting in a 
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from collections.abc import Callable
 
@@ -16,8 +17,13 @@ def run_or_abort(main: Callable[[], object]) -> None:
     except BaseException:
         from mpi4py import MPI
 
+        from dtrain.distributed.watchdog import ABORT_GRACE_S
+
         print(f"rank {MPI.COMM_WORLD.Get_rank()} of {MPI.COMM_WORLD.Get_size()} failed:\n{traceback.format_exc()}",
               file=sys.stderr, flush=True)
+        # As dtrain's own abort does: the launcher forwards this output through a pipe, and a line written just
+        # before MPI_Abort is sometimes lost when the job is torn down (seen: a test reading an empty stderr).
+        time.sleep(ABORT_GRACE_S)
         MPI.COMM_WORLD.Abort(1)
 
 
