@@ -148,7 +148,6 @@ class ZeroRedundancyOptimizer:
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{where}: building {optimizer_class.__name__}: {exc}") from None
         self._counts = np.zeros(1, dtype=np.float64)
-        self.algorithm = algorithm
         # algorithm='shm': each group's gradients and parameters in a shared window (zero_shm.py); made once the
         # wrapped optimizer has accepted the groups, so that a bad argument leaves the model as it was
         self._windows = None

@@ -26,7 +26,6 @@ The window is freed with the communicator, after the parameters are moved back t
 from __future__ import annotations
 
 import itertools
-import math
 import sys
 
 import numpy as np
@@ -96,8 +95,8 @@ class ZeroWindow:
         self.headers[r][0] = num_samples
         with self.comm.watch("ZeroRedundancyOptimizer shared window (gradients)"):
             self.seg.fence()
-        weights, scale = weights_and_scale(self.headers)
-        if math.fsum(float(h[0]) for h in self.headers) <= 0:
+        weights, scale, total = weights_and_scale(self.headers)
+        if total <= 0:
             raise RuntimeError(f"ZeroRedundancyOptimizer.step (rank {r}): no rank had any samples")
         if len(self.grads) == 1:  # one rank: its gradients are the (weighted) mean, as DDP leaves them
             return self.grads[r][g.lo:g.hi]

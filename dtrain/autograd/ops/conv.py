@@ -171,21 +171,11 @@ KEEP_COLS_BYTES = 4 << 20
 
 
 def _blocks(n: int, oh: int, row_bytes: int, whole: bool):
-    """(n0, n1, h0, h1): whole images per block when one image's columns fit, else rows of one image. Each
-    block's output rows are contiguous in an (N, OH, OW, O) array."""
+    """(n0, n1, h0, h1): the whole batch (``whole``, or no image), else blocks of BLOCK_BYTES of columns
+    (``conv_rows.image_blocks``)."""
     if whole or n == 0:
-        yield 0, n, 0, oh
-        return
-    per_image = max(oh * row_bytes, 1)
-    if per_image <= BLOCK_BYTES:
-        step = BLOCK_BYTES // per_image
-        for n0 in range(0, n, step):
-            yield n0, min(n, n0 + step), 0, oh
-        return
-    step = max(BLOCK_BYTES // max(row_bytes, 1), 1)
-    for i in range(n):
-        for h0 in range(0, oh, step):
-            yield i, i + 1, h0, min(oh, h0 + step)
+        return [(0, n, 0, oh)]
+    return conv_rows.image_blocks(n, oh, row_bytes, BLOCK_BYTES)
 
 
 def _gemm_blocks(win, each, keep: bool = False):
@@ -385,11 +375,9 @@ class FusedConv2d(FusedFunction):
         gyh = xp.ascontiguousarray(g.transpose(0, 2, 3, 1))  # free when g is channels-last
         gw = gx = gb = None
         if groups == 1:
-            if nw and self.rows:
-                gwm = conv_rows.rows_weight_grad(saved, gyh, (kh, kw), dilation, self.out_hw, self.panels)
-            elif nw:
-                gwm = _weight_grad_nhwc(self._win(saved, (kh, kw)), gyh, self.cols)
             if nw:
+                gwm = (conv_rows.rows_weight_grad(saved, gyh, (kh, kw), dilation, self.out_hw, self.panels) if self.rows
+                       else _weight_grad_nhwc(self._win(saved, (kh, kw)), gyh, self.cols))
                 gw = xp.ascontiguousarray(gwm.reshape(o, kh, kw, c).transpose(0, 3, 1, 2)).astype(w.dtype, copy=False)
             if nx and stride == (1, 1):
                 gx = _input_grad_by_correlation(gyh, w, (h, wd), padding, dilation)

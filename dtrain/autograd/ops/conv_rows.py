@@ -30,7 +30,7 @@ import numpy as np
 
 from .gemm import matmul_into, matmul_tn
 
-__all__ = ["applies", "rows_conv", "rows_weight_grad", "weight_rows"]
+__all__ = ["applies", "image_blocks", "rows_conv", "rows_weight_grad", "weight_rows"]
 
 # Panel bytes per block. The panels of the digits ResNet's 16-channel convolutions (64 images: 0.94 MiB) are
 # one block at this size; in two blocks of 512 KiB (conv.py's im2col blocks) the forward is 10 % slower. A
@@ -57,8 +57,10 @@ def weight_rows(w):
     return np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(kh, kw * c, o)
 
 
-def _blocks(n: int, oh: int, row_bytes: int, budget: int):
-    """(n0, n1, h0, h1): whole images per block while their panels fit ``budget``, else rows of one image."""
+def image_blocks(n: int, oh: int, row_bytes: int, budget: int) -> list[tuple[int, int, int, int]]:
+    """(n0, n1, h0, h1): whole images per block while their ``oh`` rows of ``row_bytes`` fit ``budget``, else rows
+    of one image (none for no image). Each block's output rows are contiguous in an (N, OH, OW, O) array. Also
+    conv.py's im2col blocks."""
     per_image = max(oh * row_bytes, 1)
     if per_image <= budget:
         step = max(budget // per_image, 1)
@@ -90,7 +92,7 @@ def rows_conv(xh, wrows, dilation, out_hw, keep: int, bias=None, budget: int | N
     oh, ow = out_hw
     ext = (kh - 1) * dilation[0]
     item = xh.itemsize
-    blocks = _blocks(n, oh, ow * kwc * item, BLOCK_BYTES if budget is None else budget)
+    blocks = image_blocks(n, oh, ow * kwc * item, BLOCK_BYTES if budget is None else budget)
     kept = [] if n * (oh + ext) * ow * kwc * item <= keep else None
     y = np.empty((n, oh, ow, o), dtype=xh.dtype)
     rows = max(((b[1] - b[0]) * (b[3] - b[2]) * ow for b in blocks), default=0)
@@ -129,7 +131,7 @@ def rows_weight_grad(xh, gyh, kernel, dilation, out_hw, kept=None, budget: int |
     ext = (kh - 1) * dilation[0]
     if kept is None:
         budget = BLOCK_BYTES if budget is None else budget
-        kept = ((b, None) for b in _blocks(n, oh, ow * kw * c * xh.itemsize, budget))
+        kept = ((b, None) for b in image_blocks(n, oh, ow * kw * c * xh.itemsize, budget))
     gw = np.zeros((kh, o, kw * c), dtype=xh.dtype)
     for block, panels in kept:
         n0, n1, h0, h1 = block

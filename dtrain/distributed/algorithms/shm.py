@@ -247,7 +247,7 @@ class BucketWindow:
         views = self.per_bucket[index]
         self.seg.fence()
         lo, hi = chunk_bounds(views[0].size, self.size)[self.rank]
-        weights, scale = weights_and_scale(self.headers)  # (no samples: finish() raises)
+        weights, scale, _ = weights_and_scale(self.headers)  # (no samples: finish() raises)
         sum_scaled(comm, views, lo, hi, self.rank, weights, scale)
         self.seg.fence()
         # what the others read of this segment: their chunks (to sum) and then this rank's sum, as the ring
@@ -276,15 +276,15 @@ class BucketWindow:
 SUM_BLOCK = 1 << 16  # values per pass of the bucket sum: its operands stay in cache from the sum to the scaling
 
 
-def weights_and_scale(headers) -> tuple[list[float] | None, float]:
+def weights_and_scale(headers) -> tuple[list[float] | None, float, float]:
     """The ranks' weights (the first value of each header: sample counts) for ``sum_scaled``, None when they are
-    one power of two (then exact to fold into the scale), and the final scale: the weighted mean's
-    common / total. A total of 0 (no samples anywhere) gives scale 1; the caller reports it."""
+    one power of two (then exact to fold into the scale); the final scale, the weighted mean's common / total;
+    and the total. A total of 0 (no samples anywhere) gives scale 1; the caller reports it."""
     weights = [float(h[0]) for h in headers]
     total = math.fsum(weights)
     common = common_power_of_two(total, math.fsum(w * w for w in weights), len(weights))
     scale = ((common or 1.0) / total) if total > 0 else 1.0
-    return (None if common else weights), scale
+    return (None if common else weights), scale, total
 
 
 def sum_scaled(comm, views, lo: int, hi: int, rank: int, weights: list[float] | None, scale: float,
@@ -313,6 +313,6 @@ def sum_scaled(comm, views, lo: int, hi: int, rank: int, weights: list[float] | 
                 np.multiply(theirs[s:e], weights[q], out=tmp)
                 np.add(acc, tmp, out=acc)
             first = acc
-        if weights is None and len(views) == 1 and out is not None:  # a world of one: this rank's values as they are
+        if first is not acc and out is not None:  # nothing to add or weigh (one rank): its values as they are
             acc[...] = first
         np.multiply(acc, scale, out=acc)
