@@ -63,15 +63,16 @@ def backward(tensor, grad=None, retain_graph: bool = False) -> None:
             "backward() called on a tensor that does not require grad: it was computed from inputs "
             "with requires_grad=False or inside no_grad()"
         )
-    xp = get_array_module(tensor.data)
+    data = tensor.data
     if grad is None:
-        if tensor.data.size != 1:
+        if data.size != 1:
             raise RuntimeError(
                 f"backward() without a gradient needs a scalar (one-element) output, got shape "
                 f"{tuple(tensor.shape)}; pass grad= an array of that shape"
             )
-        grad = seed_gradient(tensor.data)
+        grad = np.array(1, dtype=data.dtype) if type(data) is ndarray and data.ndim == 0 else seed_gradient(data)
     else:
+        xp = get_array_module(data)
         grad = getattr(grad, "data", grad) if hasattr(grad, "_is_dtrain_tensor") else grad
         if get_array_module(grad) is not xp:
             raise RuntimeError(
@@ -110,27 +111,35 @@ def _run(tensor, grad, retain_graph: bool) -> None:
         return
 
     node_deps, leaf_deps, buffers = _count_dependencies(root)
-    grads: dict[int, list] = {id(root): [grad, False]}
+    grads: dict[int, list] = {id(root): [grad, False]}  # [gradient arriving at a node to run, owned by us]
     leaf_grads: dict[int, list] = {}
     ready = [(-root.seq, root)]
+    pop, push = heapq.heappop, heapq.heappush
     while ready:
-        _, node = heapq.heappop(ready)
+        node = pop(ready)[1]
         entry = grads.pop(id(node), None)
-        g = entry[0] if entry is not None else None
         edges, metas = node.next, node.in_meta
-        if g is None:  # no gradient reached this node: pass "nothing" on so counts still drain
+        if entry is None:  # no gradient reached this node: pass "nothing" on so counts still drain
             in_grads = (None,) * len(edges)
         elif buffers and node.writes_grad_into is not None:
-            in_grads = _backward_into_buffers(node, g, leaf_deps, leaf_grads)
+            in_grads = _backward_into_buffers(node, entry[0], leaf_deps, leaf_grads)
+        elif node.hooks is None and node.retain is None:  # the common case, without _node_backward's call
+            in_grads = node.backward(entry[0])
+            if type(in_grads) is not tuple:
+                in_grads = (in_grads,)
+            if len(in_grads) != len(edges):
+                raise RuntimeError(f"op {node.name}: backward returned {len(in_grads)} gradients for {len(edges)} "
+                                   "inputs")
         else:
-            in_grads = _node_backward(node, g, len(edges))
+            in_grads = _node_backward(node, entry[0], len(edges))
         if not retain_graph:
             node.release()
         for edge, gi, meta in zip(edges, in_grads, metas):
             if edge is None:
                 continue
             key = id(edge)
-            if gi is not None and (type(gi) is not ndarray or gi.shape != meta[0] or gi.dtype != meta[1]):
+            if gi is not None and (type(gi) is not ndarray or gi.shape != meta[0]
+                                   or (gi.dtype is not meta[1] and gi.dtype != meta[1])):
                 gi = _fit(gi, meta, node)  # only a mismatch pays for the call
             if isinstance(edge, Function):
                 if gi is not None:
@@ -141,16 +150,18 @@ def _run(tensor, grad, retain_graph: bool) -> None:
                 left = node_deps[key] - 1
                 node_deps[key] = left
                 if left == 0:
-                    heapq.heappush(ready, (-edge.seq, edge))
+                    push(ready, (-edge.seq, edge))
             else:
-                if gi is not None:
-                    _accumulate(leaf_grads, key, gi)
                 left = leaf_deps[key] - 1
                 leaf_deps[key] = left
+                if left == 0 and key not in leaf_grads:  # the leaf's only gradient (most parameters)
+                    if gi is not None:
+                        _finish_leaf(edge, gi, handed)
+                    continue
+                if gi is not None:
+                    _accumulate(leaf_grads, key, gi)
                 if left == 0:
-                    entry = leaf_grads.pop(key, None)
-                    if entry is not None:
-                        _finish_leaf(edge, entry[0], handed)
+                    _finish_leaf(edge, leaf_grads.pop(key)[0], handed)
 
 
 def _node_backward(node: Function, g, n_inputs: int) -> tuple:
@@ -264,7 +275,8 @@ def _finish_leaf(leaf, g, handed: set[int]) -> None:
                 g = out
     if leaf.grad is None:
         if g is not leaf._grad_dest:  # (an array written into the buffer the leaf offered is the leaf's alone)
-            key = _array_key(g)
+            base = getattr(g, "base", None)
+            key = id(g) if base is None else id(base)
             flags = g.flags
             if key in handed or not (flags.c_contiguous or flags.f_contiguous):
                 g = g.copy()

@@ -134,7 +134,7 @@ class Function:
 
     # Subclasses have an instance __dict__ for what forward keeps (masks, shapes); the slots are
     # the attributes every node has, read by the engine on each backward step.
-    __slots__ = ("hooks", "in_meta", "needs_grad", "next", "retain", "saved", "seq")
+    __slots__ = ("in_meta", "needs_grad", "seq")
     # Inputs whose gradient backward can write into a buffer the engine hands it (``Tensor.set_grad_buffer``):
     # then ``self.grad_out[i]`` is that buffer, or None, during the call (see engine._backward_into_buffers).
     writes_grad_into: tuple[int, ...] | None = None
@@ -142,12 +142,12 @@ class Function:
     # May a captured step (capture.py) replay this op from its recorded parameters? Only for ops whose
     # frontend decides from shapes, dtypes and fixed arguments, or re-decides in ``capture_check``.
     capturable = False
-
-    def __init__(self):
-        self.saved = ()
-        self.next = None
-        self.hooks = None
-        self.retain = None
+    # Class-level defaults, so creating a node sets nothing: a node's own values live in its instance dict
+    # (``release`` clears that dict, which brings the defaults back; ``next`` None then marks it released).
+    saved = ()
+    next = None
+    hooks = None
+    retain = None
 
     @property
     def name(self) -> str:
@@ -165,18 +165,15 @@ class Function:
         Attributes forward set beyond ``saved`` (masks, indices, statistics) go too, so a node kept
         alive by a tensor the user still holds does not keep its activations.
         """
+        vars(self).clear()  # ``next`` falls back to the class's None: the engine's mark of a released node
         self.saved = None
-        self.next = None
-        vars(self).clear()
 
     @classmethod
     def apply(cls, *inputs, **params):
         """Run the primitive on tensors (or raw arrays, treated as constants); return a Tensor.
 
-        One pass over the inputs gathers their arrays, whether any needs a gradient or carries a
-        tangent, and whether their array types agree; the node's edges are built only when the
-        result is recorded. This is the per-op cost of every eager step, so it is kept flat.
-        """
+        The per-op cost of every eager step, so kept flat: one pass over the inputs, NumPy's forward run
+        here, the node (edges, needs_grad, input meta) recorded inline and only when a gradient is needed."""
         fn = cls()
         arrays = []
         needs_grad = has_tangent = False
@@ -195,11 +192,38 @@ class Function:
             elif type(a) is not first_type:
                 _check_same_device(cls.__name__, inputs)
             arrays.append(a)
-        out = _run_forward(fn, arrays, params, first_type, inputs)
-        if needs_grad and _grad_mode.enabled:
-            result = _record(fn, inputs, arrays, out)
+        if first_type is ndarray:
+            try:
+                out = fn.forward(*arrays, **params)
+            except ValueError as exc:
+                raise _op_error(fn, arrays, exc) from None
+            if type(out) is not ndarray and isinstance(out, np.generic):
+                out = np.asarray(out)
         else:
-            result = Tensor._make(out, False, None)
+            out = _run_forward(fn, arrays, params, first_type, inputs)
+        if needs_grad and _grad_mode.enabled:
+            # the node's edges (producing node, leaf or None), which inputs need a gradient, their (shape, dtype)
+            if len(arrays) == 1:  # one input, then a tensor needing a gradient (activations, losses): no lists
+                t, a = inputs[0], arrays[0]
+                node = t._node
+                fn.next, fn.needs_grad, fn.in_meta = (t if node is None else node,), (True,), ((a.shape, a.dtype),)
+            else:
+                edges, needs, meta = [], [], []
+                for t, a in zip(inputs, arrays):
+                    if isinstance(t, Tensor) and t._requires_grad:
+                        node = t._node
+                        edges.append(t if node is None else node)
+                        needs.append(True)
+                        meta.append((a.shape, a.dtype))
+                    else:
+                        edges.append(None)
+                        needs.append(False)
+                        meta.append(None)
+                fn.next, fn.needs_grad, fn.in_meta = tuple(edges), tuple(needs), tuple(meta)
+            fn.seq = next(_seq)
+            result = _make_tensor(out, True, fn)
+        else:
+            result = _make_tensor(out, False, None)
         if has_tangent:
             result._tangent = _push_tangents(fn, inputs, out)
         if capture_hooks.tracer is not None:  # a captured step is tracing (capture.py)
@@ -230,29 +254,17 @@ def _run_forward(fn: Function, arrays: list, params: dict, array_type, inputs):
                 out = fn.forward(*arrays, **params)
         else:
             out = fn.forward(*arrays, **params)
-    except ValueError as exc:  # e.g. shapes that do not broadcast: say which op and which shapes
-        shapes = ", ".join(str(tuple(a.shape)) for a in arrays if hasattr(a, "shape"))
-        raise ValueError(f"op {fn.name} on inputs of shapes {shapes}: {exc}") from None
+    except ValueError as exc:
+        raise _op_error(fn, arrays, exc) from None
     if isinstance(out, np.generic):
         out = np.asarray(out)
     return out
 
 
-def _record(fn: Function, inputs, arrays: list, out):
-    """Make ``fn`` the graph node of the result: its edges, which inputs need a gradient, their meta."""
-    edges, needs, meta = [], [], []
-    for t, a in zip(inputs, arrays):
-        if isinstance(t, Tensor) and t._requires_grad:
-            edges.append(t._node if t._node is not None else t)
-            needs.append(True)
-            meta.append((a.shape, a.dtype))
-        else:
-            edges.append(None)
-            needs.append(False)
-            meta.append(None)
-    fn.next, fn.needs_grad, fn.in_meta = tuple(edges), tuple(needs), tuple(meta)
-    fn.seq = next(_seq)
-    return Tensor._make(out, True, fn)
+def _op_error(fn: Function, arrays: list, exc: ValueError) -> ValueError:
+    """A forward's ValueError (e.g. shapes that do not broadcast) saying which op and which shapes."""
+    shapes = ", ".join(str(tuple(a.shape)) for a in arrays if hasattr(a, "shape"))
+    return ValueError(f"op {fn.name} on inputs of shapes {shapes}: {exc}")
 
 
 def _push_tangents(fn: Function, inputs, out):
@@ -289,3 +301,6 @@ def _check_same_device(op: str, inputs) -> None:
 
 
 from .tensor import Tensor  # noqa: E402  (tensor.py imports this module; bind the class once it exists)
+
+_make_tensor = Tensor._make
+ndarray = np.ndarray

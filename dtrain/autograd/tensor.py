@@ -47,8 +47,8 @@ class Tensor:
         self.data = data
         self.grad = None
         self._node = None
-        self._hooks: list = []
-        self._post_hooks: list = []
+        self._hooks: list | tuple = ()  # a list from the first registered hook on (no list per tensor before)
+        self._post_hooks: list | tuple = ()
         self._tangent = None
         self._grad_dest = None
         self._requires_grad = False
@@ -62,8 +62,8 @@ class Tensor:
         t.grad = None
         t._requires_grad = requires_grad
         t._node = node
-        t._hooks = []
-        t._post_hooks = []
+        t._hooks = ()
+        t._post_hooks = ()
         t._tangent = None
         t._grad_dest = None
         return t
@@ -117,6 +117,8 @@ class Tensor:
                 self._node.hooks = []
             self._node.hooks.append(fn)
             return _HookHandle(self._node.hooks, fn)
+        if not self._hooks:
+            self._hooks = []
         self._hooks.append(fn)
         return _HookHandle(self._hooks, fn)
 
@@ -124,6 +126,8 @@ class Tensor:
         """Call ``fn(tensor)`` on a leaf right after backward accumulated into its ``.grad``."""
         if self._node is not None:
             raise RuntimeError("post-accumulate-grad hooks can only be registered on leaf tensors")
+        if not self._post_hooks:
+            self._post_hooks = []
         self._post_hooks.append(fn)
         return _HookHandle(self._post_hooks, fn)
 

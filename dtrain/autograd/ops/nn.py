@@ -302,6 +302,10 @@ class FusedCrossEntropy(_FusedClassLoss):
         xp = xp_of(g)
         g = g.astype(acc_dtype(self.dtype), copy=False)
         if self.plain:  # (N, C) logits, a scalar loss: no reshapes
+            if type(g) is np.ndarray and g.dtype.itemsize >= 4:
+                # a Python float instead of 0-d array arithmetic (1 µs a step); the same value: a float32
+                # quotient computed in float64 and rounded once is the correctly rounded float32 quotient
+                g = float(g)
             return self._dlogits(g if self.reduction == "sum" else g / self.denom)
         scale = _grad_scale(xp, g, self.reduction, self.denom, (-1, 1))
         return _unflatten_classes(self._dlogits(scale), self.shape)
@@ -378,6 +382,14 @@ def cross_entropy(input: Tensor, target, weight=None, ignore_index: int = -100, 
 
     ``target``: class indices of shape (N, d1, ...) or class probabilities shaped like ``input``.
     """
+    x = getattr(input, "data", None)
+    if (type(target) is np.ndarray and type(x) is np.ndarray and x.ndim == 2 and weight is None
+            and not label_smoothing and (reduction == "mean" or reduction == "sum") and target.dtype.kind in "iu"
+            and target.shape == x.shape[:1] and target.size and not 0 <= ignore_index < x.shape[1]
+            and _check_class_range(target, x.shape[1], ignore_index, "cross_entropy")):
+        # the common case (a small model's every step): (N, C) logits, N class indices in range, no options
+        return FusedCrossEntropy.apply(input, target=target, weight=None, ignore_index=ignore_index,
+                                       reduction=reduction, label_smoothing=0.0, plain=True)
     _check_reduction(reduction)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
