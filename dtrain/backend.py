@@ -222,6 +222,8 @@ def device_of(array) -> Device:
 
 def to_device(array, device: str | Device | None):
     """Return ``array`` on ``device`` (the same object when it is already there)."""
+    if type(array) is np.ndarray and (device is None or device is CPU or device == "cpu"):
+        return array  # the CPU training loop's every batch: none of the parsing below
     dev = as_device(device)
     src = device_of(array)
     if src == dev:
@@ -320,10 +322,21 @@ def resolve_dtype(dtype) -> np.dtype:
     )
 
 
+_IS_FLOAT: dict = {}
+
+
 def is_float_dtype(dtype) -> bool:
-    """True for float16/bfloat16/float32/float64 (the dtypes that can carry gradients)."""
-    dt = np.dtype(dtype)
-    return dt.kind == "f" or is_bfloat16(dt)
+    """True for float16/bfloat16/float32/float64 (the dtypes that can carry gradients).
+
+    Remembered per NumPy dtype: a training step asks it of every batch (is_bfloat16 reads ``dtype.name``, a
+    Python property, for every dtype that is not a float)."""
+    found = _IS_FLOAT.get(dtype) if isinstance(dtype, np.dtype) else None
+    if found is None:
+        dt = np.dtype(dtype)
+        found = dt.kind == "f" or is_bfloat16(dt)
+        if isinstance(dtype, np.dtype):
+            _IS_FLOAT[dtype] = found
+    return found
 
 
 def set_default_dtype(dtype) -> None:

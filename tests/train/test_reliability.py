@@ -72,6 +72,30 @@ def test_nonfinite_raise_names_the_step_and_the_rank():
         trainer.fit()
 
 
+class _Param:
+    def __init__(self, grad):
+        self.grad = grad
+
+
+@pytest.mark.parametrize("grad, finite", [
+    (np.ones((3, 4), np.float32), True),
+    (np.array([1e30, -1e30, 3.0], np.float32), True),  # finite, but its sum of squares overflows: checked per element
+    (np.array([1e38, 1e38], np.float32), True),  # its sum overflows too
+    (np.array([1.0, np.inf], np.float32), False),
+    (np.array([np.nan, 1.0]), False),
+    (np.full((2, 3), 300, np.float16), True),  # summed in its own dtype, not squared
+    (np.array([np.inf], np.float16), False),
+    (np.ones((4, 6), np.float32)[:, ::2].T, True),  # not contiguous
+    (np.array([[1.0, 2.0], [np.nan, 0.0]]).T, False),
+    (None, True),
+])
+def test_all_finite_judges_every_gradient_exactly(grad, finite):
+    from dtrain.train.nonfinite import all_finite
+
+    with np.errstate(over="ignore", invalid="ignore"):  # as inside the Trainer's step
+        assert all_finite([_Param(np.ones(2, np.float32)), _Param(grad)]) is finite
+
+
 def test_power_of_two_loss_scale_changes_no_bits():
     common = dict(epochs=2, dtype="float64", hidden="32", dropout=0.1)
     plain = run(config(**common))
