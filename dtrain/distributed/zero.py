@@ -113,7 +113,12 @@ class ZeroRedundancyOptimizer:
     Attributes:
         optim: the wrapped optimizer over this rank's shard Parameters (one per group).
         param_groups: ``optim.param_groups``: schedulers that set ``group["lr"]`` reach the update.
+        pending_num_samples: the sample count the next ``step()`` without ``num_samples`` uses (then cleared):
+            how a training loop that calls a plain ``optimizer.step()`` (dtrain's Trainer, through its gradient
+            sync) still weights each rank by its samples. None: no weighting.
     """
+
+    collective_state_dict = True  # state_dict() is a collective: a checkpoint asks it of every rank
 
     def __init__(self, params: Iterable, optimizer_class: type, comm: Communicator | None = None,
                  broadcast_parameters: bool = True, algorithm: str = "ring", **optimizer_kwargs):
@@ -151,6 +156,7 @@ class ZeroRedundancyOptimizer:
         # algorithm='shm': each group's gradients and parameters in a shared window (zero_shm.py); made once the
         # wrapped optimizer has accepted the groups, so that a bad argument leaves the model as it was
         self._windows = None
+        self.pending_num_samples: float | None = None
         if algorithm == "shm":
             for g in self._groups:
                 ZeroWindow.check(g.params, where)
@@ -191,6 +197,8 @@ class ZeroRedundancyOptimizer:
         if closure is not None:
             with enable_grad():
                 loss = closure()
+        if num_samples is None:
+            num_samples, self.pending_num_samples = self.pending_num_samples, None
         weighted = num_samples is not None
         if weighted:
             if not is_real(num_samples) or not num_samples >= 0:

@@ -96,10 +96,14 @@ class Checkpointing:
         # The partial epoch's sums over every rank: restored on rank 0 (others start at zero), so a resumed
         # epoch reports the same train loss at any world size.
         sums = collectives.sum(np.array([st.loss_sum, st.correct, st.seen], dtype=np.float64))
+        # A sharded optimizer (--zero) gathers its state with a collective: every rank asks it, rank 0 writes it.
+        optimizer_state = trainer.optimizer.state_dict() if getattr(trainer.optimizer, "collective_state_dict",
+                                                                    False) else None
         path, error = None, None
         if log.is_main:
             state = trainer.state_dict(rng_states=rng_states, compression_states=compression_states,
-                                       epoch_sums=(float(sums[0]), float(sums[1]), int(sums[2])))
+                                       epoch_sums=(float(sums[0]), float(sums[1]), int(sums[2])),
+                                       optimizer_state=optimizer_state)
             try:
                 path = manager.save(state)
                 log.info(f"checkpoint: {path}")

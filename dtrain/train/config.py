@@ -84,6 +84,10 @@ OPTIONS: tuple[Option, ...] = (
            "then a ring over node leaders), MPI_Allreduce, NCCL (with --device cuda), or shm (every rank on one "
            "node: DDP's buckets live in a shared-memory window and are summed in place; the fastest on one node "
            "here)", ("ring", "hierarchical", "mpi", "nccl", "shm")),
+    Option("zero", bool, False, "under mpiexec, ZeRO-1 instead of DDP: the optimizer state is sharded over the "
+           "ranks, each rank updates its 1/N of the parameters and the ranks exchange the updated chunks; with "
+           "--allreduce shm the gradients and parameters live in a shared-memory window (on one node the fastest "
+           "step); --allreduce ring or shm; not with --compression or --clip-grad-norm"),
     Option("bucket_mb", float, 25.0, "DDP gradient bucket size in MiB", check="positive", metavar="MB"),
     Option("overlap", bool, True, "overlap gradient all-reduce with backward"),
     Option("capture", bool, False, "trace each training step once (per batch shape) and replay its ops without the "
@@ -384,6 +388,23 @@ def resolve_config(flags: dict, toml_path: str | None = None, model_defaults=Non
         raise ConfigError(f"--stall-warning must be at least {MIN_STALL_WARNING:g} s, got {config['stall_warning']:g}: "
                           "a shorter wait is an ordinary collective, not a stall (every one would be reported)")
     if str(config["compression"]).strip().lower() == "auto":  # gradients travel in the compute precision
-        config["compression"] = {"fp32": "none", "fp16": "fp16", "bf16": "bf16"}[config["precision"]]
+        config["compression"] = "none" if config["zero"] else \
+            {"fp32": "none", "fp16": "fp16", "bf16": "bf16"}[config["precision"]]
     # The --compression spec itself is parsed once, where its Compressor is built: job.make_compressor.
+    if config["zero"]:
+        _check_zero(config)
     return config
+
+
+def _check_zero(config: dict) -> None:
+    """--zero averages the gradients inside the optimizer's step (ZeroRedundancyOptimizer): what needs them averaged
+    before the step, or another all-reduce, is refused in every world, naming the option."""
+    if config["allreduce"] not in ("ring", "shm"):
+        raise ConfigError(f"--zero takes --allreduce ring or shm (the ZeRO optimizer's own collectives), got "
+                          f"--allreduce {config['allreduce']}")
+    if str(config["compression"]).strip().lower() != "none":
+        raise ConfigError(f"--zero does not compress gradients: drop --compression {config['compression']} (or "
+                          "train without --zero)")
+    if config["clip_grad_norm"] is not None:
+        raise ConfigError(f"--zero with --clip-grad-norm {config['clip_grad_norm']:g}: the global norm needs the "
+                          "averaged gradients, which only exist inside the ZeRO step; train without one of them")

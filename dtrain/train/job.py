@@ -57,11 +57,25 @@ def _load_data(cfg: dict):
     return load_dataset(cfg["dataset"], seed=cfg["seed"], **options)
 
 
-def _optimizer(cfg: dict, params):
+def _optimizer_kwargs(cfg: dict) -> dict:
     kwargs = {"weight_decay": cfg["weight_decay"], "l1": cfg["l1"]}
     if cfg["optimizer"] in MOMENTUM_OPTIMIZERS:
         kwargs["momentum"] = cfg["momentum"]
-    return optim.create(cfg["optimizer"], params, lr=cfg["lr"], **kwargs)
+    return kwargs
+
+
+def _optimizer(cfg: dict, params):
+    return optim.create(cfg["optimizer"], params, lr=cfg["lr"], **_optimizer_kwargs(cfg))
+
+
+def _zero_optimizer(cfg: dict, opt, comm):
+    """--zero: the --optimizer's rule over the same parameters, sharded over the world (ZeRO-1). Built once every
+    rank has built its parts (its constructor broadcasts rank 0's parameters: a collective)."""
+    from ..distributed import ZeroRedundancyOptimizer
+
+    params = [p for group in opt.param_groups for p in group["params"]]
+    return ZeroRedundancyOptimizer(params, type(opt), comm=comm, algorithm=cfg["allreduce"], lr=cfg["lr"],
+                                   **_optimizer_kwargs(cfg))
 
 
 def _scheduler(cfg: dict, opt, steps_per_epoch: int):
@@ -129,6 +143,10 @@ def make_sync(cfg: dict, comm=None) -> tuple[GradientSync, Collectives]:
     from .ddp_sync import DDPGradientSync, MPICollectives
 
     set_timeout(cfg["timeout"], cfg["stall_warning"])
+    if cfg.get("zero"):  # the optimizer averages (job._optimizer); _make_trainer attaches it to this seam
+        from .zero_sync import ZeroGradientSync
+
+        return ZeroGradientSync(comm), MPICollectives(comm)
     sync = DDPGradientSync(comm, compressor, algorithm=cfg["allreduce"], bucket_mb=cfg["bucket_mb"],
                            overlap=cfg["overlap"])
     return sync, MPICollectives(comm)
@@ -285,6 +303,13 @@ def _rank_device(spec: str, collectives: Collectives) -> str:
 def _make_trainer(cfg, sync, collectives, log, splits, model, opt, scheduler, loss_fn, correct_fn, train_loader,
                   test_loader, dtype, device) -> Trainer:
     every_steps, every_epochs, every_seconds = parse_checkpoint_every(cfg["checkpoint_every"])
+    if hasattr(sync, "attach"):  # --zero: the seam sums the votes, the sharded optimizer averages the gradients
+        try:  # (what it refuses, e.g. shm across nodes or on a GPU, it refuses on every rank)
+            opt = _zero_optimizer(cfg, opt, collectives.comm)
+        except (TypeError, ValueError) as exc:
+            raise mark_collective(ConfigError(f"--zero: {exc}")) from None
+        scheduler = _scheduler(cfg, opt, len(train_loader))
+        sync.attach(opt)
     manager = CheckpointManager(cfg["checkpoint_dir"], keep=cfg["keep_checkpoints"]) if cfg["checkpoint_dir"] else None
     if manager is not None and collectives.rank == 0:
         stale = manager.remove_stale_temporaries()

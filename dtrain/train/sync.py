@@ -43,6 +43,9 @@ class GradientSync(ABC):
     gradients ("none" when nothing is compressed)."""
 
     compression: str = "none"
+    # True when the non-finite count ``after_backward`` returns (the control value at index 1) already counts the
+    # ranks whose gradients are not finite: the Trainer then need not look at its gradients again.
+    votes_on_gradients: bool = False
 
     @abstractmethod
     def prepare(self, model):

@@ -1,9 +1,8 @@
 """Trainer: the training loop — ``fit`` (epochs and evaluation), ``train_step`` and ``evaluate``.
 
-One step is: forward, loss, ``zero_grad``, backward, ``sync.after_backward(n)`` (the seam where a
-distributed job averages gradients; an identity in one process), the non-finite check, optional
-clipping, ``optimizer.step()`` and a per-step scheduler step. After each epoch the model is evaluated
-on the test split and one metrics record is reported.
+One step is: forward, loss, ``zero_grad``, backward, ``sync.after_backward(n)`` (the seam where a distributed
+job averages gradients; an identity in one process), the non-finite check, optional clipping,
+``optimizer.step()`` and a per-step scheduler step. After each epoch the model is evaluated and reported.
 
 Everything else is a collaborator, each in its own module: the gradient and collective seams
 (:mod:`.sync`), non-finite gradients and loss scaling (:mod:`.nonfinite`), signals (:mod:`.signals`),
@@ -177,8 +176,9 @@ class Trainer:
         votes = self.sync.after_backward(len(x))  # a rank with an empty shard of the batch still takes part
         self.signals.tally(votes[0])
         self._checkpoint_votes = float(votes[2])
-        # After the all-reduce every rank holds the same gradients, so every rank decides alike.
-        if not self.nonfinite.check(self._params, votes[1], self.state, step, loss_value):
+        # After the all-reduce every rank holds the same gradients (or, --zero, votes[1] counted non-finite ones).
+        if not self.nonfinite.check(() if self.sync.votes_on_gradients else self._params, votes[1], self.state, step,
+                                    loss_value):
             return 0.0, 0.0
         if record and self.monitor is not None:
             self.monitor.capture_grads()
@@ -399,9 +399,8 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self, *, rng_states: list | None = None, compression_states: list | None = None,
-                   epoch_sums: tuple | None = None) -> dict:
-        """Everything a checkpoint holds: model, optimizer, scheduler, loop state (with the loss scale),
-        config, world size, RNG and compression states.
+                   epoch_sums: tuple | None = None, optimizer_state: dict | None = None) -> dict:
+        """A checkpoint's content: model, optimizer, scheduler, loop (and loss scale), config, world, RNG, compression.
 
         Args:
             rng_states: every rank's default-generator state, in rank order (default: this process's).
@@ -409,6 +408,7 @@ class Trainer:
             epoch_sums: ``(loss_sum, correct, seen)`` of the current epoch summed over ALL ranks; stored
                 in place of this rank's partial sums (a world > 1 must pass them for exact train metrics
                 after a mid-epoch resume). Default: this rank's own sums (exact in a world of 1).
+            optimizer_state: the optimizer's ``state_dict()`` if the caller has it (--zero's is collective).
         """
         loop = self.state.to_json()
         loop["loss_scale"] = self.nonfinite.state_dict()
@@ -419,7 +419,7 @@ class Trainer:
             "world_size": int(self.collectives.world_size),
             "config": self.config,
             "model": dict(self.model.state_dict()),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state if optimizer_state is not None else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "rng": rng_states if rng_states is not None else [backend.default_generator.get_state()],
             "trainer": loop,
