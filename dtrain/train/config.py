@@ -76,7 +76,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("seq_len", int, None, "sequence length of the text data set (default 32)", check="positive",
            optional=True),
     Option("compression", str, "auto", "gradient compression under mpiexec: none | fp16 | bf16 | powersgd:RANK | "
-           "topk:RATIO | randomk:RATIO | qsgd:LEVELS | signsgd; auto: none, or the --precision's half type",
+           "topk:RATIO | randomk:RATIO | qsgd:LEVELS | signsgd; auto: none, or the --precision's half type (none with "
+           "--zero)",
            metavar="SPEC"),
     Option("precision", str, "fp32", "mixed precision: fp16/bf16 compute matmul, linear and conv in half precision "
            "on float32 master weights (with fp16, dynamic loss scaling by default)", ("fp32", "fp16", "bf16")),

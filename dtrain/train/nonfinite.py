@@ -66,13 +66,15 @@ class NonFiniteGuard:
         """The loss to run backward on (multiplied by the loss scale, if any)."""
         return loss * self.scaler.scale if self.scaler is not None else loss
 
-    def check(self, params, nonfinite_losses: float, state, step: int, loss_value: float) -> bool:
+    def check(self, params, nonfinite_losses: float, state, step: int, loss_value: float,
+              counted_gradients: bool = False) -> bool:
         """After the gradient sync: True when the step may go on (gradients unscaled); False when it is skipped.
 
-        ``nonfinite_losses`` is the number of ranks whose loss was non-finite this step. Raises
-        FloatingPointError on every rank under the "raise" policy.
+        ``nonfinite_losses`` is the number of ranks whose loss was non-finite this step (``counted_gradients``:
+        or whose gradients were, so ``params``' gradients need no look of their own). Raises FloatingPointError
+        on every rank under the "raise" policy.
         """
-        finite = nonfinite_losses == 0 and all_finite(params)
+        finite = nonfinite_losses == 0 and (counted_gradients or all_finite(params))
         if self.scaler is not None:
             try:
                 self.scaler.update(finite)

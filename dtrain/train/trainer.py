@@ -177,8 +177,7 @@ class Trainer:
         self.signals.tally(votes[0])
         self._checkpoint_votes = float(votes[2])
         # After the all-reduce every rank holds the same gradients (or, --zero, votes[1] counted non-finite ones).
-        if not self.nonfinite.check(() if self.sync.votes_on_gradients else self._params, votes[1], self.state, step,
-                                    loss_value):
+        if not self.nonfinite.check(self._params, votes[1], self.state, step, loss_value, self.sync.votes_on_gradients):
             return 0.0, 0.0
         if record and self.monitor is not None:
             self.monitor.capture_grads()

@@ -84,6 +84,19 @@ def test_a_zero_checkpoint_resumes_at_any_world_size(run_mpi, tmp_path):
             assert _max_diff(ck, full_ck) <= TOL
 
 
+def test_zero_with_a_dynamic_loss_scale_unscales_before_the_step(run_mpi, tmp_path):
+    """--precision fp16: the loss scale multiplies each rank's own gradients, which --zero unscales before its step
+    averages them (a power of two: exact), so it trains to DDP's bits (both averaging in float32 here)."""
+    runs = []
+    for name, extra in (("ddp", ("--compression", "none")), ("zero", ("--zero",))):
+        out = tmp_path / name
+        run_mpi("-m", 2, "dtrain", "train", "--epochs", "1", "--max-steps", "15", "--precision", "fp16",
+                "--allreduce", "shm", "--no-progress", "--no-monitor", "--out", str(out), *extra, timeout=120)
+        runs.append(json.loads((out / "summary.json").read_text()))
+    assert runs[0]["steps"] == runs[1]["steps"] == 15 and np.isfinite(runs[1]["test_loss"])
+    assert runs[0]["param_checksum"] == runs[1]["param_checksum"]
+
+
 @pytest.mark.parametrize("algorithm, policy", [("shm", "skip"), ("ring", "raise")])
 def test_non_finite_gradients_on_one_rank_are_decided_alike_on_every_rank(run_mpi, algorithm, policy):
     """Rank 1's own gradients are infinite at step 3 (its loss is finite): every rank skips that step, or every rank
