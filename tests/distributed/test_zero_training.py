@@ -84,6 +84,19 @@ def test_a_zero_checkpoint_resumes_at_any_world_size(run_mpi, tmp_path):
             assert _max_diff(ck, full_ck) <= TOL
 
 
+def test_a_rank_with_an_empty_shard_still_takes_part(run_mpi, tmp_path):
+    """Global batches of 2 over 1437 samples: the last one has a single sample, so rank 1's shard is empty (no
+    forward, no gradients): it still votes and steps (zeros, weight 0), and the run keeps DDP's bits."""
+    runs = []
+    for name, extra in (("ddp", ()), ("zero", ("--zero",))):
+        out = tmp_path / name
+        run_mpi("-m", 2, "dtrain", "train", "--epochs", "1", "--batch-size", "2", "--hidden", "16", "--lr", "1e-3",
+                "--allreduce", "shm", "--no-progress", "--no-monitor", "--out", str(out), *extra, timeout=120)
+        runs.append(json.loads((out / "summary.json").read_text()))
+    assert runs[0]["steps"] == runs[1]["steps"] == 719
+    assert runs[0]["param_checksum"] == runs[1]["param_checksum"]
+
+
 def test_zero_with_a_dynamic_loss_scale_unscales_before_the_step(run_mpi, tmp_path):
     """--precision fp16: the loss scale multiplies each rank's own gradients, which --zero unscales before its step
     averages them (a power of two: exact), so it trains to DDP's bits (both averaging in float32 here)."""
