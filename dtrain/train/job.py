@@ -307,7 +307,8 @@ def _make_trainer(cfg, sync, collectives, log, splits, model, opt, scheduler, lo
         try:  # (what it refuses, e.g. shm across nodes or on a GPU, it refuses on every rank)
             opt = _zero_optimizer(cfg, opt, collectives.comm)
         except (TypeError, ValueError) as exc:
-            raise mark_collective(ConfigError(f"--zero: {exc}")) from None
+            hint = " (on the command line: --zero --allreduce ring)" if cfg["allreduce"] == "shm" else ""
+            raise mark_collective(ConfigError(f"--zero --allreduce {cfg['allreduce']}: {exc}{hint}")) from None
         scheduler = _scheduler(cfg, opt, len(train_loader))
         sync.attach(opt)
     manager = CheckpointManager(cfg["checkpoint_dir"], keep=cfg["keep_checkpoints"]) if cfg["checkpoint_dir"] else None
