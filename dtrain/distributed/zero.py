@@ -39,6 +39,7 @@ applies) and every rank calls them in the same order.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -116,6 +117,9 @@ class ZeroRedundancyOptimizer:
         pending_num_samples: the sample count the next ``step()`` without ``num_samples`` uses (then cleared):
             how a training loop that calls a plain ``optimizer.step()`` (dtrain's Trainer, through its gradient
             sync) still weights each rank by its samples. None: no weighting.
+        max_grad_norm: when set (> 0), every step clips the averaged gradient to this global 2-norm between the
+            average and the update, as ``clip_grad_norm_`` would on DDP's averaged gradients (the norm summed
+            from the shards with one small all-reduce; the same value up to its rounding). None: no clipping.
     """
 
     collective_state_dict = True  # state_dict() is a collective: a checkpoint asks it of every rank
@@ -157,6 +161,7 @@ class ZeroRedundancyOptimizer:
         # wrapped optimizer has accepted the groups, so that a bad argument leaves the model as it was
         self._windows = None
         self.pending_num_samples: float | None = None
+        self.max_grad_norm: float | None = None
         if algorithm == "shm":
             for g in self._groups:
                 ZeroWindow.check(g.params, where)
@@ -226,6 +231,7 @@ class ZeroRedundancyOptimizer:
                 shard_grad /= total
             g.load_shard()
             g.shard.grad = shard_grad
+        self._clip()
         self.optim.step()
         for g in self._groups:
             full = allgather(g.shard.data, counts=g.counts, comm=self.comm)
@@ -239,11 +245,29 @@ class ZeroRedundancyOptimizer:
         the shared parameters, and the other chunks read from the ranks that updated them (zero_shm.py)."""
         for g, window in zip(self._groups, self._windows):
             g.shard.grad = window.reduce(num_samples)
+        self._clip()
         self.optim.step()
         for g, window in zip(self._groups, self._windows):
             window.gather()
             g.shard.grad = None
         return loss
+
+    def _clip(self) -> None:
+        """``max_grad_norm``: scale the shards' averaged gradients by ``max_grad_norm / (norm + 1e-6)`` when that is
+        below 1 (torch's rule, a NaN norm scaling too), the norm of the whole averaged gradient (collective)."""
+        if self.max_grad_norm is None:
+            return
+        squares = np.zeros(1, dtype=np.float64)
+        for g in self._groups:
+            flat = g.shard.grad.reshape(-1)
+            if flat.size:
+                flat = flat if flat.dtype.itemsize >= 4 else flat.astype(np.float32)  # a half sum of squares overflows
+                squares[0] += float(get_array_module(flat).linalg.norm(flat)) ** 2
+        allreduce(squares, op="sum", algorithm="mpi", comm=self.comm)
+        coef = self.max_grad_norm / (math.sqrt(squares[0]) + 1e-6)
+        if not coef >= 1.0:
+            for g in self._groups:
+                g.shard.grad *= coef
 
     def state_bytes(self) -> int:
         """Bytes of this rank's optimizer state arrays (the sharded part: about 1/N of the unsharded)."""

@@ -88,7 +88,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("zero", bool, False, "under mpiexec, ZeRO-1 instead of DDP: the optimizer state is sharded over the "
            "ranks, each rank updates its 1/N of the parameters and the ranks exchange the updated chunks; with "
            "--allreduce shm the gradients and parameters live in a shared-memory window (on one node the fastest "
-           "step); --allreduce ring or shm; not with --compression or --clip-grad-norm"),
+           "step); --allreduce ring or shm; not with --compression (--clip-grad-norm clips inside the sharded step)"),
     Option("bucket_mb", float, 25.0, "DDP gradient bucket size in MiB", check="positive", metavar="MB"),
     Option("overlap", bool, True, "overlap gradient all-reduce with backward"),
     Option("capture", bool, False, "trace each training step once (per batch shape) and replay its ops without the "
@@ -398,14 +398,13 @@ def resolve_config(flags: dict, toml_path: str | None = None, model_defaults=Non
 
 
 def _check_zero(config: dict) -> None:
-    """--zero averages the gradients inside the optimizer's step (ZeroRedundancyOptimizer): what needs them averaged
-    before the step, or another all-reduce, is refused in every world, naming the option."""
+    """--zero averages the gradients inside the optimizer's step (ZeroRedundancyOptimizer), over its own collectives:
+    another all-reduce or a compressor is refused in every world, naming the option. (--clip-grad-norm clips
+    inside that step, where the averaged gradient exists.)"""
     if config["allreduce"] not in ("ring", "shm"):
         raise ConfigError(f"--zero takes --allreduce ring or shm (the ZeRO optimizer's own collectives), got "
                           f"--allreduce {config['allreduce']}")
     if str(config["compression"]).strip().lower() != "none":
         raise ConfigError(f"--zero does not compress gradients: drop --compression {config['compression']} (or "
                           "train without --zero)")
-    if config["clip_grad_norm"] is not None:
-        raise ConfigError(f"--zero with --clip-grad-norm {config['clip_grad_norm']:g}: the global norm needs the "
-                          "averaged gradients, which only exist inside the ZeRO step; train without one of them")
+

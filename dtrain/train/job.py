@@ -309,6 +309,7 @@ def _make_trainer(cfg, sync, collectives, log, splits, model, opt, scheduler, lo
         except (TypeError, ValueError) as exc:
             hint = " (on the command line: --zero --allreduce ring)" if cfg["allreduce"] == "shm" else ""
             raise mark_collective(ConfigError(f"--zero --allreduce {cfg['allreduce']}: {exc}{hint}")) from None
+        opt.max_grad_norm = cfg["clip_grad_norm"]  # clipped inside the step, where the averaged gradient exists
         scheduler = _scheduler(cfg, opt, len(train_loader))
         sync.attach(opt)
     manager = CheckpointManager(cfg["checkpoint_dir"], keep=cfg["keep_checkpoints"]) if cfg["checkpoint_dir"] else None
@@ -318,7 +319,8 @@ def _make_trainer(cfg, sync, collectives, log, splits, model, opt, scheduler, lo
             log.info(f"{cfg['checkpoint_dir']}: removed {len(stale)} partial file(s) an interrupted write left "
                      f"({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''})")
     options = TrainOptions(device=device, dtype=dtype, precision=cfg["precision"], loss_scale=cfg["loss_scale"],
-                           clip_grad_norm=cfg["clip_grad_norm"], nonfinite=cfg["nonfinite"],
+                           clip_grad_norm=None if hasattr(sync, "attach") else cfg["clip_grad_norm"],
+                           nonfinite=cfg["nonfinite"],
                            check_every=cfg["check_every"], max_skipped_in_a_row=cfg["max_skipped_in_a_row"],
                            max_skipped_fraction=cfg["max_skipped_fraction"], capture=cfg["capture"])
     trainer = Trainer(

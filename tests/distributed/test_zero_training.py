@@ -66,6 +66,18 @@ def test_zero_over_the_ring_matches_ddp_at_three_ranks(run_mpi, tmp_path):
     assert abs(zero["test_loss"] - ddp["test_loss"]) <= 1e-9
 
 
+@pytest.mark.parametrize("n, extra", [(2, ("--allreduce", "shm")), (3, ())])
+def test_zero_clips_the_averaged_gradient_as_ddp_does(run_mpi, tmp_path, n, extra):
+    """--clip-grad-norm under --zero clips inside the sharded step, by the norm of the whole averaged gradient
+    (summed from the shards): DDP's clipped result to the norm's rounding; and the clipping did act."""
+    clip = ("--clip-grad-norm", "0.05")
+    _, ddp_ck, _ = _train(run_mpi, n, tmp_path / "ddp", *extra, *clip)
+    _, zero_ck, _ = _train(run_mpi, n, tmp_path / "zero", *extra, "--zero", *clip)
+    _, free_ck, _ = _train(run_mpi, n, tmp_path / "free", *extra, "--zero")
+    assert _max_diff(zero_ck, ddp_ck) <= TOL
+    assert _max_diff(zero_ck, free_ck) > 1e-3
+
+
 def test_a_zero_checkpoint_resumes_at_any_world_size(run_mpi, tmp_path):
     """The sharded state is gathered into the unsharded optimizer's state_dict (every rank asks, rank 0 writes):
     resumed under 2 ranks with --zero it continues bit for bit; under 1 rank (plain Adam) or 3 ranks (--zero over
@@ -127,7 +139,6 @@ def test_non_finite_gradients_on_one_rank_are_decided_alike_on_every_rank(run_mp
 
 @pytest.mark.parametrize("flags, message", [
     ({"compression": "fp16"}, "--zero does not compress gradients: drop --compression fp16"),
-    ({"clip_grad_norm": 1.0}, "--zero with --clip-grad-norm 1: the global norm needs the averaged gradients"),
     ({"allreduce": "mpi"}, "--zero takes --allreduce ring or shm (the ZeRO optimizer's own collectives), got "
                            "--allreduce mpi"),
 ])
