@@ -149,3 +149,31 @@ def test_state_dict_matches_the_unsharded_optimizer_and_loads_back():
             fresh.load_state_dict(bad)
     finally:
         dt.set_default_dtype(before)
+
+
+@pytest.mark.parametrize("max_norm, clipped", [(0.05, True), (1e6, False)])
+def test_max_grad_norm_clips_as_clip_grad_norm_does(max_norm, clipped):
+    """In a world of one the averaged gradient is the local one: ZeRO's max_grad_norm = clip_grad_norm_ before the
+    plain optimizer's step (the norm summed from the shard: equal to rounding), and a large bound changes nothing."""
+    dist.init()
+    before = dt.get_default_dtype()
+    dt.set_default_dtype(np.float64)
+    try:
+        ref, model, free = _model(), _model(), _model()
+        ref_opt = optim.SGD(ref.parameters(), lr=0.5, momentum=0.9)
+        zero = dist.ZeroRedundancyOptimizer(model.parameters(), optim.SGD, lr=0.5, momentum=0.9)
+        zero.max_grad_norm = max_norm
+        free_opt = optim.SGD(free.parameters(), lr=0.5, momentum=0.9)
+        x, y = np.random.default_rng(0).normal(size=(8, 4)), np.arange(8) % 2
+        for m, o in ((ref, ref_opt), (model, zero), (free, free_opt)):
+            for _ in range(3):
+                o.zero_grad()
+                F.cross_entropy(m(dt.tensor(x)), y).backward()
+                if o is ref_opt:
+                    nn.utils.clip_grad_norm_(m.parameters(), max_norm)
+                o.step()
+        for a, b in zip(ref.parameters(), model.parameters()):
+            np.testing.assert_allclose(b.data, a.data, rtol=0, atol=1e-14)
+        assert clipped == any(not np.allclose(b.data, c.data) for b, c in zip(model.parameters(), free.parameters()))
+    finally:
+        dt.set_default_dtype(before)
