@@ -13,6 +13,8 @@ What is measured
       through one MPI shared-memory window instead of the ring's messages);
     * ``dtrain 1 MB buckets``: ``overlap=True, bucket_cap_mb=1`` (``--small-bucket-mb``; the whole
       gradient fits one 25 MB bucket, so the default cannot overlap anything on this model);
+    * ``dtrain train --zero``: ``ZeroRedundancyOptimizer(..., algorithm="shm")`` driven by ``Trainer.train_step`` with
+      the seams the command line builds (``ZeroGradientSync``), so the table has the command line's own step;
     * ``torch``: ``torch.nn.parallel.DistributedDataParallel`` with its defaults (gloo backend, 25 MB
       buckets, 1 MB first bucket), the same loop, ``torch.set_num_threads(1)``. Its process group is
       initialised from env (MASTER_ADDR=127.0.0.1, a free MASTER_PORT chosen by rank 0) with rank and
@@ -95,6 +97,7 @@ class Variant:
     bucket_mb: float = 25.0
     algorithm: str = "ring"
     zero: bool = False  # ZeroRedundancyOptimizer on the bare model instead of DDP + SGD
+    trainer: bool = False  # through Trainer.train_step with the seam `dtrain train` builds (--zero: ZeroGradientSync)
 
 
 def variants(small_bucket_mb: float, with_torch: bool) -> list[Variant]:
@@ -104,6 +107,8 @@ def variants(small_bucket_mb: float, with_torch: bool) -> list[Variant]:
                        True, 25.0, "shm"))
     out.append(Variant("dtrain_zero_shm", "dtrain ZeRO-1, shm (gradients and parameters in a shared window; no DDP)",
                        "dtrain", algorithm="shm", zero=True))
+    out.append(Variant("dtrain_trainer_zero_shm", "dtrain train --zero --allreduce shm (Trainer.train_step, its votes "
+                       "and checks)", "dtrain", algorithm="shm", zero=True, trainer=True))
     if small_bucket_mb > 0:
         out.append(Variant("dtrain_small_buckets", f"dtrain DDP, overlap on, {small_bucket_mb:g} MB buckets",
                            "dtrain", True, small_bucket_mb))
@@ -159,6 +164,43 @@ class DtrainStepper(CycledStep):
 
     def n_buckets(self) -> int:
         return len(getattr(self.ddp, "buckets", ()))
+
+
+class TrainerStepper(DtrainStepper):
+    """The ZeRO variant through ``Trainer.train_step`` with the seams ``dtrain train --zero`` builds (ZeroGradientSync,
+    MPICollectives): the command line's step, with its non-finite votes and checks, on the same batches."""
+
+    def __init__(self, var: Variant, state: dict, batches):
+        from dtrain.data import ArrayDataset, DataLoader
+        from dtrain.distributed import get_world
+        from dtrain.models import loss_and_accuracy
+        from dtrain.train import ReportOptions, Trainer
+        from dtrain.train.ddp_sync import MPICollectives
+        from dtrain.train.zero_sync import ZeroGradientSync
+
+        super().__init__(var, state, batches)
+        comm = get_world()
+        sync = ZeroGradientSync(comm)
+        sync.attach(self.opt)
+        loss_fn, correct_fn = loss_and_accuracy("classification")
+        data = ArrayDataset(np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches]))
+        self.trainer = Trainer(self.model, self.opt, DataLoader(data, batch_size=BATCH), loss_fn=loss_fn,
+                               correct_fn=correct_fn, sync=sync, collectives=MPICollectives(comm),
+                               report=ReportOptions(monitor=False, progress=False))
+        self.arrays = batches
+
+    def step(self, i: int):
+        x, y = self.arrays[i % len(self.arrays)]
+        return self.trainer.train_step(x, y)
+
+    def loss_value(self, i: int) -> float:
+        return self.step(i)[0] / BATCH  # train_step returns the summed loss
+
+    def keep_pace(self, steps: int) -> None:
+        """The steps the others take in their time split (5 settling + ``steps``), untimed: every implementation
+        has then run the same steps when the checksums are compared."""
+        for i in [*range(5), *range(steps)]:  # the same batches as time_split's settling steps, then its steps
+            self.step(i)
 
 
 class TorchStepper(CycledStep):
@@ -236,8 +278,8 @@ def _build_steppers(args, cw) -> tuple[list[Variant], dict, object, str | None, 
     state = {k: np.array(v) for k, v in make_mlp().state_dict().items()}
     batches = make_batches(cw.rank, args.seed, args.batches)
     vars_ = variants(args.small_bucket_mb, torch is not None)
-    steppers = {v.key: TorchStepper(torch, state, batches) if v.lib == "torch" else DtrainStepper(v, state, batches)
-                for v in vars_}
+    steppers = {v.key: TorchStepper(torch, state, batches) if v.lib == "torch" else
+                (TrainerStepper if v.trainer else DtrainStepper)(v, state, batches) for v in vars_}
     return vars_, steppers, torch, torch_error, int(sum(v.size for v in state.values()))
 
 
@@ -292,7 +334,9 @@ def worker(args) -> list[dict]:
         print(f"[n={n}] equivalence check {'passed' if check['passed'] else 'FAILED'}: {check}", flush=True)
     records = _throughput_records(vars_, steppers, cw, args)
     for v in vars_:
-        if v.lib != "torch":  # the reference too: it keeps every dtrain model at the same step count
+        if v.trainer:  # its phases are the ZeRO variant's; it only keeps step with the others
+            steppers[v.key].keep_pace(args.split_steps)
+        elif v.lib != "torch":  # the reference too: it keeps every dtrain model at the same step count
             records.append({"kind": "split", "world_size": n, "variant": v.key, "label": v.label,
                             "steps": args.split_steps, **time_split(steppers[v.key], cw, args.split_steps)})
     if n > 1:
