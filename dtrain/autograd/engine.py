@@ -70,7 +70,7 @@ def backward(tensor, grad=None, retain_graph: bool = False) -> None:
                 f"backward() without a gradient needs a scalar (one-element) output, got shape "
                 f"{tuple(tensor.shape)}; pass grad= an array of that shape"
             )
-        grad = np.array(1, dtype=data.dtype) if type(data) is ndarray and data.ndim == 0 else seed_gradient(data)
+        grad = seed_gradient(data)
     else:
         xp = get_array_module(data)
         grad = getattr(grad, "data", grad) if hasattr(grad, "_is_dtrain_tensor") else grad
@@ -99,6 +99,8 @@ def backward(tensor, grad=None, retain_graph: bool = False) -> None:
 
 def seed_gradient(out):
     """d out / d out for a one-element output: ones of its shape and dtype (a 0-d array without ones_like's cost)."""
+    if type(out) is ndarray and out.ndim == 0:  # a loss on NumPy: every eager step's seed, without the module lookup
+        return np.array(1, dtype=out.dtype)
     xp = get_array_module(out)
     return xp.array(1, dtype=out.dtype) if out.shape == () else xp.ones(out.shape, dtype=out.dtype)
 
@@ -275,8 +277,7 @@ def _finish_leaf(leaf, g, handed: set[int]) -> None:
                 g = out
     if leaf.grad is None:
         if g is not leaf._grad_dest:  # (an array written into the buffer the leaf offered is the leaf's alone)
-            base = getattr(g, "base", None)
-            key = id(g) if base is None else id(base)
+            key = _array_key(g)
             flags = g.flags
             if key in handed or not (flags.c_contiguous or flags.f_contiguous):
                 g = g.copy()

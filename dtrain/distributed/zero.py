@@ -49,6 +49,7 @@ from ..autograd.function import enable_grad
 from ..autograd.tensor import Tensor
 from ..backend import get_array_module
 from ..nn.parameter import Parameter
+from ..nn.utils.clip import vector_norm
 from ..optim.optimizer import Optimizer, zero_grads
 from ..spec import is_real
 from .collectives import allgather, allreduce, broadcast, chunk_bounds, reduce_scatter
@@ -259,10 +260,7 @@ class ZeroRedundancyOptimizer:
             return
         squares = np.zeros(1, dtype=np.float64)
         for g in self._groups:
-            flat = g.shard.grad.reshape(-1)
-            if flat.size:
-                flat = flat if flat.dtype.itemsize >= 4 else flat.astype(np.float32)  # a half sum of squares overflows
-                squares[0] += float(get_array_module(flat).linalg.norm(flat)) ** 2
+            squares[0] += float(vector_norm(get_array_module(g.shard.grad), g.shard.grad, 2.0)) ** 2
         allreduce(squares, op="sum", algorithm="mpi", comm=self.comm)
         coef = self.max_grad_norm / (math.sqrt(squares[0]) + 1e-6)
         if not coef >= 1.0:

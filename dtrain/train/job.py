@@ -143,7 +143,7 @@ def make_sync(cfg: dict, comm=None) -> tuple[GradientSync, Collectives]:
     from .ddp_sync import DDPGradientSync, MPICollectives
 
     set_timeout(cfg["timeout"], cfg["stall_warning"])
-    if cfg.get("zero"):  # the optimizer averages (job._optimizer); _make_trainer attaches it to this seam
+    if cfg.get("zero"):  # the optimizer averages (_zero_optimizer); _make_trainer attaches it to this seam
         from .zero_sync import ZeroGradientSync
 
         return ZeroGradientSync(comm), MPICollectives(comm)
@@ -303,7 +303,8 @@ def _rank_device(spec: str, collectives: Collectives) -> str:
 def _make_trainer(cfg, sync, collectives, log, splits, model, opt, scheduler, loss_fn, correct_fn, train_loader,
                   test_loader, dtype, device) -> Trainer:
     every_steps, every_epochs, every_seconds = parse_checkpoint_every(cfg["checkpoint_every"])
-    if hasattr(sync, "attach"):  # --zero: the seam sums the votes, the sharded optimizer averages the gradients
+    zero = hasattr(sync, "attach")  # --zero: the seam sums the votes, the sharded optimizer averages the gradients
+    if zero:
         try:  # (what it refuses, e.g. shm across nodes or on a GPU, it refuses on every rank)
             opt = _zero_optimizer(cfg, opt, collectives.comm)
         except (TypeError, ValueError) as exc:
@@ -319,7 +320,7 @@ def _make_trainer(cfg, sync, collectives, log, splits, model, opt, scheduler, lo
             log.info(f"{cfg['checkpoint_dir']}: removed {len(stale)} partial file(s) an interrupted write left "
                      f"({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''})")
     options = TrainOptions(device=device, dtype=dtype, precision=cfg["precision"], loss_scale=cfg["loss_scale"],
-                           clip_grad_norm=None if hasattr(sync, "attach") else cfg["clip_grad_norm"],
+                           clip_grad_norm=None if zero else cfg["clip_grad_norm"],
                            nonfinite=cfg["nonfinite"],
                            check_every=cfg["check_every"], max_skipped_in_a_row=cfg["max_skipped_in_a_row"],
                            max_skipped_fraction=cfg["max_skipped_fraction"], capture=cfg["capture"])

@@ -28,8 +28,9 @@ def _grads(parameters: Tensor | Iterable[Tensor]) -> list:
     return grads
 
 
-def _vector_norm(xp, g, p: float):
-    """The p-norm of one gradient array, as a 0-d array on its device (no host sync)."""
+def vector_norm(xp, g, p: float):
+    """The p-norm of one gradient array, as a 0-d array on its device (no host sync); half arrays in float32.
+    (Also ZeroRedundancyOptimizer's ``max_grad_norm``, on its shards.)"""
     flat = g.reshape(-1)
     if flat.dtype.itemsize < 4:
         flat = flat.astype(xp.float32)  # a float16/bfloat16 sum of squares overflows at 65504
@@ -67,7 +68,7 @@ def clip_grad_norm_(parameters: Tensor | Iterable[Tensor], max_norm: float, norm
         return 0.0
     xp = get_array_module(grads[0])
     # Per-tensor norms stay on the device; the one float() below is the only host sync.
-    norms = xp.stack([_vector_norm(xp, g, p).astype(xp.float64) for g in grads])
+    norms = xp.stack([vector_norm(xp, g, p).astype(xp.float64) for g in grads])
     total = float(xp.max(norms) if p == math.inf else xp.linalg.norm(norms, ord=p))
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(
