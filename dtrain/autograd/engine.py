@@ -19,6 +19,12 @@
    gradient in place (``Function.writes_grad_into``), the op gets the buffer (``grad_out``) and ``.grad``
    becomes the buffer itself: DistributedDataParallel's buckets receive linear weights' gradients this way.
 
+7. Steps 1 and 3 exist for leaves someone waits on: leaves with hooks or a gradient buffer (``watch_leaf``, called
+   by ``Tensor.register_hook`` and friends). While no such leaf is alive, the pass skips the counting walk: a node
+   joins a max-heap on its creation number when its first gradient arrives, and the node popped is always complete
+   (every consumer that will ever deliver to it was created later, so it has run already). That is the same order
+   as step 2's; leaves then receive their gradients at the end of the pass.
+
 Gradients flowing between nodes are treated as read-only; fan-out sums are accumulated out of place
 on first touch and in place afterwards (the engine owns those buffers). An array stored into
 ``leaf.grad`` is never shared with another leaf's ``.grad``.
@@ -27,6 +33,7 @@ on first touch and in place afterwards (the engine owns those buffers). An array
 from __future__ import annotations
 
 import heapq
+import weakref
 
 import numpy as np
 
@@ -35,9 +42,25 @@ from .function import Function, unbroadcast
 
 ndarray = np.ndarray
 
-__all__ = ["backward", "queue_callback"]
+__all__ = ["backward", "queue_callback", "unwatch_leaf", "watch_leaf"]
 
 _callback_stack: list[list] = []  # one list per backward pass in progress (hooks may nest passes)
+# Leaves with hooks, post-accumulate hooks or a gradient buffer, by id (a Tensor's == is elementwise, so no WeakSet):
+# while any is alive, passes count consumers (steps 1 and 3). The weak reference drops the entry when the leaf dies.
+_watched: dict[int, weakref.ref] = {}
+
+
+def watch_leaf(leaf) -> None:
+    """Have every backward pass complete ``leaf``'s gradient as early as possible (its hooks, its buffer)."""
+    key = id(leaf)
+    if key not in _watched:
+        _watched[key] = weakref.ref(leaf, lambda _, key=key: _watched.pop(key, None))
+
+
+def unwatch_leaf(leaf) -> None:
+    """Undo ``watch_leaf`` once ``leaf`` has no hook, post-accumulate hook or gradient buffer left."""
+    if not leaf._hooks and not leaf._post_hooks and leaf._grad_dest is None:
+        _watched.pop(id(leaf), None)
 
 
 def queue_callback(fn) -> None:
@@ -58,7 +81,7 @@ _SECOND_BACKWARD = (
 
 def backward(tensor, grad=None, retain_graph: bool = False) -> None:
     """Accumulate d(tensor)/d(leaf) · grad into every leaf's ``.grad`` (see the module docstring)."""
-    if not tensor.requires_grad:
+    if not tensor._requires_grad:
         raise RuntimeError(
             "backward() called on a tensor that does not require grad: it was computed from inputs "
             "with requires_grad=False or inside no_grad()"
@@ -90,7 +113,13 @@ def backward(tensor, grad=None, retain_graph: bool = False) -> None:
     callbacks: list = []
     _callback_stack.append(callbacks)
     try:
-        _run(tensor, grad, retain_graph)
+        root = tensor._node
+        if root is None:  # the tensor is itself a leaf
+            _finish_leaf(tensor, grad, {_array_key(grad)})
+        elif _watched:
+            _run(root, grad, retain_graph)
+        else:
+            _run_in_creation_order(root, grad, retain_graph)
     finally:
         _callback_stack.pop()
     for fn in callbacks:
@@ -105,13 +134,9 @@ def seed_gradient(out):
     return xp.array(1, dtype=out.dtype) if out.shape == () else xp.ones(out.shape, dtype=out.dtype)
 
 
-def _run(tensor, grad, retain_graph: bool) -> None:
+def _run(root: Function, grad, retain_graph: bool) -> None:
+    """The pass of steps 1-6, for when some leaf is watched."""
     handed: set[int] = {_array_key(grad)}  # arrays already owned by someone: never alias them
-    root = tensor._node
-    if root is None:  # the tensor is itself a leaf
-        _finish_leaf(tensor, grad, handed)
-        return
-
     node_deps, leaf_deps, buffers = _count_dependencies(root)
     grads: dict[int, list] = {id(root): [grad, False]}  # [gradient arriving at a node to run, owned by us]
     leaf_grads: dict[int, list] = {}
@@ -125,17 +150,10 @@ def _run(tensor, grad, retain_graph: bool) -> None:
             in_grads = (None,) * len(edges)
         elif buffers and node.writes_grad_into is not None:
             in_grads = _backward_into_buffers(node, entry[0], leaf_deps, leaf_grads)
-        elif node.hooks is None and node.retain is None:  # the common case, without _node_backward's call
-            in_grads = node.backward(entry[0])
-            if type(in_grads) is not tuple:
-                in_grads = (in_grads,)
-            if len(in_grads) != len(edges):
-                raise RuntimeError(f"op {node.name}: backward returned {len(in_grads)} gradients for {len(edges)} "
-                                   "inputs")
-        else:
+        else:  # (the pass when leaves are watched: DDP's, over models where a call per node does not show)
             in_grads = _node_backward(node, entry[0], len(edges))
-        if not retain_graph:
-            node.release()
+        if not retain_graph:  # release the node: its saved arrays, edges and the rest (Function's class comment)
+            node.__dict__.clear()
         for edge, gi, meta in zip(edges, in_grads, metas):
             if edge is None:
                 continue
@@ -164,6 +182,77 @@ def _run(tensor, grad, retain_graph: bool) -> None:
                     _accumulate(leaf_grads, key, gi)
                 if left == 0:
                     _finish_leaf(edge, leaf_grads.pop(key)[0], handed)
+
+
+def _run_in_creation_order(root: Function, grad, retain_graph: bool) -> None:
+    """The pass without the counting walk (step 7): no leaf waits, so leaves are finished at the end. A node to
+    run is kept out of the heap while it is the only one delivered to (a chain of layers)."""
+    grads: dict[int, list] = {}  # [gradient arriving at a node still to run, owned by us]
+    leaf_grads: dict[int, list] = {}  # [gradient, owned by us, the leaf]
+    ready: list = []
+    pop, push = heapq.heappop, heapq.heappush
+    node, g = root, grad
+    single = single_g = None  # the one node delivered to while the heap is empty, its gradient, owned by us?
+    single_owned = False
+    while True:
+        edges, metas = node.next, node.in_meta
+        if edges is None:
+            raise RuntimeError(_SECOND_BACKWARD)
+        if node.hooks is None and node.retain is None:
+            in_grads = node.backward(g)
+            if type(in_grads) is not tuple:
+                in_grads = (in_grads,)
+            if len(in_grads) != len(edges):
+                raise RuntimeError(f"op {node.name}: backward returned {len(in_grads)} gradients for {len(edges)} "
+                                   "inputs")
+        else:
+            in_grads = _node_backward(node, g, len(edges))
+        if not retain_graph:  # release the node: its saved arrays, edges and the rest (Function's class comment)
+            node.__dict__.clear()
+        for edge, gi, meta in zip(edges, in_grads, metas):
+            if edge is None or gi is None:
+                continue
+            if type(gi) is not ndarray or gi.shape != meta[0] or (gi.dtype is not meta[1] and gi.dtype != meta[1]):
+                gi = _fit(gi, meta, node)
+            key = id(edge)
+            if isinstance(edge, Function):
+                if edge is single:  # fan-in at the next node of a chain: out of place first, then in place
+                    if single_owned:
+                        single_g += gi
+                    else:
+                        single_g, single_owned = single_g + gi, True
+                elif key in grads:
+                    _accumulate(grads, key, gi)
+                elif single is None and not ready:
+                    single, single_g, single_owned = edge, gi, False
+                else:
+                    if single is not None:  # a second node to run: both go to the heap
+                        grads[id(single)] = [single_g, single_owned]
+                        push(ready, (-single.seq, single))
+                        single = None
+                    grads[key] = [gi, False]
+                    push(ready, (-edge.seq, edge))
+            elif key in leaf_grads:
+                _accumulate(leaf_grads, key, gi)
+            else:
+                leaf_grads[key] = [gi, False, edge]
+        if single is not None:
+            node, g, single = single, single_g, None
+        elif ready:
+            node = pop(ready)[1]
+            g = grads.pop(id(node))[0]
+        else:
+            break
+    _finish_leaves(leaf_grads.values(), {_array_key(grad)})
+
+
+def _finish_leaves(entries, handed: set[int]) -> None:
+    """``_finish_leaf`` for each [gradient, owned, leaf], the common leaf (no hooks, ``.grad`` None) inline."""
+    for g, _, leaf in entries:
+        if leaf.grad is None and not leaf._hooks and not leaf._post_hooks:
+            leaf.grad = _unshared(g, handed)
+        else:
+            _finish_leaf(leaf, g, handed)
 
 
 def _node_backward(node: Function, g, n_inputs: int) -> tuple:
@@ -276,16 +365,28 @@ def _finish_leaf(leaf, g, handed: set[int]) -> None:
             if out is not None:
                 g = out
     if leaf.grad is None:
-        if g is not leaf._grad_dest:  # (an array written into the buffer the leaf offered is the leaf's alone)
-            key = _array_key(g)
-            flags = g.flags
-            if key in handed or not (flags.c_contiguous or flags.f_contiguous):
-                g = g.copy()
-                key = id(g)
-            handed.add(key)
-        leaf.grad = g
+        # (an array written into the buffer the leaf offered is the leaf's alone)
+        leaf.grad = g if g is leaf._grad_dest else _unshared(g, handed)
     else:
         leaf.grad += g
     if leaf._post_hooks:
         for hook in leaf._post_hooks:
             hook(leaf)
+
+
+def _unshared(g, handed: set[int]):
+    """``g`` for a leaf's ``.grad``: a contiguous array no other leaf holds (else a copy of it)."""
+    base = g.base
+    if base is None:
+        key = id(g)
+        if key not in handed and type(g) is ndarray and g.ndim <= 2:  # a new NumPy array of <= 2 axes: C or F order
+            handed.add(key)
+            return g
+    else:
+        key = id(base)
+    flags = g.flags
+    if key in handed or not (flags.c_contiguous or flags.f_contiguous):
+        g = g.copy()
+        key = id(g)
+    handed.add(key)
+    return g

@@ -142,9 +142,11 @@ class Function:
     # May a captured step (capture.py) replay this op from its recorded parameters? Only for ops whose
     # frontend decides from shapes, dtypes and fixed arguments, or re-decides in ``capture_check``.
     capturable = False
-    # Class-level defaults, so creating a node sets nothing: a node's own values live in its instance dict
-    # (``release`` clears that dict, which brings the defaults back; ``next`` None then marks it released).
-    saved = ()
+    # Class-level defaults, so creating a node sets nothing: a node's own values live in its instance dict. After
+    # its backward the engine clears that dict (unless retain_graph), dropping saved activations, edges and whatever
+    # else forward kept (masks, indices, statistics), so a node kept alive by a tensor the user still holds keeps
+    # no activations; the defaults come back: ``next`` None marks a released node, and ``saved`` reads None.
+    saved = None
     next = None
     hooks = None
     retain = None
@@ -159,23 +161,15 @@ class Function:
             f"forward-mode AD (jvp) is not defined for op {self.name}: give the Function a jvp method"
         )
 
-    def release(self) -> None:
-        """Drop saved activations and graph edges (called by the engine after this node's backward).
-
-        Attributes forward set beyond ``saved`` (masks, indices, statistics) go too, so a node kept
-        alive by a tensor the user still holds does not keep its activations.
-        """
-        vars(self).clear()  # ``next`` falls back to the class's None: the engine's mark of a released node
-        self.saved = None
-
     @classmethod
     def apply(cls, *inputs, **params):
         """Run the primitive on tensors (or raw arrays, treated as constants); return a Tensor.
 
-        The per-op cost of every eager step, so kept flat: one pass over the inputs, NumPy's forward run
-        here, the node (edges, needs_grad, input meta) recorded inline and only when a gradient is needed."""
+        The per-op cost of every eager step, so kept flat: one pass over the inputs that also gathers the node's
+        edges (producing node, leaf or None), which inputs need a gradient and their (shape, dtype), NumPy's
+        forward run here, and the node recorded only when a gradient is needed."""
         fn = cls()
-        arrays = []
+        arrays, edges, needs, meta = [], [], [], []
         needs_grad = has_tangent = False
         first_type = None
         for t in inputs:
@@ -183,10 +177,21 @@ class Function:
                 a = t.data
                 if t._requires_grad:
                     needs_grad = True
+                    node = t._node
+                    edges.append(t if node is None else node)
+                    needs.append(True)
+                    meta.append((a.shape, a.dtype))
+                else:
+                    edges.append(None)
+                    needs.append(False)
+                    meta.append(None)
                 if t._tangent is not None:
                     has_tangent = True
             else:
                 a = t
+                edges.append(None)
+                needs.append(False)
+                meta.append(None)
             if first_type is None:
                 first_type = type(a)
             elif type(a) is not first_type:
@@ -194,7 +199,7 @@ class Function:
             arrays.append(a)
         if first_type is ndarray:
             try:
-                out = fn.forward(*arrays, **params)
+                out = fn.forward(*arrays, **params) if params else fn.forward(*arrays)
             except ValueError as exc:
                 raise _op_error(fn, arrays, exc) from None
             if type(out) is not ndarray and isinstance(out, np.generic):
@@ -202,24 +207,7 @@ class Function:
         else:
             out = _run_forward(fn, arrays, params, first_type, inputs)
         if needs_grad and _grad_mode.enabled:
-            # the node's edges (producing node, leaf or None), which inputs need a gradient, their (shape, dtype)
-            if len(arrays) == 1:  # one input, then a tensor needing a gradient (activations, losses): no lists
-                t, a = inputs[0], arrays[0]
-                node = t._node
-                fn.next, fn.needs_grad, fn.in_meta = (t if node is None else node,), (True,), ((a.shape, a.dtype),)
-            else:
-                edges, needs, meta = [], [], []
-                for t, a in zip(inputs, arrays):
-                    if isinstance(t, Tensor) and t._requires_grad:
-                        node = t._node
-                        edges.append(t if node is None else node)
-                        needs.append(True)
-                        meta.append((a.shape, a.dtype))
-                    else:
-                        edges.append(None)
-                        needs.append(False)
-                        meta.append(None)
-                fn.next, fn.needs_grad, fn.in_meta = tuple(edges), tuple(needs), tuple(meta)
+            fn.next, fn.needs_grad, fn.in_meta = tuple(edges), tuple(needs), tuple(meta)
             fn.seq = next(_seq)
             result = _make_tensor(out, True, fn)
         else:

@@ -8,6 +8,7 @@ factories (``tensor``, ``zeros``, ``randn``, ...) are in ``factories.py``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -21,12 +22,16 @@ __all__ = ["Tensor", "shape_args"]
 class _HookHandle:
     """Returned by register_hook; ``handle.remove()`` unregisters the hook."""
 
-    def __init__(self, hooks: list, fn: Callable):
+    def __init__(self, hooks: list, fn: Callable, leaf: Tensor | None = None):
         self._hooks, self._fn = hooks, fn
+        self._leaf = None if leaf is None else weakref.ref(leaf)  # a handle does not keep its tensor alive
 
     def remove(self) -> None:
         if self._fn in self._hooks:
             self._hooks.remove(self._fn)
+        leaf = None if self._leaf is None else self._leaf()
+        if leaf is not None:
+            engine.unwatch_leaf(leaf)
 
 
 class Tensor:
@@ -120,7 +125,8 @@ class Tensor:
         if not self._hooks:
             self._hooks = []
         self._hooks.append(fn)
-        return _HookHandle(self._hooks, fn)
+        engine.watch_leaf(self)
+        return _HookHandle(self._hooks, fn, self)
 
     def register_post_accumulate_grad_hook(self, fn: Callable) -> _HookHandle:
         """Call ``fn(tensor)`` on a leaf right after backward accumulated into its ``.grad``."""
@@ -129,7 +135,8 @@ class Tensor:
         if not self._post_hooks:
             self._post_hooks = []
         self._post_hooks.append(fn)
-        return _HookHandle(self._post_hooks, fn)
+        engine.watch_leaf(self)
+        return _HookHandle(self._post_hooks, fn, self)
 
     def set_grad_buffer(self, buffer) -> None:
         """Offer ``buffer`` (an array of this leaf's shape and dtype, C-contiguous; None withdraws it) as the
@@ -149,11 +156,13 @@ class Tensor:
                                  f"{tuple(self.data.shape)} and dtype {self.data.dtype}, got "
                                  f"{type(buffer).__name__} of shape {tuple(buffer.shape)} and dtype {buffer.dtype}")
         self._grad_dest = buffer
+        if buffer is not None:
+            engine.watch_leaf(self)
+        else:
+            engine.unwatch_leaf(self)
 
     def retain_grad(self) -> None:
         """Make backward also fill ``.grad`` on this non-leaf tensor."""
-        import weakref
-
         if self._node is not None:
             self._node.retain = weakref.ref(self)
 
@@ -173,7 +182,7 @@ class Tensor:
     # -- array-like properties ----------------------------------------------------------------
     @property
     def shape(self) -> tuple:
-        return tuple(self.data.shape)
+        return self.data.shape  # a tuple for NumPy and CuPy arrays alike
 
     @property
     def ndim(self) -> int:
