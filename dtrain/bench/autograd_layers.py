@@ -15,7 +15,7 @@ import numpy as np
 
 from ..autograd.ops.activation import FusedReLU
 from ..autograd.ops.linalg import FusedLinear
-from ..autograd.ops.nn import FusedCrossEntropy
+from ..autograd.ops.loss import FusedCrossEntropy
 
 __all__ = ["DirectOps", "OpBodiesMLP"]
 

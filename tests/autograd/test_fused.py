@@ -26,11 +26,11 @@ import dtrain as dt
 import dtrain.nn as nn
 import dtrain.nn.functional as F
 from dtrain.autograd import Function, FusedFunction, gradcheck, ops
-from dtrain.autograd.ops import activation, conv, elementwise, linalg, norm, pool, reduce, shape
+from dtrain.autograd.ops import activation, conv, elementwise, linalg, loss, norm, pool, reduce, shape
 from dtrain.autograd.ops import nn as nn_ops
 from dtrain.backend import Generator
 
-OP_MODULES = (activation, conv, elementwise, linalg, norm, pool, reduce, shape, nn_ops)
+OP_MODULES = (activation, conv, elementwise, linalg, loss, norm, pool, reduce, shape, nn_ops)
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "autograd.md"
 
 

@@ -12,15 +12,8 @@ from .conv import conv2d
 from .elementwise import abs, add, cast, clip, compare, div, erf, exp, log, mul, neg, pow, sqrt, sub, where
 from .elementwise import to_device_op as to_device
 from .linalg import linear, matmul
-from .nn import (
-    binary_cross_entropy_with_logits,
-    cross_entropy,
-    dropout,
-    embedding,
-    mse_loss,
-    nll_loss,
-    scaled_dot_product_attention,
-)
+from .loss import binary_cross_entropy_with_logits, cross_entropy, mse_loss, nll_loss
+from .nn import dropout, embedding, scaled_dot_product_attention
 from .norm import batch_norm, layer_norm
 from .pool import avg_pool2d, max_pool2d
 from .reduce import amax, amin, log_softmax, logsumexp, mean, softmax, sum, var

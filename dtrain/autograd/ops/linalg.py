@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...backend import array_sum, get_array_module
-from ..autocast import autocast_dtype, cast_inputs
+from ..autocast import _state as _autocast_state
+from ..autocast import cast_inputs
 from ..function import Function, FusedFunction
 from ..tensor import Tensor
 from ._util import pair, tsum
@@ -112,18 +113,22 @@ class FusedLinear(FusedFunction):
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """Affine map ``x @ weight.T + bias`` (torch's F.linear: weight has shape (out, in))."""
-    if autocast_dtype() is not None:
+    if _autocast_state.dtype is not None:
         x, weight, bias = cast_inputs(x, weight, bias)
     ws, xs = weight.shape, x.shape  # read once: every small model's step calls this
+    if len(ws) != 2 or not xs or xs[-1] != ws[1]:
+        _linear_shape_error(xs, ws)
+    if bias is None:
+        return FusedLinear.apply(x, weight)
+    if bias.shape != (ws[0],):
+        raise ValueError(f"linear: bias shape {bias.shape} != ({ws[0]},)")
+    return FusedLinear.apply(x, weight, bias)
+
+
+def _linear_shape_error(xs: tuple, ws: tuple):
     if len(ws) != 2:
         raise ValueError(f"linear: weight must be 2-D (out_features, in_features), got shape {ws}")
-    if not xs or xs[-1] != ws[1]:
-        raise ValueError(
-            f"linear: input's last dimension {xs[-1] if xs else None} != in_features "
-            f"{ws[1]} (input shape {xs}, weight shape {ws})"
-        )
-    if bias is not None:
-        if bias.shape != (ws[0],):
-            raise ValueError(f"linear: bias shape {bias.shape} != ({ws[0]},)")
-        return FusedLinear.apply(x, weight, bias)
-    return FusedLinear.apply(x, weight)
+    raise ValueError(
+        f"linear: input's last dimension {xs[-1] if xs else None} != in_features "
+        f"{ws[1]} (input shape {xs}, weight shape {ws})"
+    )
