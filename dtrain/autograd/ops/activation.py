@@ -79,7 +79,9 @@ def _zeros(dtype, size: int):
 def relu_array(x):
     """max(x, 0) (NaN stays NaN; the result has x's memory layout), against zeros where that is faster: a
     C-contiguous or a channels-last NumPy array of ZEROS_MIN_SIZE values to ZEROS_MAX_BYTES."""
-    if type(x) is np.ndarray and ZEROS_MIN_SIZE <= x.size and x.nbytes <= ZEROS_MAX_BYTES:
+    if type(x) is np.ndarray:
+        if x.size < ZEROS_MIN_SIZE or x.nbytes > ZEROS_MAX_BYTES:
+            return np.maximum(x, 0)
         if x.flags.c_contiguous:
             return np.maximum(x, _zeros(x.dtype, x.size).reshape(x.shape))
         if x.ndim == 4:

@@ -88,7 +88,8 @@ class FusedLinear(FusedFunction):
 
     def forward(self, x, w, b=None):
         self.saved = (x, w)
-        y = mm(x, w.T)
+        # the same product as mm's, without its call where mm would do just that (a small model's every layer)
+        y = x @ w.T if x.dtype is w.dtype and x.dtype.itemsize >= 4 else mm(x, w.T)
         if b is not None:
             y += b
         return y
@@ -96,15 +97,20 @@ class FusedLinear(FusedFunction):
     def backward(self, g):
         x, w = self.saved
         needs = self.needs_grad
-        gx = mm(g, w) if needs[0] else None
-        if g.ndim != 2:
-            g, x = g.reshape(-1, w.shape[0]), x.reshape(-1, w.shape[1])
-        gw = mm(g.T, x, out=None if self.grad_out is None else self.grad_out[1]) if needs[1] else None
+        if g.ndim == 2 and self.grad_out is None and g.dtype is x.dtype is w.dtype and g.dtype.itemsize >= 4:
+            # what the general path below computes, without mm's and array_sum's calls (see forward)
+            gx = g @ w if needs[0] else None
+            gw = g.T @ x if needs[1] else None
+        else:
+            gx = mm(g, w) if needs[0] else None
+            if g.ndim != 2:
+                g, x = g.reshape(-1, w.shape[0]), x.reshape(-1, w.shape[1])
+            gw = mm(g.T, x, out=None if self.grad_out is None else self.grad_out[1]) if needs[1] else None
         if len(needs) == 2:
             return gx, gw
         if not needs[2]:
             return gx, gw, None
-        return gx, gw, array_sum(g, axis=0)
+        return gx, gw, np.add.reduce(g, axis=0) if type(g) is np.ndarray else array_sum(g, axis=0)
 
     def jvp(self, tx, tw, tb=None):
         x, w = self.saved
