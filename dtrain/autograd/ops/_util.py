@@ -15,6 +15,27 @@ def xp_of(a):
     return get_array_module(a)
 
 
+class ScalarArrays(dict):
+    """Read-only 0-d NumPy arrays holding one value, by dtype: ``ZERO[x.dtype]``.
+
+    A Python number as a ufunc operand is converted on every call (about 0.3 µs, as much as the whole
+    operation on a small array); an array of the operand's own dtype is not, and gives the same bits (the
+    number would be cast to that dtype). NumPy operands only: CuPy takes Python numbers, not these."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def __missing__(self, dtype):
+        a = np.array(self.value, dtype=dtype)
+        a.flags.writeable = False
+        self[dtype] = a
+        return a
+
+
+ZERO, ONE = ScalarArrays(0), ScalarArrays(1)
+
+
 def as_tensor(x, like: Tensor | None = None) -> Tensor:
     """A Tensor for an operand: Tensors pass through; numbers and arrays become constants.
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..function import FusedFunction
 from ..tensor import Tensor
-from ._util import as_tensor, xp_of
+from ._util import ZERO, as_tensor, xp_of
 from .elementwise import erf_array
 
 
@@ -81,7 +81,7 @@ def relu_array(x):
     C-contiguous or a channels-last NumPy array of ZEROS_MIN_SIZE values to ZEROS_MAX_BYTES."""
     if type(x) is np.ndarray:
         if x.size < ZEROS_MIN_SIZE or x.nbytes > ZEROS_MAX_BYTES:
-            return np.maximum(x, 0)
+            return np.maximum(x, ZERO[x.dtype])
         if x.flags.c_contiguous:
             return np.maximum(x, _zeros(x.dtype, x.size).reshape(x.shape))
         if x.ndim == 4:
@@ -100,7 +100,8 @@ class FusedReLU(FusedFunction):
         return y
 
     def backward(self, g):
-        return g * (self.saved[0] > 0)
+        y = self.saved[0]
+        return g * (y > (ZERO[y.dtype] if type(y) is np.ndarray else 0))
 
     jvp = backward
 

@@ -12,7 +12,7 @@ import numpy as np
 from ... import backend
 from ..function import FusedFunction
 from ..tensor import Tensor
-from ._util import acc_dtype, as_tensor, xp_of
+from ._util import ONE, acc_dtype, as_tensor, xp_of
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -157,7 +157,7 @@ class FusedCrossEntropy(_FusedClassLoss):
         if self.plain:
             e, s, idx = self.saved
             d = e / s
-            d.reshape(-1)[idx] -= 1
+            d.reshape(-1)[idx] -= ONE[d.dtype] if type(d) is np.ndarray else 1
             d *= scale
             return d
         (lp,) = self.saved
