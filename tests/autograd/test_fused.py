@@ -417,6 +417,25 @@ def test_relu_against_zeros_equals_maximum_with_zero_bit_for_bit(dtype):
         np.testing.assert_array_equal(np.signbit(y), np.signbit(ref))
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_relu_mask_against_a_cached_zero_equals_the_mask_against_the_number(dtype):
+    # FusedReLU.backward compares with ops._util.ZERO[dtype], a read-only 0-d array, instead of the number 0
+    # (which NumPy converts on every call): the same gradient, NaN, signed zeros and infinities included.
+    from dtrain.autograd.ops._util import ONE, ZERO
+
+    assert ZERO[np.dtype(dtype)] is ZERO[np.dtype(dtype)] and not ZERO[np.dtype(dtype)].flags.writeable
+    assert ZERO[np.dtype(dtype)].shape == () and ZERO[np.dtype(dtype)].dtype == dtype and ONE[np.dtype(dtype)] == 1
+    y = np.array([-0.0, 0.0, np.nan, -np.inf, np.inf, 2.5, -1.0], dtype=dtype)
+    g = np.array([1.0, -2.0, 3.0, 4.0, -5.0, 6.0, np.nan], dtype=dtype)
+    node = activation.FusedReLU()
+    node.saved = (activation.relu_array(y),)
+    out = node.backward(g)
+    ref = g * (np.maximum(y, 0) > 0)
+    assert out.dtype == ref.dtype
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(np.signbit(out), np.signbit(ref))
+
+
 def test_batch_norm_shares_one_channel_matrix_per_shape_and_dtype_and_gives_the_same_results():
     # FusedBatchNorm takes its ChannelMatrix (geometry and ones) from a bounded cache for NumPy inputs: the same
     # object for the same shape and accumulation dtype, another for another shape, the ones read-only, and
