@@ -165,11 +165,10 @@ class Function:
     def apply(cls, *inputs, **params):
         """Run the primitive on tensors (or raw arrays, treated as constants); return a Tensor.
 
-        The per-op cost of every eager step, so kept flat: one pass over the inputs that also gathers the node's
-        edges (producing node, leaf or None), which inputs need a gradient and their (shape, dtype), NumPy's
-        forward run here, and the node recorded only when a gradient is needed."""
+        The per-op cost of every eager step, so kept flat: one pass over the inputs, NumPy's forward run
+        here, the node (edges, needs_grad, input meta) recorded inline and only when a gradient is needed."""
         fn = cls()
-        arrays, edges, needs, meta = [], [], [], []
+        arrays = []
         needs_grad = has_tangent = False
         first_type = None
         for t in inputs:
@@ -177,21 +176,10 @@ class Function:
                 a = t.data
                 if t._requires_grad:
                     needs_grad = True
-                    node = t._node
-                    edges.append(t if node is None else node)
-                    needs.append(True)
-                    meta.append((a.shape, a.dtype))
-                else:
-                    edges.append(None)
-                    needs.append(False)
-                    meta.append(None)
                 if t._tangent is not None:
                     has_tangent = True
             else:
                 a = t
-                edges.append(None)
-                needs.append(False)
-                meta.append(None)
             if first_type is None:
                 first_type = type(a)
             elif type(a) is not first_type:
@@ -207,7 +195,24 @@ class Function:
         else:
             out = _run_forward(fn, arrays, params, first_type, inputs)
         if needs_grad and _grad_mode.enabled:
-            fn.next, fn.needs_grad, fn.in_meta = tuple(edges), tuple(needs), tuple(meta)
+            # the node's edges (producing node, leaf or None), which inputs need a gradient, their (shape, dtype)
+            if len(arrays) == 1:  # one input, then a tensor needing a gradient (activations, losses): no lists
+                t, a = inputs[0], arrays[0]
+                node = t._node
+                fn.next, fn.needs_grad, fn.in_meta = (t if node is None else node,), (True,), ((a.shape, a.dtype),)
+            else:
+                edges, needs, meta = [], [], []
+                for t, a in zip(inputs, arrays):
+                    if isinstance(t, Tensor) and t._requires_grad:
+                        node = t._node
+                        edges.append(t if node is None else node)
+                        needs.append(True)
+                        meta.append((a.shape, a.dtype))
+                    else:
+                        edges.append(None)
+                        needs.append(False)
+                        meta.append(None)
+                fn.next, fn.needs_grad, fn.in_meta = tuple(edges), tuple(needs), tuple(meta)
             fn.seq = next(_seq)
             result = _make_tensor(out, True, fn)
         else:

@@ -110,7 +110,7 @@ class FusedLinear(FusedFunction):
             return gx, gw
         if not needs[2]:
             return gx, gw, None
-        return gx, gw, np.add.reduce(g, axis=0) if type(g) is np.ndarray else array_sum(g, axis=0)
+        return gx, gw, array_sum(g, axis=0)
 
     def jvp(self, tx, tw, tb=None):
         x, w = self.saved
